@@ -1,0 +1,1 @@
+"""prefect-fanout: parallel LLM-agent work as Prefect 3 flows."""
