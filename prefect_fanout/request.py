@@ -1,0 +1,147 @@
+"""What one agent call sends: the request model, its messages and its cache key.
+
+A :class:`CallRequest` holds everything that determines an answer (which goes
+into the cache key) and everything that only decides how the call is made
+(which does not). Every field is in exactly one of :data:`KEY_FIELDS` and
+:data:`NOT_KEY_FIELDS`; a test keeps it that way, so a new field cannot slip
+out of the key by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CACHE_KEY_VERSION = "fanout-call-v1"
+
+#: Fields that determine the answer: the cache key is a hash of them.
+KEY_FIELDS = frozenset(
+    {
+        "base_url",
+        "model",
+        "messages",
+        "temperature",
+        "max_tokens",
+        "output_schema",
+        "prompt_parts",
+        "max_validation_retries",
+    }
+)
+
+#: Fields that never enter the key, each for a reason.
+NOT_KEY_FIELDS = frozenset(
+    {
+        "agent",  # the agent's name: its prompt parts and model are in the key already
+        "item_id",  # a label for run names; the same prompt under two ids is one answer
+        "output_type",  # a Python class; its JSON schema is output_schema
+        "timeout_seconds",  # how long to wait, not what is asked
+        "max_attempts",  # retry budget
+        "max_retry_after_seconds",  # retry budget
+        "backoff_initial_seconds",  # retry budget
+        "backoff_max_seconds",  # retry budget
+        "input_price_per_million",  # accounting only
+        "output_price_per_million",  # accounting only
+        "tags",  # UI labels
+    }
+)
+
+
+class CallRequest(BaseModel):
+    """One agent call, fully resolved: endpoint URL, model, messages and settings.
+
+    It never holds an API key or a client object; those travel separately and
+    are never part of the cache key.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    agent: str
+    item_id: str | None = None
+    base_url: str
+    model: str
+    messages: list[dict[str, str]]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    output_schema: dict[str, Any] | None = None
+    output_type: type[BaseModel] | None = Field(default=None, exclude=True)
+    prompt_parts: dict[str, Any] = Field(default_factory=dict)
+    max_validation_retries: int = 2
+    timeout_seconds: float = 120.0
+    max_attempts: int = 4
+    max_retry_after_seconds: float = 60.0
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+    input_price_per_million: float | None = None
+    output_price_per_million: float | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A readable name for run names and logs: ``agent`` or ``agent:item``."""
+        return f"{self.agent}:{self.item_id}" if self.item_id else self.agent
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user message."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return message.get("content", "")
+        return ""
+
+    def cache_key(self) -> str:
+        """A hash of canonical JSON of the fields that determine the answer."""
+        payload = {name: getattr(self, name) for name in sorted(KEY_FIELDS)}
+        payload["version"] = CACHE_KEY_VERSION
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "fanout-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def with_context(self, context: Mapping[str, Any] | None) -> CallRequest:
+        """The request with upstream results appended to its user message.
+
+        The format (documented in the README) is, for each upstream id in order::
+
+            ## Upstream results
+            ### <task_id>
+            <output: text as is, structured output as JSON>
+
+        Args:
+            context: Upstream outputs by id (``AgentResult`` objects or plain values).
+
+        Returns:
+            A new request, or this one when there is no context.
+
+        """
+        if not context:
+            return self
+        block = render_context(context)
+        messages = [dict(m) for m in self.messages]
+        for message in reversed(messages):
+            if message.get("role") == "user":
+                message["content"] = f"{message['content']}\n\n{block}"
+                break
+        else:
+            messages.append({"role": "user", "content": block})
+        return self.model_copy(update={"messages": messages})
+
+
+def output_as_text(output: Any) -> str:
+    """An output as prompt text: strings as they are, anything else as JSON."""
+    if hasattr(output, "output") and hasattr(output, "raw_text"):  # an AgentResult
+        output = output.output
+    if isinstance(output, str):
+        return output
+    if isinstance(output, BaseModel):
+        return output.model_dump_json()
+    return json.dumps(output, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def render_context(context: Mapping[str, Any]) -> str:
+    """Upstream outputs as the documented ``## Upstream results`` block."""
+    parts = ["## Upstream results"]
+    for upstream_id, value in context.items():
+        parts.append(f"### {upstream_id}\n{output_as_text(value)}")
+    return "\n\n".join(parts)

@@ -1,0 +1,207 @@
+"""Which API errors are transient, how long to wait, and the retry loop.
+
+The ``openai`` client is created with ``max_retries=0``; this module owns every
+retry, so the attempt budget is exact: with ``max_attempts=n`` the server sees
+at most ``n`` requests for one call. Prefect task retries stay at zero for
+agent calls, so they never multiply this budget.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import openai
+import tenacity
+
+from prefect_fanout.errors import (
+    AgentCallError,
+    CallTimeoutError,
+    NonRetryableAPIError,
+    RetriesExhaustedError,
+    RetryAfterTooLongError,
+)
+
+T = TypeVar("T")
+
+TRANSIENT_STATUS = frozenset({408, 409, 429})
+#: Error codes that look transient by status but are not worth retrying.
+PERMANENT_CODES = frozenset({"context_length_exceeded", "insufficient_quota", "invalid_api_key"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The retry budget of one call.
+
+    Attributes:
+        max_attempts: Requests per call, the first included.
+        max_retry_after_seconds: The longest server-requested wait honoured;
+            a longer ask fails at once with :class:`RetryAfterTooLongError`.
+        backoff_initial_seconds: First exponential backoff wait (no Retry-After).
+        backoff_max_seconds: Cap of the exponential backoff.
+
+    """
+
+    max_attempts: int = 4
+    max_retry_after_seconds: float = 60.0
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The ``error.code`` of an OpenAI error body, if any."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("code"):
+            return str(inner["code"])
+    code = getattr(exc, "code", None)
+    return str(code) if code else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: connection, timeout, 408, 409, 429, >= 500."""
+    if error_code(exc) in PERMANENT_CODES:
+        return False
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
+    return False
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """The wait the server asked for, from ``retry-after-ms`` or ``Retry-After``."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def backoff_seconds(attempt: int, policy: RetryPolicy) -> float:
+    """Exponential backoff with full jitter for the given (1-based) failed attempt."""
+    ceiling = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of an API error, without secrets."""
+    if isinstance(exc, openai.APIStatusError):
+        code = error_code(exc)
+        message = getattr(exc, "message", str(exc))
+        return f"HTTP {exc.status_code}{f' ({code})' if code else ''}: {message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"connection error: {cause or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def call_with_retries(
+    send: Callable[[], T],
+    policy: RetryPolicy,
+    label: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    timeout_seconds: float | None = None,
+) -> tuple[T, int]:
+    """Call ``send`` until it succeeds, retrying transient API errors only.
+
+    Args:
+        send: Makes one HTTP request.
+        policy: The retry budget.
+        label: Names the call in error messages (agent and item).
+        logger: Where retries are reported (WARNING).
+        timeout_seconds: The per-request timeout, quoted in timeout errors.
+
+    Returns:
+        The value of the successful request and the number of attempts made.
+
+    Raises:
+        NonRetryableAPIError: A permanent error (400, 401, 403, 404, 422, context length).
+        RetryAfterTooLongError: The server asked for a wait above the cap.
+        RetriesExhaustedError: Transient errors used up the budget.
+        CallTimeoutError: As above, the last attempt having timed out.
+
+    """
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return send()
+        except Exception as exc:
+            if is_transient(exc) and attempts < policy.max_attempts:
+                wait = retry_after_seconds(exc)
+                if wait is not None and wait > policy.max_retry_after_seconds:
+                    raise RetryAfterTooLongError(
+                        f"{label}: the server asked to retry after {wait:.1f}s, more than the "
+                        f"cap of {policy.max_retry_after_seconds:.1f}s (max_retry_after_seconds); "
+                        f"failing fast after {attempts} attempt(s): {describe_error(exc)}",
+                        attempts,
+                    ) from exc
+            raise
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after_seconds(exc) if exc else None
+        return asked if asked is not None else backoff_seconds(state.attempt_number, policy)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if logger is not None and state.outcome is not None and state.next_action is not None:
+            logger.warning(
+                "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                label,
+                state.attempt_number,
+                policy.max_attempts,
+                describe_error(state.outcome.exception()),  # type: ignore[arg-type]
+                state.next_action.sleep,
+            )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt), attempts
+    except AgentCallError:
+        raise
+    except openai.APITimeoutError as exc:
+        raise CallTimeoutError(
+            f"{label}: timed out after {timeout_seconds}s on attempt {attempts} of "
+            f"{policy.max_attempts} (timeout_seconds); the server did not answer",
+            attempts,
+        ) from exc
+    except Exception as exc:
+        if is_transient(exc):
+            raise RetriesExhaustedError(
+                f"{label}: failed after {attempts} attempt(s): {describe_error(exc)}", attempts
+            ) from exc
+        raise NonRetryableAPIError(
+            f"{label}: {describe_error(exc)} (not retried)", attempts
+        ) from exc
