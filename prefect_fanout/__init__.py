@@ -5,31 +5,68 @@ of dependent tasks become flows wired by futures; corpora are partitioned,
 mapped over the task runner and reduced.
 """
 
-from prefect_fanout.cache import CacheMode, CacheOptions
-from prefect_fanout.call import (
-    agent_call,
-    build_request,
-    call_agent,
-    result_from_future,
-    result_from_state,
-    submit_agent_call,
-)
-from prefect_fanout.endpoints import LLMEndpoint, resolve_endpoint
-from prefect_fanout.errors import (
-    AgentCallError,
-    CallTimeoutError,
-    ConfigurationError,
-    FanoutError,
-    NonRetryableAPIError,
-    OutputValidationError,
-    RetriesExhaustedError,
-    RetryAfterTooLongError,
-)
-from prefect_fanout.pricing import cost_usd, price_for
-from prefect_fanout.profiles import BUILTIN_PROFILES, AgentProfile, resolve_agent
-from prefect_fanout.request import CallRequest
-from prefect_fanout.results import AgentResult
-from prefect_fanout.retry import RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names and the module each lives in. Imports are lazy so the `fanout`
+# command line starts fast; type checkers see the real imports below.
+_EXPORTS: dict[str, str] = {
+    "AgentCallError": "prefect_fanout.errors",
+    "AgentProfile": "prefect_fanout.profiles",
+    "AgentResult": "prefect_fanout.results",
+    "BUILTIN_PROFILES": "prefect_fanout.profiles",
+    "CacheMode": "prefect_fanout.cache",
+    "CacheOptions": "prefect_fanout.cache",
+    "CallRequest": "prefect_fanout.request",
+    "CallTimeoutError": "prefect_fanout.errors",
+    "ConfigurationError": "prefect_fanout.errors",
+    "FanoutError": "prefect_fanout.errors",
+    "LLMEndpoint": "prefect_fanout.endpoints",
+    "NonRetryableAPIError": "prefect_fanout.errors",
+    "OutputValidationError": "prefect_fanout.errors",
+    "RetriesExhaustedError": "prefect_fanout.errors",
+    "RetryAfterTooLongError": "prefect_fanout.errors",
+    "RetryPolicy": "prefect_fanout.retry",
+    "agent_call": "prefect_fanout.call",
+    "build_request": "prefect_fanout.call",
+    "call_agent": "prefect_fanout.call",
+    "cost_usd": "prefect_fanout.pricing",
+    "price_for": "prefect_fanout.pricing",
+    "resolve_agent": "prefect_fanout.profiles",
+    "resolve_endpoint": "prefect_fanout.endpoints",
+    "result_from_future": "prefect_fanout.call",
+    "result_from_state": "prefect_fanout.call",
+    "submit_agent_call": "prefect_fanout.call",
+}
+
+if TYPE_CHECKING:
+    from prefect_fanout.cache import CacheMode, CacheOptions
+    from prefect_fanout.call import (
+        agent_call,
+        build_request,
+        call_agent,
+        result_from_future,
+        result_from_state,
+        submit_agent_call,
+    )
+    from prefect_fanout.endpoints import LLMEndpoint, resolve_endpoint
+    from prefect_fanout.errors import (
+        AgentCallError,
+        CallTimeoutError,
+        ConfigurationError,
+        FanoutError,
+        NonRetryableAPIError,
+        OutputValidationError,
+        RetriesExhaustedError,
+        RetryAfterTooLongError,
+    )
+    from prefect_fanout.pricing import cost_usd, price_for
+    from prefect_fanout.profiles import BUILTIN_PROFILES, AgentProfile, resolve_agent
+    from prefect_fanout.request import CallRequest
+    from prefect_fanout.results import AgentResult
+    from prefect_fanout.retry import RetryPolicy
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -59,3 +96,16 @@ __all__ = [
     "result_from_state",
     "submit_agent_call",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefect_fanout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
