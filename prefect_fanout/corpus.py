@@ -1,0 +1,186 @@
+"""Reading a corpus (a JSONL file or a directory of files) into `Item`s.
+
+The module is pure: it does not import Prefect and never modifies its sources
+(files are only opened for reading).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["CorpusError", "Item", "load_items"]
+
+
+class CorpusError(ValueError):
+    """A corpus source could not be read; the message names the file (and line)."""
+
+
+class Item(BaseModel):
+    """One unit of work read from a corpus.
+
+    Attributes:
+        id: Stable identifier: the JSONL `id` (ints become strings) or, for a
+            directory, the file's path relative to it with forward slashes.
+        text: The file's content for file items; for JSONL items the record's
+            `text` field when it is a string, else None.
+        record: The JSONL object, or `{"id", "path", "text", "mtime"}` for a file.
+        path: Absolute path of a file item, else None.
+        mtime: Modification time (epoch seconds) of a file item, else None.
+        index: Zero-based position in input order.
+
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    text: str | None = None
+    record: dict[str, Any]
+    path: str | None = None
+    mtime: float | None = None
+    index: int
+
+    def __hash__(self) -> int:
+        # The default frozen-model hash fails on the `record` dict; equal items
+        # have equal scalar fields, so hashing those keeps hash/eq consistent.
+        return hash((self.id, self.index, self.text, self.path, self.mtime))
+
+    def prompt_text(self) -> str:
+        """Return the text to put in a prompt for this item.
+
+        Returns:
+            `text` if it is not None, else the record as canonical JSON
+            (sorted keys, non-ASCII kept).
+
+        """
+        if self.text is not None:
+            return self.text
+        return json.dumps(self.record, sort_keys=True, ensure_ascii=False)
+
+
+def load_items(source: str | Path) -> list[Item]:
+    """Read a JSONL file or a directory of files into items, in input order.
+
+    A JSONL file holds one JSON object per line, each with an `id` (a string or
+    an int, converted to str); blank lines are skipped. A directory yields one
+    item per non-hidden file, sorted by relative path; hidden files and
+    directories (names starting with '.') are skipped.
+
+    Args:
+        source: Path of a JSONL file or of a directory.
+
+    Returns:
+        The items, with `index` set to their position.
+
+    Raises:
+        CorpusError: The path does not exist or a line/file is invalid; the
+            message names the file and, for JSONL, the line number.
+
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _load_directory(path)
+    if path.is_file():
+        return _load_jsonl(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or directory")
+    raise CorpusError(f"{path}: not a regular file or directory")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _load_jsonl(path: Path) -> list[Item]:
+    data = _read_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    items: list[Item] = []
+    first_line: dict[str, int] = {}
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}, line {lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"{where}: not valid UTF-8 (byte {exc.start + 1})") from exc
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{where}, column {exc.colno}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(record, dict):
+            kind = type(record).__name__
+            raise CorpusError(f"{where}: expected a JSON object, got {kind}")
+        item_id = _record_id(record, where)
+        if item_id in first_line:
+            raise CorpusError(
+                f"{where}: duplicate id {item_id!r} (first seen on line {first_line[item_id]})"
+            )
+        first_line[item_id] = lineno
+        text = record.get("text")
+        items.append(
+            Item(
+                id=item_id,
+                text=text if isinstance(text, str) else None,
+                record=record,
+                index=len(items),
+            )
+        )
+    return items
+
+
+def _record_id(record: dict[str, Any], where: str) -> str:
+    if "id" not in record:
+        raise CorpusError(f"{where}: missing 'id' field")
+    value = record["id"]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        kind = type(value).__name__
+        raise CorpusError(f"{where}: 'id' must be a string or an integer, got {kind}")
+    item_id = str(value)
+    if not item_id.strip():
+        raise CorpusError(f"{where}: 'id' must not be empty")
+    return item_id
+
+
+def _walk_files(root: Path) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+
+    def on_error(exc: OSError) -> None:
+        raise CorpusError(f"{exc.filename}: cannot list directory: {exc.strerror}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        base = Path(dirpath)
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = base / name
+            if full.is_file():
+                found.append((full.relative_to(root).as_posix(), full))
+    found.sort(key=lambda pair: pair[0])
+    return found
+
+
+def _load_directory(root: Path) -> list[Item]:
+    items: list[Item] = []
+    for rel, full in _walk_files(root):
+        text = _read_bytes(full).decode("utf-8", errors="replace")
+        try:
+            mtime = full.stat().st_mtime
+        except OSError as exc:
+            raise CorpusError(f"{full}: cannot stat: {exc.strerror or exc}") from exc
+        abs_path = str(full.absolute())
+        record = {"id": rel, "path": abs_path, "text": text, "mtime": mtime}
+        items.append(
+            Item(id=rel, text=text, record=record, path=abs_path, mtime=mtime, index=len(items))
+        )
+    return items
