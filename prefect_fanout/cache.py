@@ -5,8 +5,8 @@ is added: endpoint URL, model, messages, sampling, output schema and the
 profile's prompt parts. Never the flow-run id, the API key or client objects.
 Results persist in Prefect result storage (local by default, configurable), so
 the cache hits across flow runs and processes. Identical calls running at the
-same time serialise on a file lock: the first makes the HTTP request, the others
-read its record.
+same time serialise on a lock (:mod:`prefect_fanout.locks`): the first makes the
+HTTP request, the others read its record.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
+
+from prefect_fanout.locks import FlockLockManager
 
 
 class CacheMode(StrEnum):
@@ -74,7 +75,7 @@ class AgentCallCachePolicy(CachePolicy):
         return request.with_context(inputs.get("context")).cache_key()
 
 
-_lock_managers: dict[Path, FileSystemLockManager] = {}
+_lock_managers: dict[Path, FlockLockManager] = {}
 _lock_managers_guard = threading.Lock()
 
 
@@ -83,12 +84,12 @@ def lock_directory() -> Path:
     return Path(str(PREFECT_LOCAL_STORAGE_PATH.value())).expanduser() / ".fanout-locks"
 
 
-def _lock_manager() -> FileSystemLockManager:
+def _lock_manager() -> FlockLockManager:
     directory = lock_directory()
     with _lock_managers_guard:
         manager = _lock_managers.get(directory)
         if manager is None:
-            manager = FileSystemLockManager(lock_files_directory=directory)
+            manager = FlockLockManager(directory)
             _lock_managers[directory] = manager
         return manager
 
