@@ -116,6 +116,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         return f"connection error: {cause or exc}"
+    if isinstance(exc, ValueError):  # the client could not parse the body
+        return f"malformed response from the server ({type(exc).__name__}: {exc})"
     return f"{type(exc).__name__}: {exc}"
 
 

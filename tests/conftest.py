@@ -1,0 +1,215 @@
+"""Shared pytest fixtures: the fake OpenAI server and one real Prefect server per session."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakeopenai import FakeOpenAI
+
+PREFECT_START_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def _fake_openai_session() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai(_fake_openai_session: FakeOpenAI) -> FakeOpenAI:
+    """The session's fake OpenAI server, reset (no scripts, no records) for this test."""
+    _fake_openai_session.reset()
+    _fake_openai_session.default_latency = 0.0
+    return _fake_openai_session
+
+
+@dataclass
+class PrefectServer:
+    """A running Prefect server started for the test session.
+
+    Attributes:
+        api_url: ``http://127.0.0.1:PORT/api``.
+        ui_url: ``http://127.0.0.1:PORT``.
+        home: The server's PREFECT_HOME (database, logs).
+        client_home: PREFECT_HOME given to client subprocesses by `env`.
+        storage_path: Result storage shared by the test process and subprocesses.
+        log_path: The server's combined stdout/stderr.
+        process: The server process.
+    """
+
+    api_url: str
+    ui_url: str
+    home: Path
+    client_home: Path
+    storage_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Return an environment for CLI subprocesses that talk to this server.
+
+        Args:
+            **extra: Additional variables, applied last.
+        """
+        env = dict(os.environ)
+        env.update(
+            PREFECT_API_URL=self.api_url,
+            PREFECT_HOME=str(self.client_home),
+            PREFECT_LOCAL_STORAGE_PATH=str(self.storage_path),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        env.update(extra)
+        return env
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Return the last lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no server log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_healthy(server: PrefectServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"Prefect server exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"Prefect server not healthy after {timeout:.0f}s:\n{server.log_tail()}")
+
+
+def _die_with_parent() -> None:
+    """Run in the forked child: have Linux SIGTERM it if the test process dies first."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the server's process group; kill it after 10 s."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def _as_global_settings() -> Iterator[None]:
+    """Also expose the current Prefect settings to threads without a settings context.
+
+    Uses the private helper `prefect_test_harness` relies on; a no-op if it is missing.
+    """
+    import prefect.context
+
+    exposer = getattr(prefect.context, "_temporary_global_settings_context", None)
+    if exposer is None:
+        yield
+        return
+    with exposer(prefect.context.get_settings_context()):
+        yield
+
+
+def _drain_prefect_workers() -> None:
+    """Flush queued API logs and events while the server is still up."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception as exc:  # teardown must go on
+            warnings.warn(f"could not drain {worker.__name__}: {exc!r}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """Run one real Prefect server (API and UI) for the session and point Prefect at it."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    root = tmp_path_factory.mktemp("prefect")
+    home, client_home, storage_path = root / "server-home", root / "client-home", root / "storage"
+    for path in (home, client_home, storage_path):
+        path.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    server = PrefectServer(
+        api_url=f"http://127.0.0.1:{port}/api",
+        ui_url=f"http://127.0.0.1:{port}",
+        home=home,
+        client_home=client_home,
+        storage_path=storage_path,
+        log_path=log_path,
+        process=process,
+    )
+    try:
+        _wait_healthy(server, PREFECT_START_TIMEOUT)
+        settings = {
+            PREFECT_API_URL: server.api_url,
+            PREFECT_UI_URL: server.ui_url,
+            PREFECT_LOCAL_STORAGE_PATH: server.storage_path,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        }
+        with temporary_settings(updates=settings), _as_global_settings():
+            yield server
+            _drain_prefect_workers()
+    finally:
+        _stop(server.process)

@@ -1,0 +1,653 @@
+"""A scriptable, OpenAI-compatible chat-completions server for tests.
+
+`FakeOpenAI` serves ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``
+on 127.0.0.1 from a background thread, so the real ``openai`` client (or anything else
+speaking HTTP) can be pointed at ``fake.base_url``.
+
+Requests are answered by default with a deterministic reply: ``"echo: <last user message>"``
+for plain requests, ``{}`` for ``response_format={"type": "json_object"}`` and a generated,
+schema-valid document for ``response_format={"type": "json_schema", ...}``.  Tests change this
+per prompt with `FakeOpenAI.script`: every request whose user messages contain a key
+consumes the next scripted step (`Reply`, `Error`, `Hang` or `Malformed`).
+
+Run ``python -m tests.fakeopenai --port 8765`` to serve it standalone until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "fake-model")
+"""Model ids listed by ``GET /v1/models`` (any model name is accepted for completions)."""
+
+_POLL_SECONDS = 0.02
+_MAX_DEPTH = 16
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_FORMAT_EXAMPLES = {
+    "date-time": "2024-01-01T00:00:00Z",
+    "date": "2024-01-01",
+    "time": "00:00:00Z",
+    "email": "user@example.com",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+@dataclass
+class Reply:
+    """A successful chat completion.
+
+    Attributes:
+        content: Message content; ``None`` means the default answer for the request.
+        latency: Seconds to wait before answering.
+        finish_reason: The choice's ``finish_reason``.
+        prompt_tokens: Reported prompt tokens; ``None`` means the word count of all messages.
+        completion_tokens: Reported completion tokens; ``None`` means the content's word count.
+    """
+
+    content: str | None = None
+    latency: float = 0.0
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Error:
+    """An HTTP error with OpenAI's body ``{"error": {"message", "type", "code", "param"}}``.
+
+    Attributes:
+        status: HTTP status code.
+        message: ``error.message``.
+        code: ``error.code``, e.g. ``"context_length_exceeded"`` or ``"rate_limit_exceeded"``.
+        retry_after: Value of the ``Retry-After`` header (seconds or an HTTP date).
+        retry_after_ms: Value of the ``retry-after-ms`` header.
+        latency: Seconds to wait before answering.
+    """
+
+    status: int
+    message: str = "scripted error"
+    code: str | None = None
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
+    latency: float = 0.0
+
+
+@dataclass
+class Hang:
+    """Never answer in practice.
+
+    The handler waits up to `seconds`, ending early when the client disconnects, the fake is
+    reset or the server stops.  If the full time elapses it answers 504.
+    """
+
+    seconds: float = 60.0
+
+
+@dataclass
+class Malformed:
+    """Answer 200 with a ``Content-Type: application/json`` body that is not valid JSON."""
+
+    latency: float = 0.0
+
+
+Step = Reply | Error | Hang | Malformed
+
+
+@dataclass
+class RecordedRequest:
+    """One chat-completions request as the fake saw it.
+
+    Attributes:
+        key: The script key that matched the prompt, or ``None``.
+        prompt: Content of the last user message (``""`` if there is none).
+        conversation: Text of all user messages (what scripts and counts match against).
+        body: The whole JSON request body (``{}`` if it was not a JSON object).
+        headers: Request headers, names in lower case.
+        arrived: ``time.monotonic()`` at arrival.
+        finished: ``time.monotonic()`` when the response was handed to the server.
+    """
+
+    key: str | None
+    prompt: str
+    conversation: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    arrived: float
+    finished: float | None = None
+
+
+def message_text(content: Any) -> str:
+    """Return the text of a message's ``content`` (a string or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict)]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def last_user_message(messages: Any) -> str:
+    """Return the text of the last ``role == "user"`` message, or ``""``."""
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
+def user_text(messages: Any) -> str:
+    """Return the text of every ``role == "user"`` message, joined by newlines.
+
+    Scripts and counts match against this, so a follow-up turn (a re-ask after an
+    invalid answer) still belongs to the conversation its first message started.
+    """
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(
+        message_text(m.get("content"))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "user"
+    )
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+def _resolve_ref(root: Any, ref: str) -> Any:
+    """Follow a local JSON pointer such as ``#/$defs/Item``."""
+    if not ref.startswith("#"):
+        raise ValueError(f"only local $ref is supported, got {ref!r}")
+    node = root
+    for token in ref.lstrip("#").strip("/").split("/"):
+        if token:
+            node = node[token.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _is_null_schema(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number_example(schema: dict[str, Any], integral: bool) -> int | float:
+    """Pick a number that satisfies the schema's (exclusive) minimum and maximum."""
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if integral:
+        lows = [math.ceil(lo)] if _is_number(lo) else []
+        lows += [math.floor(xlo) + 1] if _is_number(xlo) else []
+        highs = [math.floor(hi)] if _is_number(hi) else []
+        highs += [math.ceil(xhi) - 1] if _is_number(xhi) else []
+        if lows:
+            return max(lows)
+        return min([0, *highs])
+    low = max([v for v in (lo, xlo) if _is_number(v)], default=None)
+    high = min([v for v in (hi, xhi) if _is_number(v)], default=None)
+    if low is not None and high is not None:
+        return (low + high) / 2
+    if low is not None:
+        return float(low + 1)
+    if high is not None and high <= 0:
+        return float(high - 1)
+    return 0.0
+
+
+def example_for_schema(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """Generate a deterministic JSON value that is valid for a JSON schema.
+
+    Supports objects (all properties, required first), strings (with common formats and
+    length limits), integers, numbers, booleans, null, arrays (one item, or ``minItems``),
+    ``prefixItems``, ``enum`` (first value), ``const``, local ``$ref``, ``anyOf``/``oneOf``
+    (first non-null option) and ``allOf`` (merged objects).  ``pattern`` and ``multipleOf``
+    are ignored.  Deep recursion is cut off by dropping optional parts.
+
+    Args:
+        schema: The (sub)schema to satisfy.
+        root: The document ``$ref`` pointers resolve against; defaults to `schema`.
+        depth: Current nesting depth (internal).
+
+    Returns:
+        A JSON-serialisable value.
+    """
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return None
+    deep = depth >= _MAX_DEPTH
+    if "$ref" in schema:
+        return example_for_schema(_resolve_ref(root, schema["$ref"]), root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf"):
+        options = schema.get(combinator)
+        if options:
+            if deep and any(_is_null_schema(o) for o in options):
+                return None
+            usable = [o for o in options if not _is_null_schema(o)] or options
+            return example_for_schema(usable[0], root, depth + 1)
+    if schema.get("allOf"):
+        parts = [example_for_schema(p, root, depth + 1) for p in schema["allOf"]]
+        if all(isinstance(p, dict) for p in parts):
+            return {k: v for part in parts for k, v in part.items()}
+        return parts[0]
+
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = "null" if deep and "null" in kind else next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+
+    if kind == "object":
+        properties: dict[str, Any] = schema.get("properties") or {}
+        required = [name for name in schema.get("required", []) if isinstance(name, str)]
+        optional = [] if deep else [name for name in properties if name not in required]
+        extra = schema.get("additionalProperties")
+        result = {}
+        for name in required + optional:
+            sub = properties.get(name, extra if isinstance(extra, dict) else {})
+            result[name] = example_for_schema(sub, root, depth + 1)
+        return result
+    if kind == "array":
+        if schema.get("prefixItems"):
+            return [example_for_schema(p, root, depth + 1) for p in schema["prefixItems"]]
+        count = int(schema.get("minItems", 0)) if deep else max(1, int(schema.get("minItems", 0)))
+        if "maxItems" in schema:
+            count = min(count, int(schema["maxItems"]))
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        return [example_for_schema(items, root, depth + 1) for _ in range(count)]
+    if kind == "string":
+        text = _FORMAT_EXAMPLES.get(schema.get("format", ""), "example")
+        text = text.ljust(int(schema.get("minLength", 0)), "x")
+        return text[: schema["maxLength"]] if "maxLength" in schema else text
+    if kind in ("integer", "number"):
+        return _number_example(schema, integral=kind == "integer")
+    if kind == "boolean":
+        return True
+    return None
+
+
+def default_answer(body: dict[str, Any]) -> str:
+    """Return the default completion content for a (valid) request body."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        if response_format.get("type") == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            return json.dumps(example_for_schema(spec.get("schema") or {}))
+        if response_format.get("type") == "json_object":
+            return "{}"
+    return "echo: " + last_user_message(body.get("messages"))
+
+
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """Build an OpenAI-shaped error body for an HTTP status."""
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
+
+
+def _header_number(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _validate(body: Any) -> tuple[str, str] | None:
+    """Return ``(message, param)`` describing why a request body is invalid, or ``None``."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object.", ""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "You must provide a model parameter.", "model"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array.", "messages"
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        return "Each message must be an object with a 'role'.", "messages"
+    return None
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible HTTP server on 127.0.0.1, scripted from tests.
+
+    Args:
+        host: Interface to bind (keep ``127.0.0.1``).
+        port: Port to bind; ``0`` picks a free one at `start`.
+        default_latency: Seconds to wait before default (unscripted) replies.
+
+    Example:
+        >>> with FakeOpenAI() as fake:  # doctest: +SKIP
+        ...     fake.script("summarise", Error(429, retry_after=1), Reply("ok"))
+        ...     client = openai.OpenAI(base_url=fake.base_url, api_key="x")
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, default_latency: float = 0.0):
+        self.host = host
+        self.port = port
+        self.default_latency = default_latency
+        self._lock = threading.Lock()
+        self._scripts: dict[str, deque[Step]] = {}
+        self._records: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._generation = 0  # bumped by reset()/stop(); interrupts waits that began earlier
+        self._stopping = False
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/health", self._health, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, ``http://127.0.0.1:PORT/v1`` (known once started)."""
+        if not self.port:
+            raise RuntimeError("FakeOpenAI has no port yet; call start() first")
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        """Bind the socket and serve from a daemon thread; return ``self`` once listening."""
+        if self._thread is not None:
+            raise RuntimeError("FakeOpenAI is already running")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._stopping = False
+        self._socket = sock
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="fakeopenai", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("FakeOpenAI failed to start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, interrupting hung requests; returns within about a second."""
+        self._stopping = True
+        with self._lock:
+            self._generation += 1
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- scripting
+
+    def script(self, key: str, *steps: Step) -> None:
+        """Queue steps for requests whose user messages contain `key`.
+
+        Each matching request consumes one step; once they are used up, matching requests get
+        the default reply.  Scripting a key again replaces its remaining steps.  When several
+        keys match, the longest wins (so ``""`` acts as a lowest-priority catch-all).
+        """
+        with self._lock:
+            self._scripts[key] = deque(steps)
+
+    def count(self, key_or_substring: str) -> int:
+        """Return how many requests had user messages containing the string."""
+        return len(self.requests(key_or_substring))
+
+    def requests(self, substring: str | None = None) -> list[RecordedRequest]:
+        """Return recorded requests in arrival order, optionally only prompts containing it."""
+        with self._lock:
+            records = list(self._records)
+        return [r for r in records if substring is None or substring in r.conversation]
+
+    @property
+    def total(self) -> int:
+        """Number of chat requests since start or the last `reset`."""
+        with self._lock:
+            return len(self._records)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat requests handled at the same time since start or the last `reset`."""
+        with self._lock:
+            return self._max_in_flight
+
+    def reset(self) -> None:
+        """Forget scripts and records and reset `max_in_flight`.
+
+        Hung or sleeping requests from before the reset are released, and the call waits
+        (up to one second) for them to finish so they cannot leak into the next test.
+        """
+        with self._lock:
+            self._generation += 1
+            self._scripts.clear()
+        deadline = time.monotonic() + 1.0
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with self._lock:
+            self._records = []
+            self._max_in_flight = self._in_flight
+
+    # ----------------------------------------------------------------- handlers
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _models(self, request: Request) -> Response:
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "fakeopenai"}
+            for model in MODELS
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}"
+        return JSONResponse(error_body(status, message), status_code=status)
+
+    async def _chat(self, request: Request) -> Response:
+        arrived = time.monotonic()
+        with self._lock:
+            generation = self._generation
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        record: RecordedRequest | None = None
+        try:
+            try:
+                body: Any = json.loads(await request.body())
+            except (ValueError, UnicodeDecodeError):
+                body = None
+            problem = _validate(body)
+            valid: dict[str, Any] = body if problem is None else {}
+            prompt = last_user_message(valid.get("messages"))
+            conversation = user_text(valid.get("messages"))
+            with self._lock:
+                key = self._match(conversation) if problem is None else None
+                queue = self._scripts.get(key) if key is not None else None
+                step = queue.popleft() if queue else None
+                record = RecordedRequest(
+                    key=key,
+                    prompt=prompt,
+                    conversation=conversation,
+                    body=body if isinstance(body, dict) else {},
+                    headers=dict(request.headers),
+                    arrived=arrived,
+                )
+                self._records.append(record)
+            if problem is not None:
+                message, param = problem
+                return JSONResponse(error_body(400, message, None, param or None), 400)
+            return await self._respond(step, valid, request, generation)
+        finally:
+            if record is not None:
+                record.finished = time.monotonic()
+            with self._lock:
+                self._in_flight -= 1
+
+    def _match(self, prompt: str) -> str | None:
+        """Return the longest script key contained in the prompt (lock held by caller)."""
+        keys = [key for key in self._scripts if key in prompt]
+        return max(keys, key=len) if keys else None
+
+    async def _pause(self, seconds: float, request: Request, generation: int) -> bool:
+        """Sleep up to `seconds`; return False if interrupted (disconnect, reset or stop)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._stopping or self._generation != generation:
+                return False
+            if await request.is_disconnected():
+                return False
+            await asyncio.sleep(min(_POLL_SECONDS, remaining))
+        return True
+
+    async def _respond(
+        self, step: Step | None, body: dict[str, Any], request: Request, generation: int
+    ) -> Response:
+        if isinstance(step, Hang):
+            await self._pause(step.seconds, request, generation)
+            return JSONResponse(error_body(504, "fake hang ended", "timeout"), 504)
+        if isinstance(step, Error):
+            await self._pause(step.latency, request, generation)
+            headers = {}
+            if step.retry_after is not None:
+                headers["retry-after"] = _header_number(step.retry_after)
+            if step.retry_after_ms is not None:
+                headers["retry-after-ms"] = _header_number(step.retry_after_ms)
+            content = error_body(step.status, step.message, step.code)
+            return JSONResponse(content, step.status, headers=headers)
+        if isinstance(step, Malformed):
+            await self._pause(step.latency, request, generation)
+            broken = '{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{'
+            return Response(broken, 200, media_type="application/json")
+
+        reply = step if isinstance(step, Reply) else Reply(latency=self.default_latency)
+        await self._pause(reply.latency, request, generation)
+        content = default_answer(body) if reply.content is None else reply.content
+        completion = self._completion(body, reply, content)
+        headers = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            chunks = _stream(completion, bool(options.get("include_usage")))
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+        return JSONResponse(completion, headers=headers)
+
+    @staticmethod
+    def _completion(body: dict[str, Any], reply: Reply, content: str) -> dict[str, Any]:
+        messages = body["messages"]
+        prompt_tokens = reply.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = sum(_word_count(message_text(m.get("content"))) for m in messages)
+        completion_tokens = reply.completion_tokens
+        if completion_tokens is None:
+            completion_tokens = _word_count(content)
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "fp_fakeopenai",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+async def _stream(completion: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+    """Yield a completion as server-sent ``chat.completion.chunk`` events."""
+    choice = completion["choices"][0]
+    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    deltas = [
+        ({"role": "assistant", "content": choice["message"]["content"]}, None),
+        ({}, choice["finish_reason"]),
+    ]
+    for delta, finish_reason in deltas:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': completion['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a `FakeOpenAI` in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(description="Serve a fake OpenAI API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    parser.add_argument("--latency", type=float, default=0.0, help="default reply latency (s)")
+    args = parser.parse_args(argv)
+    with FakeOpenAI(port=args.port, default_latency=args.latency) as fake:
+        print(f"fake OpenAI serving at {fake.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
