@@ -9,4 +9,4 @@ PYTHON=${PYTHON:-python3}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}
 export FANOUT_MODEL=${FANOUT_MODEL:-test}
-exec .venv/bin/python flows/main_job.py "$@"
+exec .venv/bin/python flows/extract_insights.py "$@"
