@@ -216,7 +216,9 @@ def execute_request(request: CallRequest, endpoint: LLMEndpoint | None, logger: 
             break
         except (ValidationError, ValueError, jsonschema.ValidationError) as exc:
             problem = _short_error(exc)
-            logger.warning("%s: answer did not match the output schema: %s", request.label, problem)
+            logger.warning(
+                "[%s] answer did not match the output schema: %s", request.label, problem
+            )
             messages = [
                 *messages,
                 {"role": "assistant", "content": raw},
@@ -255,7 +257,7 @@ def execute_request(request: CallRequest, endpoint: LLMEndpoint | None, logger: 
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
     logger.info(
-        "%s: %s answered in %.2fs, %d attempt(s), tokens %d/%d, cost %s",
+        "[%s] %s answered in %.2fs, %d attempt(s), tokens %d/%d, cost %s",
         request.label,
         request.model,
         latency,
@@ -264,7 +266,7 @@ def execute_request(request: CallRequest, endpoint: LLMEndpoint | None, logger: 
         completion_tokens,
         cost,
     )
-    logger.debug("%s: prompt=%r answer=%r", request.label, request.prompt, raw)
+    logger.debug("[%s] prompt=%r answer=%r", request.label, request.prompt, raw)
     return result
 
 

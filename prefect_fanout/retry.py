@@ -174,7 +174,7 @@ def call_with_retries(
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if logger is not None and state.outcome is not None and state.next_action is not None:
             logger.warning(
-                "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                "[%s] attempt %d/%d failed (%s); retrying in %.2fs",
                 label,
                 state.attempt_number,
                 policy.max_attempts,
