@@ -182,6 +182,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         # The UI asks the server where the API is; without this it looks on port 4200.
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
     )
+    # SQLite serialises writes: background services the tests never need only add lock
+    # contention (and the occasional stalled request). The scheduler, the task-run recorder
+    # and the event persister stay on: schedules, task runs and the UI need them.
+    for service in (
+        "CANCELLATION_CLEANUP",
+        "FOREMAN",
+        "LATE_RUNS",
+        "PAUSE_EXPIRATIONS",
+        "CLEANUP_RECONCILER",
+        "TRIGGERS",
+    ):
+        env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     log_path = root / "server.log"
