@@ -28,32 +28,43 @@ _EXPORTS: dict[str, str] = {
     "FanoutError": "prefect_fanout.errors",
     "Item": "prefect_fanout.corpus",
     "LLMEndpoint": "prefect_fanout.endpoints",
+    "MapJob": "prefect_fanout.mapjob",
+    "MapSummary": "prefect_fanout.mapsummary",
     "NonRetryableAPIError": "prefect_fanout.errors",
     "OutputValidationError": "prefect_fanout.errors",
+    "PartitionReport": "prefect_fanout.mapsummary",
     "PartitionSpec": "prefect_fanout.partition",
     "PartitionSpecError": "prefect_fanout.partition",
     "Plan": "prefect_fanout.plan",
     "PlanConfig": "prefect_fanout.plan",
     "PlanValidationError": "prefect_fanout.plan",
     "ProgressReporter": "prefect_fanout.artifacts",
+    "ReduceReport": "prefect_fanout.mapsummary",
     "RetriesExhaustedError": "prefect_fanout.errors",
     "RetryAfterTooLongError": "prefect_fanout.errors",
     "RetryPolicy": "prefect_fanout.retry",
     "TaskOutcome": "prefect_fanout.dispatch_result",
     "TaskSpec": "prefect_fanout.plan",
+    "TemplateFieldError": "prefect_fanout.itemprompts",
+    "TreeReduce": "prefect_fanout.reduce",
     "agent_call": "prefect_fanout.call",
     "build_request": "prefect_fanout.call",
     "call_agent": "prefect_fanout.call",
     "cost_usd": "prefect_fanout.pricing",
+    "create_blocks": "prefect_fanout.blocks",
     "critical_path": "prefect_fanout.plan",
     "dependency_levels": "prefect_fanout.plan",
     "dispatch_flow": "prefect_fanout.dispatch",
     "dispatch_plan": "prefect_fanout.dispatch",
+    "execute_map": "prefect_fanout.mapreduce",
+    "load_agents_file": "prefect_fanout.agentsfile",
     "load_dispatch_plan": "prefect_fanout.dispatch_agents",
     "load_items": "prefect_fanout.corpus",
     "load_plan": "prefect_fanout.plan",
+    "map_corpus": "prefect_fanout.mapreduce",
     "parse_partition_spec": "prefect_fanout.partition",
     "partition": "prefect_fanout.partition",
+    "prepare_map": "prefect_fanout.mapjob",
     "price_for": "prefect_fanout.pricing",
     "publish_run_artifacts": "prefect_fanout.artifacts",
     "resolve_agent": "prefect_fanout.profiles",
@@ -61,12 +72,16 @@ _EXPORTS: dict[str, str] = {
     "result_from_future": "prefect_fanout.call",
     "result_from_state": "prefect_fanout.call",
     "result_of": "prefect_fanout.dispatch",
+    "run_map": "prefect_fanout.mapreduce",
     "run_plan": "prefect_fanout.dispatch",
     "submit_agent_call": "prefect_fanout.call",
+    "tree_reduce": "prefect_fanout.reduce",
 }
 
 if TYPE_CHECKING:
+    from prefect_fanout.agentsfile import load_agents_file
     from prefect_fanout.artifacts import CallRecord, ProgressReporter, publish_run_artifacts
+    from prefect_fanout.blocks import create_blocks
     from prefect_fanout.cache import CacheMode, CacheOptions
     from prefect_fanout.call import (
         agent_call,
@@ -91,6 +106,10 @@ if TYPE_CHECKING:
         RetriesExhaustedError,
         RetryAfterTooLongError,
     )
+    from prefect_fanout.itemprompts import TemplateFieldError
+    from prefect_fanout.mapjob import MapJob, prepare_map
+    from prefect_fanout.mapreduce import execute_map, map_corpus, run_map
+    from prefect_fanout.mapsummary import MapSummary, PartitionReport, ReduceReport
     from prefect_fanout.partition import (
         PartitionSpec,
         PartitionSpecError,
@@ -108,6 +127,7 @@ if TYPE_CHECKING:
     )
     from prefect_fanout.pricing import cost_usd, price_for
     from prefect_fanout.profiles import BUILTIN_PROFILES, AgentProfile, resolve_agent
+    from prefect_fanout.reduce import TreeReduce, tree_reduce
     from prefect_fanout.request import CallRequest
     from prefect_fanout.results import AgentResult
     from prefect_fanout.retry import RetryPolicy
@@ -128,32 +148,43 @@ __all__ = [
     "FanoutError",
     "Item",
     "LLMEndpoint",
+    "MapJob",
+    "MapSummary",
     "NonRetryableAPIError",
     "OutputValidationError",
+    "PartitionReport",
     "PartitionSpec",
     "PartitionSpecError",
     "Plan",
     "PlanConfig",
     "PlanValidationError",
     "ProgressReporter",
+    "ReduceReport",
     "RetriesExhaustedError",
     "RetryAfterTooLongError",
     "RetryPolicy",
     "TaskOutcome",
     "TaskSpec",
+    "TemplateFieldError",
+    "TreeReduce",
     "agent_call",
     "build_request",
     "call_agent",
     "cost_usd",
+    "create_blocks",
     "critical_path",
     "dependency_levels",
     "dispatch_flow",
     "dispatch_plan",
+    "execute_map",
+    "load_agents_file",
     "load_dispatch_plan",
     "load_items",
     "load_plan",
+    "map_corpus",
     "parse_partition_spec",
     "partition",
+    "prepare_map",
     "price_for",
     "publish_run_artifacts",
     "resolve_agent",
@@ -161,8 +192,10 @@ __all__ = [
     "result_from_future",
     "result_from_state",
     "result_of",
+    "run_map",
     "run_plan",
     "submit_agent_call",
+    "tree_reduce",
 ]
 
 

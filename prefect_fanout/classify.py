@@ -1,0 +1,116 @@
+"""The classifier stage of ``topic:agent=NAME``: one agent call per item gives its label.
+
+The label is the call's text output, stripped, or the ``topic`` (else
+``label``) field of a structured output. Items whose call fails, or whose
+answer gives no label, are labelled ``unknown`` (and still mapped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from prefect_fanout.artifacts import CallRecord
+from prefect_fanout.cache import CacheOptions
+from prefect_fanout.call import submit_agent_call
+from prefect_fanout.callpool import CallWindow
+from prefect_fanout.endpoints import LLMEndpoint
+from prefect_fanout.mapsummary import StageUsage
+from prefect_fanout.outputs import jsonable
+from prefect_fanout.partition import UNKNOWN
+from prefect_fanout.progress import BackgroundProgress
+from prefect_fanout.request import CallRequest
+from prefect_fanout.results import AgentResult
+
+__all__ = ["classify_items", "label_from_output"]
+
+LABEL_FIELDS = ("topic", "label")
+
+
+def label_from_output(output: Any) -> str:
+    """The partition label in a classifier's output.
+
+    Args:
+        output: A text answer, or a structured one (dict or model).
+
+    Returns:
+        The stripped text, or the stripped ``topic``/``label`` field; ``unknown``
+        when there is none.
+
+    """
+    data = jsonable(output)
+    if isinstance(data, dict):
+        for name in LABEL_FIELDS:
+            value = data.get(name)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if value is not None and not isinstance(value, str):
+                return str(value)
+        return UNKNOWN
+    if data is None:
+        return UNKNOWN
+    text = data if isinstance(data, str) else str(data)
+    return text.strip() or UNKNOWN
+
+
+def _jobs(
+    requests: Mapping[str, CallRequest], endpoint: LLMEndpoint | None, cache: CacheOptions
+) -> Iterator[tuple[str, Callable[[], PrefectFuture[Any]]]]:
+    for item_id, request in requests.items():
+
+        def submit(request: CallRequest = request) -> PrefectFuture[Any]:
+            return submit_agent_call(request, endpoint=endpoint, cache=cache)
+
+        yield item_id, submit
+
+
+def classify_items(
+    requests: Mapping[str, CallRequest],
+    *,
+    endpoint: LLMEndpoint | None,
+    cache: CacheOptions,
+    window: CallWindow,
+    logger: Any,
+) -> tuple[dict[str, str], StageUsage, list[CallRecord]]:
+    """Run the classifier on every item (inside a flow) and collect the labels.
+
+    Args:
+        requests: The classifier request of each item, by item id.
+        endpoint: The endpoint of the calls.
+        cache: Cache settings of the calls.
+        window: Bounds the calls in flight.
+        logger: Where to log failures.
+
+    Returns:
+        Labels by item id, the stage's usage, and one record per call.
+
+    """
+    labels: dict[str, str] = {}
+    usage = StageUsage()
+    records: list[CallRecord] = []
+    progress = BackgroundProgress(len(requests), f"fanout map: classifying {len(requests)} items")
+    for done in window.run(_jobs(requests, endpoint, cache)):
+        request = requests[done.key]
+        usage.add(done.result, failed=not done.ok)
+        progress.advance(failed=not done.ok)
+        if done.ok:
+            result: AgentResult = done.result  # type: ignore[assignment]
+            labels[done.key] = label_from_output(result.output)
+            records.append(CallRecord.from_result(f"classify:{done.key}", result))
+            continue
+        labels[done.key] = UNKNOWN
+        logger.warning("classify %s failed, labelled %r: %s", done.key, UNKNOWN, done.error)
+        records.append(
+            CallRecord(
+                id=f"classify:{done.key}",
+                agent=request.agent,
+                model=request.model,
+                status="failed",
+                attempts=getattr(done.error, "attempts", 1),
+                error=f"{type(done.error).__name__}: {done.error}",
+            )
+        )
+    progress.finish()
+    return labels, usage, records
