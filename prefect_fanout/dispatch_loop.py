@@ -25,10 +25,11 @@ from prefect_fanout.dispatch_result import DispatchResult, build_result, call_re
 from prefect_fanout.dispatch_task import TaskRun
 from prefect_fanout.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
 from prefect_fanout.errors import AgentCallError
+from prefect_fanout.outputs import write_json_atomic
 from prefect_fanout.plan import Plan, TaskSpec
 from prefect_fanout.profiles import AgentProfile, resolve_agent
 from prefect_fanout.request import CallRequest
-from prefect_fanout.traces import atomic_write_json, trace_file_names, write_index
+from prefect_fanout.traces import trace_file_names, write_index
 
 DISPATCH_TAG = "fanout:dispatch"
 
@@ -286,7 +287,7 @@ class Dispatcher:
             return
         path = self.trace_dir / self.trace_names[run.spec.task_id]
         try:
-            run.trace = str(atomic_write_json(path, run.trace_record(self.flow_run_id)))
+            run.trace = str(write_json_atomic(path, run.trace_record(self.flow_run_id)))
         except OSError as exc:  # a full disk must not lose the run's result
             self.logger.error("cannot write trace %s: %s", path, exc)
 

@@ -17,45 +17,15 @@ records the actual path of every task's trace.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.outputs import write_json_atomic
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def atomic_write_json(path: Path, data: Any) -> Path:
-    """Write JSON to ``path`` atomically (temp file in the same directory + ``os.replace``).
-
-    Args:
-        path: The file to write; its directory is created if missing.
-        data: Anything JSON-serialisable (other objects are written as ``str``).
-
-    Returns:
-        The path written.
-
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def trace_file_names(task_ids: Iterable[str]) -> dict[str, str]:
@@ -156,4 +126,4 @@ def write_index(
         "tasks": tasks,
         "traces": [entry["trace"] for entry in tasks if entry.get("trace")],
     }
-    return atomic_write_json(trace_dir / index_file_name(), index)
+    return write_json_atomic(trace_dir / index_file_name(), index)

@@ -115,11 +115,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate the server's process group; kill it after 10 s."""
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Terminate a process started with ``start_new_session``; kill its group after ``grace`` s."""
     if process.poll() is not None:
         return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -229,4 +229,4 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             yield server
             _drain_prefect_workers()
     finally:
-        _stop(server.process)
+        stop_process_group(server.process)

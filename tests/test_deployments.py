@@ -7,7 +7,6 @@ serve process's environment), so no endpoint or block is needed.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
+
+from tests.conftest import stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
@@ -203,21 +204,6 @@ def _interval_entry() -> dict[str, Any]:
     raise AssertionError("prefect.yaml has no interval schedule")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def test_serve_runs_an_interval_schedule(prefect_server, deployed, tmp_path) -> None:
     entry = _interval_entry()
     full_name = f"{_flow_name(entry)}/{entry['name']}"
@@ -235,7 +221,7 @@ def test_serve_runs_an_interval_schedule(prefect_server, deployed, tmp_path) -> 
     try:
         completed = _first_completed_scheduled_run(full_name, process, log_path)
     finally:
-        _stop(process)
+        stop_process_group(process, grace=20)
     served = run_coro_as_sync(_read_deployment(full_name))
     assert completed.deployment_id == served.id
     assert completed.auto_scheduled

@@ -11,19 +11,10 @@ import argparse
 import sys
 from typing import Any
 
+from prefect_fanout.commands.argtypes import positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 
 POLICIES = ("partial", "all_or_nothing")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,7 +33,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("plan", help="path of the plan file ('-' reads it from stdin)")
     parser.add_argument("--model", help="model for every agent ('test' runs offline)")
     parser.add_argument(
-        "--max-workers", type=_positive_int, help="most tasks in flight (overrides the plan)"
+        "--max-workers", type=positive_int, help="most tasks in flight (overrides the plan)"
     )
     parser.add_argument(
         "--failure-policy", choices=POLICIES, help="what a failure does (overrides the plan)"
@@ -57,16 +48,12 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout dispatch``."""
+    from prefect_fanout.commands.validate import load_or_report
     from prefect_fanout.dispatch import check_endpoint, run_dispatch_flow, with_overrides
-    from prefect_fanout.dispatch_agents import load_dispatch_plan
     from prefect_fanout.errors import ConfigurationError
-    from prefect_fanout.plan import PlanValidationError
 
-    try:
-        plan = load_dispatch_plan(args.plan)
-    except PlanValidationError as exc:
-        print(str(exc), file=sys.stderr)
-        print(f"fanout dispatch: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
+    plan = load_or_report(args.plan, "dispatch")
+    if plan is None:
         return EXIT_USAGE
     try:
         plan = with_overrides(

@@ -12,39 +12,10 @@ import argparse
 import sys
 from typing import Any
 
+from prefect_fanout.commands.argtypes import non_negative_float, non_negative_int, positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -91,35 +62,35 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--reduce", metavar="AGENT", help="combine the outputs with this agent")
     parser.add_argument(
         "--reduce-budget",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_REDUCE_BUDGET,
         metavar="TOKENS",
         help=f"estimated tokens (chars/4) per reduce call (default {DEFAULT_REDUCE_BUDGET})",
     )
     parser.add_argument(
         "--max-workers",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_WORKERS,
         metavar="N",
         help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
     )
     parser.add_argument(
         "--active-partitions",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_ACTIVE_PARTITIONS,
         metavar="N",
         help=f"partitions mapped at once (default {DEFAULT_ACTIVE_PARTITIONS})",
     )
     parser.add_argument(
         "--partition-retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_PARTITION_RETRIES,
         metavar="N",
         help=f"retries of a partition whose output fails (default {DEFAULT_PARTITION_RETRIES})",
     )
     parser.add_argument(
         "--retry-delay",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_PARTITION_RETRY_DELAY,
         metavar="SECONDS",
         help="first partition retry delay, doubling each time "

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_fanout.errors import EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from prefect_fanout.plan import Plan
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,17 +37,25 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``fanout validate``."""
+def load_or_report(path: str, command: str) -> Plan | None:
+    """Load and validate a plan; on problems, print every one to stderr and return None."""
     from prefect_fanout.dispatch_agents import load_dispatch_plan
-    from prefect_fanout.plan import PlanValidationError, dependency_levels, format_levels
+    from prefect_fanout.plan import PlanValidationError
 
     try:
-        plan = load_dispatch_plan(args.plan)
+        return load_dispatch_plan(path)
     except PlanValidationError as exc:
         print(str(exc), file=sys.stderr)
-        count = len(exc.problems)
-        print(f"fanout validate: {count} problem(s); nothing was run", file=sys.stderr)
+        print(f"fanout {command}: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fanout validate``."""
+    from prefect_fanout.plan import dependency_levels, format_levels
+
+    plan = load_or_report(args.plan, "validate")
+    if plan is None:
         return EXIT_USAGE
     name = "<stdin>" if args.plan == "-" else args.plan
     levels = dependency_levels(plan)

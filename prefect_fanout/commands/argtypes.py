@@ -1,0 +1,36 @@
+"""Argument types shared by the ``fanout`` commands: numbers with a lower bound."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def at_least(kind: type[int] | type[float], minimum: float) -> Callable[[str], int | float]:
+    """An argparse ``type`` that parses ``kind`` and rejects values below ``minimum``.
+
+    Args:
+        kind: ``int`` or ``float``.
+        minimum: The smallest accepted value.
+
+    Returns:
+        The converter; its errors name the expected form and the bound.
+    """
+    expected = "a whole number" if kind is int else "a number"
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value}")
+        return value
+
+    convert.__name__ = f"{kind.__name__}>={minimum:g}"
+    return convert
+
+
+positive_int = at_least(int, 1)
+non_negative_int = at_least(int, 0)
+non_negative_float = at_least(float, 0.0)
