@@ -22,7 +22,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from pydantic import BaseModel, ValidationError
 
-from prefect_fanout import testmodel
+from prefect_fanout import tagslots, testmodel
 from prefect_fanout.cache import CacheMode, CacheOptions, task_cache_options
 from prefect_fanout.endpoints import (
     TEST_BASE_URL,
@@ -37,6 +37,9 @@ from prefect_fanout.profiles import AgentProfile, resolve_agent
 from prefect_fanout.request import CallRequest
 from prefect_fanout.results import AgentResult
 from prefect_fanout.retry import RetryPolicy, call_with_retries
+
+# Tags on every call without a slot request per call (see tagslots for why).
+tagslots.install()
 
 _clients: dict[tuple[str, str, str | None], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
