@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from prefect import flow
@@ -20,6 +21,7 @@ from pydantic import BaseModel, SecretStr
 from prefect_fanout import (
     AgentProfile,
     CacheMode,
+    CacheOptions,
     LLMEndpoint,
     NonRetryableAPIError,
     call_agent,
@@ -193,3 +195,24 @@ def test_test_model_needs_no_server_and_no_key(monkeypatch):
     assert text.output == offline()[0].output  # deterministic
     assert isinstance(structured.output, Findings)
     assert text.cost_usd == 0.0
+
+
+def test_an_expired_answer_is_asked_again(fake_openai):
+    prompt = f"{uuid.uuid4().hex} short-lived"
+
+    @flow
+    def twice(expiration: timedelta):
+        ep = endpoint(fake_openai)
+        options = CacheOptions(expiration=expiration)
+        first = call_agent(prompt, agent=profile(), endpoint=ep, model="gpt-4o-mini", cache=options)
+        second = call_agent(
+            prompt, agent=profile(), endpoint=ep, model="gpt-4o-mini", cache=options
+        )
+        return first, second
+
+    _, second = twice(timedelta(microseconds=1))
+    assert second.cached is False
+    assert fake_openai.count(prompt) == 2
+    _, kept = twice(timedelta(hours=1))
+    assert kept.cached is True
+    assert fake_openai.count(prompt) == 3
