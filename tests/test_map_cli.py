@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +12,9 @@ import pytest
 
 from prefect_fanout.cli import main
 from tests.fakeopenai import Error, FakeOpenAI
+from tests.map_helpers import read_jsonl, tag, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def run_cli(prefect_server: Any, fake: FakeOpenAI, *args: str) -> subprocess.CompletedProcess[str]:

@@ -32,21 +32,9 @@ from prefect_fanout.outputs import (
 from prefect_fanout.profiles import AgentProfile
 from prefect_fanout.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
 from tests.fakeopenai import FakeOpenAI, Reply
+from tests.map_helpers import read_jsonl, tag, write_corpus
 
 REDUCE_HEAD = REDUCE_INSTRUCTION.split("{")[0]
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def endpoint_for(fake: FakeOpenAI) -> LLMEndpoint:

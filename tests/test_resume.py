@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,10 @@ from prefect_fanout.endpoints import LLMEndpoint
 from prefect_fanout.mapreduce import map_corpus
 from prefect_fanout.outputs import TEMP_SUFFIX
 from tests.fakeopenai import Error, FakeOpenAI
+from tests.map_helpers import read_jsonl, tag, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.server
-
-
-def tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:

@@ -1,0 +1,24 @@
+"""Small helpers shared by the map tests: unique tags and JSONL files."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def tag() -> str:
+    """A short unique token: the cache and the fake server live for the whole session."""
+    return uuid.uuid4().hex[:10]
+
+
+def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write records as a JSONL corpus and return its path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file into a list of objects."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
