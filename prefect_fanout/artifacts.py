@@ -13,11 +13,13 @@ turns a list of them into the artifacts the UI shows on the flow run page:
 
 from __future__ import annotations
 
+import contextvars
 import re
 import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
@@ -200,9 +202,12 @@ def publish_run_artifacts(
 class ProgressReporter:
     """Progress of a long run: a Prefect progress artifact and a bar on stderr.
 
-    The artifact is updated at most every ``interval`` seconds (and at the end),
-    so a 5,000-call run does not make 5,000 API requests for it. The stderr bar
-    is drawn only when stderr is a terminal.
+    Counting and the stderr bar happen at once in the caller's thread; the
+    artifact's API requests run in order on one helper thread (inside the
+    caller's run context), so a slow server never holds up the loop that
+    submits calls. The artifact is updated at most every ``interval`` seconds
+    (and at the end), so a 5,000-call run does not make 5,000 API requests for
+    it. The stderr bar is drawn only when stderr is a terminal.
     """
 
     def __init__(
@@ -223,20 +228,26 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._last_publish = 0.0
         self._artifact_id: UUID | None = None
+        self._executor: ThreadPoolExecutor | None = None
         if artifact:
-            self._artifact_id = self._create()
+            # The artifact belongs to the current flow run: carry its context over.
+            self._context = contextvars.copy_context()
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fanout-progress")
+            self._executor.submit(self._context.run, self._create, self._percent())
         self._draw()
 
     def _percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
-    def _create(self) -> UUID | None:
+    def _create(self, progress: float) -> None:
         from prefect.artifacts import create_progress_artifact
 
         try:
-            return create_progress_artifact(progress=self._percent(), description=self.description)  # type: ignore[return-value]
+            self._artifact_id = create_progress_artifact(  # type: ignore[assignment]
+                progress=progress, description=self.description
+            )
         except Exception:  # no flow run context or API: progress stays on stderr
-            return None
+            self._artifact_id = None
 
     def advance(self, n: int = 1, failed: bool = False) -> None:
         """Count ``n`` finished units (``failed`` ones are also counted as failed)."""
@@ -247,17 +258,22 @@ class ProgressReporter:
             publish = now - self._last_publish >= self.interval or self.done >= self.total
             if publish:
                 self._last_publish = now
+            progress = self._percent()
         self._draw()
         if publish:
-            self._publish()
+            self._publish(progress)
 
-    def _publish(self) -> None:
+    def _publish(self, progress: float) -> None:
+        if self._executor is not None:
+            self._executor.submit(self._context.run, self._update, progress)
+
+    def _update(self, progress: float) -> None:
         if self._artifact_id is None:
             return
         from prefect.artifacts import update_progress_artifact
 
         try:
-            update_progress_artifact(artifact_id=self._artifact_id, progress=self._percent())
+            update_progress_artifact(artifact_id=self._artifact_id, progress=progress)
         except Exception:  # progress is informative; never fail the run for it
             pass
 
@@ -274,5 +290,8 @@ class ProgressReporter:
         self.stream.flush()
 
     def finish(self) -> None:
-        """Publish the final figure."""
-        self._publish()
+        """Publish the final figure and wait for every pending artifact update."""
+        self._publish(self._percent())
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.artifacts import CallRecord
+from prefect_fanout.artifacts import CallRecord, ProgressReporter
 from prefect_fanout.cache import CacheOptions
 from prefect_fanout.call import submit_agent_call
 from prefect_fanout.callpool import CallWindow
@@ -20,7 +20,6 @@ from prefect_fanout.endpoints import LLMEndpoint
 from prefect_fanout.mapsummary import StageUsage
 from prefect_fanout.outputs import jsonable
 from prefect_fanout.partition import UNKNOWN
-from prefect_fanout.progress import BackgroundProgress
 from prefect_fanout.request import CallRequest
 from prefect_fanout.results import AgentResult
 
@@ -90,7 +89,7 @@ def classify_items(
     labels: dict[str, str] = {}
     usage = StageUsage()
     records: list[CallRecord] = []
-    progress = BackgroundProgress(len(requests), f"fanout map: classifying {len(requests)} items")
+    progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
     for done in window.run(_jobs(requests, endpoint, cache)):
         request = requests[done.key]
         usage.add(done.result, failed=not done.ok)

@@ -28,6 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from prefect_fanout.artifacts import ProgressReporter
 from prefect_fanout.call import submit_agent_call
 from prefect_fanout.callpool import CallOutcome, CallWindow
 from prefect_fanout.corpus import Item
@@ -35,7 +36,6 @@ from prefect_fanout.mapjob import MapJob
 from prefect_fanout.mapsummary import PartitionReport, StageUsage
 from prefect_fanout.outputs import jsonable, write_jsonl_atomic
 from prefect_fanout.partition import safe_partition_filenames
-from prefect_fanout.progress import BackgroundProgress
 
 __all__ = [
     "PARTITIONS_DIR",
@@ -233,7 +233,7 @@ def map_partitions(
     total = sum(len(items) for items in groups.values())
     remaining = {key: len(items) for key, items in groups.items()}
     writes: dict[str, PrefectFuture[Any]] = {}
-    progress = BackgroundProgress(total, f"fanout map: {total} items in {len(groups)} partitions")
+    progress = ProgressReporter(total, f"fanout map: {total} items in {len(groups)} partitions")
     order = interleave(groups, job.active_partitions)
     jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
     step = max(1, total // 10)
