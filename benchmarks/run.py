@@ -35,7 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from prefect_fanout import LLMEndpoint  # noqa: E402
-from prefect_fanout.call import build_request, result_from_future, submit_agent_call  # noqa: E402
+from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 

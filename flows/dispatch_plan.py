@@ -19,7 +19,7 @@ import sys
 
 from prefect import flow
 
-from prefect_fanout.dispatch import (
+from prefect_fanout.dispatch.run import (
     DISPATCH_FLOW_NAME,
     check_endpoint,
     final_state,
@@ -27,7 +27,7 @@ from prefect_fanout.dispatch import (
     run_plan,
     with_overrides,
 )
-from prefect_fanout.dispatch_agents import load_dispatch_plan
+from prefect_fanout.plan.agents import load_dispatch_plan
 
 
 @flow(name=DISPATCH_FLOW_NAME, log_prints=False)

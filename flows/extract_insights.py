@@ -28,12 +28,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_fanout.agentsfile import load_agents_file
-from prefect_fanout.corpus import CorpusError
+from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigurationError
-from prefect_fanout.mapjob import prepare_map
-from prefect_fanout.mapreduce import map_corpus
-from prefect_fanout.mapsummary import MapSummary
+from prefect_fanout.mapping.corpus import CorpusError
+from prefect_fanout.mapping.job import prepare_map
+from prefect_fanout.mapping.run import map_corpus
+from prefect_fanout.mapping.summary import MapSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "corpus"

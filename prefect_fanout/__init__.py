@@ -14,76 +14,81 @@ from typing import TYPE_CHECKING, Any
 # command line starts fast; type checkers see the real imports below.
 _EXPORTS: dict[str, str] = {
     "AgentCallError": "prefect_fanout.errors",
-    "AgentProfile": "prefect_fanout.profiles",
-    "AgentResult": "prefect_fanout.results",
-    "BUILTIN_PROFILES": "prefect_fanout.profiles",
-    "CacheMode": "prefect_fanout.cache",
-    "CacheOptions": "prefect_fanout.cache",
-    "CallRecord": "prefect_fanout.artifacts",
-    "CallRequest": "prefect_fanout.request",
+    "AgentProfile": "prefect_fanout.agents.profiles",
+    "AgentResult": "prefect_fanout.call.result",
+    "BUILTIN_PROFILES": "prefect_fanout.agents.profiles",
+    "CacheMode": "prefect_fanout.call.cache",
+    "CacheOptions": "prefect_fanout.call.cache",
+    "CallRecord": "prefect_fanout.ui.artifacts",
+    "CallRequest": "prefect_fanout.call.request",
     "CallTimeoutError": "prefect_fanout.errors",
     "ConfigurationError": "prefect_fanout.errors",
-    "CorpusError": "prefect_fanout.corpus",
-    "DispatchResult": "prefect_fanout.dispatch_result",
+    "CorpusError": "prefect_fanout.mapping.corpus",
+    "DispatchResult": "prefect_fanout.dispatch.result",
     "FanoutError": "prefect_fanout.errors",
-    "Item": "prefect_fanout.corpus",
-    "LLMEndpoint": "prefect_fanout.endpoints",
-    "MapJob": "prefect_fanout.mapjob",
-    "MapSummary": "prefect_fanout.mapsummary",
+    "Item": "prefect_fanout.mapping.corpus",
+    "LLMEndpoint": "prefect_fanout.agents.endpoints",
+    "MapJob": "prefect_fanout.mapping.job",
+    "MapSummary": "prefect_fanout.mapping.summary",
     "NonRetryableAPIError": "prefect_fanout.errors",
     "OutputValidationError": "prefect_fanout.errors",
-    "PartitionReport": "prefect_fanout.mapsummary",
-    "PartitionSpec": "prefect_fanout.partition",
-    "PartitionSpecError": "prefect_fanout.partition",
-    "Plan": "prefect_fanout.plan",
-    "PlanConfig": "prefect_fanout.plan",
-    "PlanValidationError": "prefect_fanout.plan",
-    "ProgressReporter": "prefect_fanout.artifacts",
-    "ReduceReport": "prefect_fanout.mapsummary",
+    "PartitionReport": "prefect_fanout.mapping.summary",
+    "PartitionSpec": "prefect_fanout.mapping.partition",
+    "PartitionSpecError": "prefect_fanout.mapping.partition",
+    "Plan": "prefect_fanout.plan.model",
+    "PlanConfig": "prefect_fanout.plan.model",
+    "PlanValidationError": "prefect_fanout.plan.model",
+    "ProgressReporter": "prefect_fanout.ui.artifacts",
+    "ReduceReport": "prefect_fanout.mapping.summary",
     "RetriesExhaustedError": "prefect_fanout.errors",
     "RetryAfterTooLongError": "prefect_fanout.errors",
-    "RetryPolicy": "prefect_fanout.retry",
-    "TaskOutcome": "prefect_fanout.dispatch_result",
-    "TaskSpec": "prefect_fanout.plan",
-    "TemplateFieldError": "prefect_fanout.itemprompts",
-    "TreeReduce": "prefect_fanout.reduce",
-    "agent_call": "prefect_fanout.call",
-    "build_request": "prefect_fanout.call",
-    "call_agent": "prefect_fanout.call",
-    "cost_usd": "prefect_fanout.pricing",
+    "RetryPolicy": "prefect_fanout.call.retry",
+    "TaskOutcome": "prefect_fanout.dispatch.result",
+    "TaskSpec": "prefect_fanout.plan.model",
+    "TemplateFieldError": "prefect_fanout.mapping.prompts",
+    "TreeReduce": "prefect_fanout.mapping.reduce",
+    "agent_call": "prefect_fanout.call.task",
+    "build_request": "prefect_fanout.call.task",
+    "call_agent": "prefect_fanout.call.task",
+    "cost_usd": "prefect_fanout.call.pricing",
     "create_blocks": "prefect_fanout.blocks",
-    "critical_path": "prefect_fanout.plan",
-    "dependency_levels": "prefect_fanout.plan",
-    "dispatch_flow": "prefect_fanout.dispatch",
-    "dispatch_plan": "prefect_fanout.dispatch",
-    "execute_map": "prefect_fanout.mapreduce",
-    "load_agents_file": "prefect_fanout.agentsfile",
-    "load_dispatch_plan": "prefect_fanout.dispatch_agents",
-    "load_items": "prefect_fanout.corpus",
-    "load_plan": "prefect_fanout.plan",
-    "map_corpus": "prefect_fanout.mapreduce",
-    "parse_partition_spec": "prefect_fanout.partition",
-    "partition": "prefect_fanout.partition",
-    "prepare_map": "prefect_fanout.mapjob",
-    "price_for": "prefect_fanout.pricing",
-    "publish_run_artifacts": "prefect_fanout.artifacts",
-    "resolve_agent": "prefect_fanout.profiles",
-    "resolve_endpoint": "prefect_fanout.endpoints",
-    "result_from_future": "prefect_fanout.call",
-    "result_from_state": "prefect_fanout.call",
-    "result_of": "prefect_fanout.dispatch",
-    "run_map": "prefect_fanout.mapreduce",
-    "run_plan": "prefect_fanout.dispatch",
-    "submit_agent_call": "prefect_fanout.call",
-    "tree_reduce": "prefect_fanout.reduce",
+    "critical_path": "prefect_fanout.plan.model",
+    "dependency_levels": "prefect_fanout.plan.model",
+    "dispatch_flow": "prefect_fanout.dispatch.run",
+    "dispatch_plan": "prefect_fanout.dispatch.run",
+    "execute_map": "prefect_fanout.mapping.run",
+    "load_agents_file": "prefect_fanout.agents.agentsfile",
+    "load_dispatch_plan": "prefect_fanout.plan.agents",
+    "load_items": "prefect_fanout.mapping.corpus",
+    "load_plan": "prefect_fanout.plan.model",
+    "map_corpus": "prefect_fanout.mapping.run",
+    "parse_partition_spec": "prefect_fanout.mapping.partition",
+    "partition": "prefect_fanout.mapping.partition",
+    "prepare_map": "prefect_fanout.mapping.job",
+    "price_for": "prefect_fanout.call.pricing",
+    "publish_run_artifacts": "prefect_fanout.ui.artifacts",
+    "resolve_agent": "prefect_fanout.agents.profiles",
+    "resolve_endpoint": "prefect_fanout.agents.endpoints",
+    "result_from_future": "prefect_fanout.call.task",
+    "result_from_state": "prefect_fanout.call.task",
+    "result_of": "prefect_fanout.dispatch.run",
+    "run_map": "prefect_fanout.mapping.run",
+    "run_plan": "prefect_fanout.dispatch.run",
+    "submit_agent_call": "prefect_fanout.call.task",
+    "tree_reduce": "prefect_fanout.mapping.reduce",
 }
 
 if TYPE_CHECKING:
-    from prefect_fanout.agentsfile import load_agents_file
-    from prefect_fanout.artifacts import CallRecord, ProgressReporter, publish_run_artifacts
+    from prefect_fanout.agents.agentsfile import load_agents_file
+    from prefect_fanout.agents.endpoints import LLMEndpoint, resolve_endpoint
+    from prefect_fanout.agents.profiles import BUILTIN_PROFILES, AgentProfile, resolve_agent
     from prefect_fanout.blocks import create_blocks
-    from prefect_fanout.cache import CacheMode, CacheOptions
-    from prefect_fanout.call import (
+    from prefect_fanout.call.cache import CacheMode, CacheOptions
+    from prefect_fanout.call.pricing import cost_usd, price_for
+    from prefect_fanout.call.request import CallRequest
+    from prefect_fanout.call.result import AgentResult
+    from prefect_fanout.call.retry import RetryPolicy
+    from prefect_fanout.call.task import (
         agent_call,
         build_request,
         call_agent,
@@ -91,11 +96,8 @@ if TYPE_CHECKING:
         result_from_state,
         submit_agent_call,
     )
-    from prefect_fanout.corpus import CorpusError, Item, load_items
-    from prefect_fanout.dispatch import dispatch_flow, dispatch_plan, result_of, run_plan
-    from prefect_fanout.dispatch_agents import load_dispatch_plan
-    from prefect_fanout.dispatch_result import DispatchResult, TaskOutcome
-    from prefect_fanout.endpoints import LLMEndpoint, resolve_endpoint
+    from prefect_fanout.dispatch.result import DispatchResult, TaskOutcome
+    from prefect_fanout.dispatch.run import dispatch_flow, dispatch_plan, result_of, run_plan
     from prefect_fanout.errors import (
         AgentCallError,
         CallTimeoutError,
@@ -106,17 +108,20 @@ if TYPE_CHECKING:
         RetriesExhaustedError,
         RetryAfterTooLongError,
     )
-    from prefect_fanout.itemprompts import TemplateFieldError
-    from prefect_fanout.mapjob import MapJob, prepare_map
-    from prefect_fanout.mapreduce import execute_map, map_corpus, run_map
-    from prefect_fanout.mapsummary import MapSummary, PartitionReport, ReduceReport
-    from prefect_fanout.partition import (
+    from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
+    from prefect_fanout.mapping.job import MapJob, prepare_map
+    from prefect_fanout.mapping.partition import (
         PartitionSpec,
         PartitionSpecError,
         parse_partition_spec,
         partition,
     )
-    from prefect_fanout.plan import (
+    from prefect_fanout.mapping.prompts import TemplateFieldError
+    from prefect_fanout.mapping.reduce import TreeReduce, tree_reduce
+    from prefect_fanout.mapping.run import execute_map, map_corpus, run_map
+    from prefect_fanout.mapping.summary import MapSummary, PartitionReport, ReduceReport
+    from prefect_fanout.plan.agents import load_dispatch_plan
+    from prefect_fanout.plan.model import (
         Plan,
         PlanConfig,
         PlanValidationError,
@@ -125,12 +130,7 @@ if TYPE_CHECKING:
         dependency_levels,
         load_plan,
     )
-    from prefect_fanout.pricing import cost_usd, price_for
-    from prefect_fanout.profiles import BUILTIN_PROFILES, AgentProfile, resolve_agent
-    from prefect_fanout.reduce import TreeReduce, tree_reduce
-    from prefect_fanout.request import CallRequest
-    from prefect_fanout.results import AgentResult
-    from prefect_fanout.retry import RetryPolicy
+    from prefect_fanout.ui.artifacts import CallRecord, ProgressReporter, publish_run_artifacts
 
 __all__ = [
     "BUILTIN_PROFILES",

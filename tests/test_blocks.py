@@ -14,6 +14,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import HttpUrl, SecretStr, TypeAdapter
 
 from prefect_fanout import blocks
+from prefect_fanout.agents.profiles import BUILTIN_PROFILES
 from prefect_fanout.blocks import (
     DEFAULT_LOCAL_BASE_URL,
     AgentProfile,
@@ -21,7 +22,6 @@ from prefect_fanout.blocks import (
     local_endpoint,
     openai_endpoint,
 )
-from prefect_fanout.profiles import BUILTIN_PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
 CREATE_BLOCKS = REPO / "blocks" / "create_blocks.py"
@@ -213,7 +213,7 @@ def test_create_blocks_skips_openai_without_a_key(prefect_server, monkeypatch, c
 
 @pytest.mark.server
 def test_flow_uses_endpoint_block_by_name(prefect_server, fake_openai, monkeypatch) -> None:
-    from prefect_fanout.flows_impl import call_flow
+    from prefect_fanout.flows import call_flow
 
     monkeypatch.delenv("FANOUT_MODEL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -26,7 +26,7 @@ from prefect_fanout import (
     NonRetryableAPIError,
     call_agent,
 )
-from prefect_fanout.call import build_request, result_from_future, submit_agent_call
+from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
 from tests.fakeopenai import Error, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

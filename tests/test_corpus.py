@@ -1,4 +1,4 @@
-"""Tests for prefect_fanout.corpus: JSONL and directory loading."""
+"""Tests for prefect_fanout.mapping.corpus: JSONL and directory loading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from prefect_fanout.corpus import CorpusError, Item, load_items
+from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:

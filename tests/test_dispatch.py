@@ -19,13 +19,13 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout import cli
-from prefect_fanout.dispatch import dispatch_plan, task_prompt
-from prefect_fanout.dispatch_agents import load_dispatch_plan
-from prefect_fanout.dispatch_result import TaskOutcome, overall_status
-from prefect_fanout.endpoints import LLMEndpoint
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.dispatch.result import TaskOutcome, overall_status
+from prefect_fanout.dispatch.run import dispatch_plan, task_prompt
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.plan import Plan, PlanValidationError, TaskSpec
-from prefect_fanout.traces import trace_file_names
+from prefect_fanout.plan.agents import load_dispatch_plan
+from prefect_fanout.plan.model import Plan, PlanValidationError, TaskSpec
+from prefect_fanout.ui.traces import trace_file_names
 from tests.fakeopenai import Error, FakeOpenAI, Hang, Reply
 
 # ----------------------------------------------------------------------------- helpers
@@ -657,7 +657,7 @@ def test_examples_are_valid_plans(name: str) -> None:
 def test_agents_resolve_to_saved_agent_profile_blocks(
     prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
 ) -> None:
-    from prefect_fanout.profiles import AgentProfile
+    from prefect_fanout.agents.profiles import AgentProfile
 
     key = uid()
     block = f"saved-agent-{key}"

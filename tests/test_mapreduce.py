@@ -14,23 +14,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_fanout.agentsfile import load_agents_file, profiles_from_mapping
-from prefect_fanout.classify import label_from_output
-from prefect_fanout.corpus import Item
-from prefect_fanout.endpoints import LLMEndpoint
+from prefect_fanout.agents.agentsfile import load_agents_file, profiles_from_mapping
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.itemprompts import TemplateFieldError, item_prompt
-from prefect_fanout.mapjob import prepare_map
-from prefect_fanout.mapreduce import map_corpus
-from prefect_fanout.mapstage import interleave, partition_file_names
-from prefect_fanout.outputs import (
+from prefect_fanout.files import (
     TEMP_SUFFIX,
     remove_stale_temp_files,
     write_json_atomic,
     write_jsonl_atomic,
 )
-from prefect_fanout.profiles import AgentProfile
-from prefect_fanout.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
+from prefect_fanout.mapping.classify import label_from_output
+from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.mapping.job import prepare_map
+from prefect_fanout.mapping.prompts import TemplateFieldError, item_prompt
+from prefect_fanout.mapping.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
+from prefect_fanout.mapping.run import map_corpus
+from prefect_fanout.mapping.stage import interleave, partition_file_names
 from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 

@@ -1,4 +1,4 @@
-"""Tests for prefect_fanout.partition: partitioners, spec parsing, safe file names."""
+"""Tests for prefect_fanout.mapping.partition: partitioners, spec parsing, safe file names."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_fanout.corpus import Item, load_items
-from prefect_fanout.partition import (
+from prefect_fanout.mapping.corpus import Item, load_items
+from prefect_fanout.mapping.partition import (
     DEFAULT_PARTITION_SIZE,
     UNKNOWN,
     PartitionError,
@@ -275,8 +275,8 @@ def test_plain_specs_have_no_classifier() -> None:
 
 STABILITY_SCRIPT = """
 import json, sys
-from prefect_fanout.corpus import load_items
-from prefect_fanout.partition import partition, safe_partition_filenames
+from prefect_fanout.mapping.corpus import load_items
+from prefect_fanout.mapping.partition import partition, safe_partition_filenames
 items = load_items(sys.argv[1])
 out = {}
 for spec in ("topic:lang", "key:meta.source", "count:3", "time:month:created"):
@@ -443,7 +443,7 @@ def test_filenames_unique_property(keys: list[str]) -> None:
 def test_filenames_lengthen_hashes_when_short_hashes_collide(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import prefect_fanout.partition as module
+    import prefect_fanout.mapping.partition as module
 
     real = module._digest
     monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""Tests for prefect_fanout.plan: loading, validation, levels, critical path."""
+"""Tests for prefect_fanout.plan.model: loading, validation, levels, critical path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from prefect_fanout.plan import (
+from prefect_fanout.plan.model import (
     Plan,
     PlanConfig,
     PlanProblem,

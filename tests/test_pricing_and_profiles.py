@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout.endpoints import LLMEndpoint, choose_model, resolve_endpoint
+from prefect_fanout.agents.endpoints import LLMEndpoint, choose_model, resolve_endpoint
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.call.pricing import cost_usd, price_for
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.pricing import cost_usd, price_for
-from prefect_fanout.profiles import AgentProfile
 
 
 def test_known_models_and_dated_snapshots_are_priced():

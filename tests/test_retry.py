@@ -13,8 +13,9 @@ import uuid
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from prefect_fanout.call import build_request, execute_request
-from prefect_fanout.endpoints import LLMEndpoint
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.call.task import build_request, execute_request
 from prefect_fanout.errors import (
     CallTimeoutError,
     NonRetryableAPIError,
@@ -22,7 +23,6 @@ from prefect_fanout.errors import (
     RetriesExhaustedError,
     RetryAfterTooLongError,
 )
-from prefect_fanout.profiles import AgentProfile
 from tests.conftest import free_port
 from tests.fakeopenai import Error, FakeOpenAI, Hang, Malformed, Reply
 

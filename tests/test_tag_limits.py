@@ -12,8 +12,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from prefect_fanout import AgentProfile, LLMEndpoint
-from prefect_fanout.call import build_request, result_from_future, submit_agent_call
-from prefect_fanout.tagslots import LIMIT_NAMES, narrow
+from prefect_fanout.call.tagslots import LIMIT_NAMES, narrow
+from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
 from tests.fakeopenai import Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

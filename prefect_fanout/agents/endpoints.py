@@ -1,0 +1,144 @@
+"""LLM endpoints: where agent calls go, and how a call finds its endpoint."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, ClassVar
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from prefect_fanout.agents.profiles import DOCS_URL, LOGO_URL
+from prefect_fanout.errors import ConfigurationError
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+TEST_MODEL = "test"
+TEST_BASE_URL = "test://offline"
+
+#: Placeholder key for OpenAI-compatible servers that need none (Ollama, vLLM, ...).
+NO_KEY = "not-needed"
+
+
+class LLMEndpoint(Block):
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, ...).
+
+    The rate fields are carried for the limits layer; the call itself uses the URL,
+    key, organization, default model and timeout.
+    """
+
+    _block_type_name: ClassVar[str] = "Fanout LLM Endpoint"
+    _block_type_slug: ClassVar[str] = "fanout-llm-endpoint"
+    _logo_url: ClassVar[str] = LOGO_URL
+    _documentation_url: ClassVar[str] = DOCS_URL
+    _code_example: ClassVar[str] = (
+        "```python\n"
+        "from prefect_fanout import LLMEndpoint\n\n"
+        'endpoint = LLMEndpoint.load("BLOCK_NAME")\n'
+        "```"
+    )
+
+    base_url: str = Field(
+        default=OPENAI_BASE_URL, description="Base URL of the API, ending in /v1."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key; servers that need none may leave it empty."
+    )
+    organization: str | None = Field(default=None, description="OpenAI organization id, if any.")
+    default_model: str | None = Field(
+        default=None, description="Model used by agents that name none."
+    )
+    request_timeout_seconds: float | None = Field(
+        default=None, description="Timeout of one HTTP request; None defers to the agent's."
+    )
+    max_concurrency: int | None = Field(
+        default=None, description="Most requests in flight at once to this endpoint."
+    )
+    requests_per_minute: int | None = Field(default=None, description="Request rate limit.")
+    tokens_per_minute: int | None = Field(default=None, description="Token rate limit.")
+
+    def key_value(self) -> str:
+        """The API key in clear, or a placeholder for keyless servers."""
+        return self.api_key.get_secret_value() if self.api_key else NO_KEY
+
+
+_loaded: dict[str, LLMEndpoint] = {}
+_loaded_lock = threading.Lock()
+
+
+def endpoint_from_env() -> LLMEndpoint | None:
+    """An endpoint from the OpenAI client's own variables, or None when neither is set."""
+    key = os.environ.get("OPENAI_API_KEY")
+    base = os.environ.get("OPENAI_BASE_URL")
+    if not key and not base:
+        return None
+    return LLMEndpoint(
+        base_url=base or OPENAI_BASE_URL,
+        api_key=SecretStr(key) if key else None,
+        organization=os.environ.get("OPENAI_ORG_ID"),
+    )
+
+
+def resolve_endpoint(endpoint: str | LLMEndpoint | None = None) -> LLMEndpoint:
+    """Find the endpoint a call should use.
+
+    Order: an explicit endpoint (a block name or an object); then the OpenAI
+    client's environment variables ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+
+    Args:
+        endpoint: A saved ``LLMEndpoint`` block's name, an endpoint object, or None.
+
+    Returns:
+        The endpoint.
+
+    Raises:
+        ConfigurationError: Nothing is configured, or the named block does not exist.
+
+    """
+    if isinstance(endpoint, LLMEndpoint):
+        return endpoint
+    if isinstance(endpoint, str) and endpoint:
+        with _loaded_lock:
+            if endpoint in _loaded:
+                return _loaded[endpoint]
+        try:
+            block = LLMEndpoint.load(endpoint, validate=True)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"no LLMEndpoint block named {endpoint!r} could be loaded ({exc}). Create it "
+                "with `python blocks/create_blocks.py` or LLMEndpoint(...).save(name)."
+            ) from None
+        with _loaded_lock:
+            _loaded[endpoint] = block  # type: ignore[assignment]
+        return block  # type: ignore[return-value]
+    from_env = endpoint_from_env()
+    if from_env is not None:
+        return from_env
+    raise ConfigurationError(
+        "no LLM endpoint is configured. Use one of: (1) pass an endpoint, e.g. "
+        "--endpoint BLOCK_NAME or endpoint=LLMEndpoint(base_url=..., api_key=...); "
+        "(2) save an LLMEndpoint block (python blocks/create_blocks.py) and name it; "
+        "(3) set OPENAI_API_KEY (and OPENAI_BASE_URL for an OpenAI-compatible server). "
+        "For an offline dry run use the built-in model: --model test or FANOUT_MODEL=test."
+    )
+
+
+def choose_model(
+    explicit: str | None,
+    profile_model: str | None,
+    endpoint: LLMEndpoint | None,
+) -> str:
+    """Pick the model of a call: explicit > FANOUT_MODEL > profile > endpoint default > default."""
+    return (
+        explicit
+        or os.environ.get("FANOUT_MODEL")
+        or profile_model
+        or (endpoint.default_model if endpoint else None)
+        or DEFAULT_MODEL
+    )
+
+
+def describe(endpoint: LLMEndpoint) -> dict[str, Any]:
+    """A secret-free description of an endpoint, for logs and traces."""
+    return {"base_url": endpoint.base_url, "organization": endpoint.organization}

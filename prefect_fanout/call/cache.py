@@ -1,0 +1,113 @@
+"""The content cache of agent calls, built on Prefect's cache policies.
+
+The key is :meth:`CallRequest.cache_key` of the request *after* upstream context
+is added: endpoint URL, model, messages, sampling, output schema and the
+profile's prompt parts. Never the flow-run id, the API key or client objects.
+Results persist in Prefect result storage (local by default, configurable), so
+the cache hits across flow runs and processes. Identical calls running at the
+same time serialise on a lock (:mod:`prefect_fanout.call.locks`): the first makes the
+HTTP request, the others read its record.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+from prefect.transactions import IsolationLevel
+
+from prefect_fanout.call.locks import FlockLockManager
+
+
+class CacheMode(StrEnum):
+    """How a call uses the cache.
+
+    Attributes:
+        ON: Read a stored answer if there is one, else call and store.
+        REFRESH: Always call, and store the new answer over the old one.
+        OFF: Neither read nor write the cache.
+
+    """
+
+    ON = "on"
+    REFRESH = "refresh"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Cache settings of a call.
+
+    Attributes:
+        mode: ``on``, ``refresh`` or ``off``.
+        expiration: How long a stored answer stays valid; None keeps it for ever.
+        result_storage: A Prefect storage block (or its slug) for results; None
+            uses Prefect's default (``PREFECT_LOCAL_STORAGE_PATH``).
+
+    """
+
+    mode: CacheMode = CacheMode.ON
+    expiration: timedelta | None = None
+    result_storage: Any = None
+
+
+@dataclass
+class AgentCallCachePolicy(CachePolicy):
+    """Keys an agent call by the content of its request (with upstream context)."""
+
+    def compute_key(
+        self,
+        task_ctx: Any,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        """The request's content hash; upstream context is part of the content."""
+        request = inputs.get("request")
+        if request is None:
+            return None
+        return request.with_context(inputs.get("context")).cache_key()
+
+
+_lock_managers: dict[Path, FlockLockManager] = {}
+_lock_managers_guard = threading.Lock()
+
+
+def lock_directory() -> Path:
+    """Where call locks live: beside the local result storage."""
+    return Path(str(PREFECT_LOCAL_STORAGE_PATH.value())).expanduser() / ".fanout-locks"
+
+
+def _lock_manager() -> FlockLockManager:
+    directory = lock_directory()
+    with _lock_managers_guard:
+        manager = _lock_managers.get(directory)
+        if manager is None:
+            manager = FlockLockManager(directory)
+            _lock_managers[directory] = manager
+        return manager
+
+
+def task_cache_options(options: CacheOptions) -> dict[str, Any]:
+    """The Prefect ``Task.with_options`` arguments for these cache options."""
+    if options.mode is CacheMode.OFF:
+        return {"cache_policy": NO_CACHE, "persist_result": False, "refresh_cache": False}
+    policy = AgentCallCachePolicy().configure(
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        lock_manager=_lock_manager(),
+    )
+    settings: dict[str, Any] = {
+        "cache_policy": policy,
+        "persist_result": True,
+        "refresh_cache": options.mode is CacheMode.REFRESH,
+        "cache_expiration": options.expiration,
+    }
+    if options.result_storage is not None:
+        settings["result_storage"] = options.result_storage
+    return settings

@@ -1,0 +1,60 @@
+"""The ``fanout`` command line: a thin shell over the library.
+
+Each command lives in ``prefect_fanout/cli/<name>.py`` and provides
+``add_parser(subparsers)`` and ``run(args) -> int``. Command modules import
+Prefect lazily so ``fanout --help`` stays fast. stdout carries only results;
+progress and logs go to stderr. Exit codes: 0 success, 1 a call or task
+failed, 2 bad usage, bad input or missing configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from prefect_fanout.errors import EXIT_USAGE
+
+COMMANDS = ("call", "validate", "dispatch", "map")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with the project's usage code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fanout`` parser with every available command."""
+    parser = _Parser(
+        prog="fanout",
+        description="Run parallel LLM-agent work as Prefect flows.",
+        epilog="Exit codes: 0 success; 1 a call or task failed; 2 bad usage, input or config.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"prefect_fanout.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"prefect_fanout.cli.{name}":
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fanout`` command line and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

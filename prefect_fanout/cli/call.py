@@ -1,0 +1,70 @@
+"""``fanout call PROMPT``: one agent call through the agent-call task, in a flow run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``call`` command."""
+    parser = subparsers.add_parser(
+        "call",
+        help="make one agent call and print the answer",
+        description="Make one agent call as a Prefect task run (inside a flow run).",
+    )
+    parser.add_argument("prompt", help="the user prompt ('-' reads it from stdin)")
+    parser.add_argument("--agent", default="default", help="agent name (default: default)")
+    parser.add_argument("--model", help="model overriding the agent's ('test' runs offline)")
+    parser.add_argument("--system", help="system prompt overriding the agent's")
+    parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
+    parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
+    parser.add_argument("--refresh", action="store_true", help="ignore the cache, call again")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fanout call``."""
+    from prefect_fanout.call.task import prepare_call
+    from prefect_fanout.errors import AgentCallError, ConfigurationError
+    from prefect_fanout.flows import call_flow
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        prepare_call(prompt, agent=args.agent, endpoint=args.endpoint, model=args.model)
+    except ConfigurationError as exc:
+        print(f"fanout call: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cache = "off" if args.no_cache else ("refresh" if args.refresh else "on")
+    state = call_flow(
+        prompt=prompt,
+        agent=args.agent,
+        model=args.model,
+        system=args.system,
+        endpoint=args.endpoint,
+        cache=cache,
+        return_state=True,
+    )
+    try:
+        result = state.result(raise_on_failure=True)
+    except ConfigurationError as exc:
+        print(f"fanout call: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentCallError as exc:
+        print(f"fanout call: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # the flow failed for another reason
+        print(f"fanout call: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    elif isinstance(result.output, str):
+        print(result.output)
+    else:
+        print(json.dumps(result.model_dump(mode="json")["output"], indent=2))
+    return EXIT_OK

@@ -1,0 +1,152 @@
+"""``fanout map INPUT``: map a corpus over an agent in partitions, merge, optionally reduce.
+
+stdout carries the summary JSON only; progress and logs go to stderr. Exit 0
+when every item completed, 1 when some failed or were dead-lettered (or the
+reduce failed), 2 for bad input, usage or configuration, found before the flow
+run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+PROG = "fanout map"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``map`` command."""
+    from prefect_fanout.mapping.defaults import (
+        DEFAULT_ACTIVE_PARTITIONS,
+        DEFAULT_MAX_WORKERS,
+        DEFAULT_PARTITION_RETRIES,
+        DEFAULT_PARTITION_RETRY_DELAY,
+        DEFAULT_REDUCE_BUDGET,
+    )
+
+    parser = subparsers.add_parser(
+        "map",
+        help="map a corpus over an agent in partitions and merge the outputs",
+        description=(
+            "Run an agent over every item of a corpus (a JSONL file with ids, or a directory "
+            "of files), split into partitions mapped in parallel as a Prefect flow run. Each "
+            "partition writes partitions/partition-KEY.jsonl; the merge writes final.jsonl, "
+            "dead_letters.jsonl and summary.json (also printed). Rerunning the same command "
+            "resumes: only items with no cached answer are called again."
+        ),
+        epilog="Exit codes: 0 all items completed; 1 some failed or were dead-lettered; "
+        "2 bad input, usage or configuration. Reference: docs/map.md",
+    )
+    parser.add_argument(
+        "input", help="a JSONL file (one object with an 'id' per line) or a directory"
+    )
+    parser.add_argument("--agent", required=True, help="the agent run on every item")
+    parser.add_argument("--agents", metavar="FILE", help="JSON/YAML file of agent profiles by name")
+    parser.add_argument(
+        "--partition",
+        required=True,
+        metavar="SPEC",
+        help="count:N | size[:K] | time:month|day|year[:FIELD] | topic:FIELD | "
+        "topic:agent=NAME | key:FIELD",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--prompt",
+        metavar="TEMPLATE",
+        help="render record fields into the prompt, e.g. 'Summarise {title}: {body}'",
+    )
+    parser.add_argument("--reduce", metavar="AGENT", help="combine the outputs with this agent")
+    parser.add_argument(
+        "--reduce-budget",
+        type=positive_int,
+        default=DEFAULT_REDUCE_BUDGET,
+        metavar="TOKENS",
+        help=f"estimated tokens (chars/4) per reduce call (default {DEFAULT_REDUCE_BUDGET})",
+    )
+    parser.add_argument(
+        "--max-workers",
+        type=positive_int,
+        default=DEFAULT_MAX_WORKERS,
+        metavar="N",
+        help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
+    )
+    parser.add_argument(
+        "--active-partitions",
+        type=positive_int,
+        default=DEFAULT_ACTIVE_PARTITIONS,
+        metavar="N",
+        help=f"partitions mapped at once (default {DEFAULT_ACTIVE_PARTITIONS})",
+    )
+    parser.add_argument(
+        "--partition-retries",
+        type=non_negative_int,
+        default=DEFAULT_PARTITION_RETRIES,
+        metavar="N",
+        help=f"retries of a partition whose output fails (default {DEFAULT_PARTITION_RETRIES})",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=non_negative_float,
+        default=DEFAULT_PARTITION_RETRY_DELAY,
+        metavar="SECONDS",
+        help="first partition retry delay, doubling each time "
+        f"(default {DEFAULT_PARTITION_RETRY_DELAY})",
+    )
+    parser.add_argument("--model", help="model overriding every agent's ('test' runs offline)")
+    parser.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
+    parser.add_argument("--endpoint", metavar="BLOCK", help="name of a saved LLMEndpoint block")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fanout map``."""
+    from prefect_fanout.agents.agentsfile import load_agents_file
+    from prefect_fanout.errors import ConfigurationError
+    from prefect_fanout.mapping.corpus import CorpusError
+    from prefect_fanout.mapping.job import prepare_map
+    from prefect_fanout.mapping.partition import PartitionError
+    from prefect_fanout.mapping.run import execute_map
+
+    try:
+        agents = load_agents_file(args.agents) if args.agents else {}
+        job = prepare_map(
+            args.input,
+            agent=args.agent,
+            agents=agents,
+            partition=args.partition,
+            output_dir=args.output,
+            prompt=args.prompt,
+            reduce=args.reduce,
+            reduce_budget=args.reduce_budget,
+            max_workers=args.max_workers,
+            active_partitions=args.active_partitions,
+            model=args.model,
+            endpoint=args.endpoint,
+            refresh=args.refresh,
+            partition_retries=args.partition_retries,
+            partition_retry_delay=args.retry_delay,
+        )
+    except (CorpusError, PartitionError, ConfigurationError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = execute_map(job)
+    except (PartitionError, ConfigurationError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the flow run ended early; its logs say more
+        print(f"{PROG}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary.model_dump_json(indent=2))
+    if not summary.ok:
+        print(
+            f"{PROG}: {summary.failed} failed, {summary.dead_letter} dead-lettered of "
+            f"{summary.total} items; see {summary.output_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK

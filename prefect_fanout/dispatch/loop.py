@@ -1,0 +1,362 @@
+"""The event loop behind :func:`prefect_fanout.dispatch.run.run_plan`.
+
+One :class:`Dispatcher` runs one plan inside the current flow run. It keeps a
+small record per task (:class:`TaskRun`), submits ready tasks, waits for the
+next call to finish, tries fallbacks, applies the failure policy, writes trace
+files and, at the end, publishes the run's artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
+
+from prefect_fanout.agents.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
+from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
+from prefect_fanout.call.cache import CacheOptions
+from prefect_fanout.call.request import CallRequest
+from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
+from prefect_fanout.dispatch.result import DispatchResult, build_result, call_record
+from prefect_fanout.dispatch.taskrun import TaskRun
+from prefect_fanout.errors import AgentCallError
+from prefect_fanout.files import write_json_atomic
+from prefect_fanout.plan.agents import fallback_chain, plan_profiles
+from prefect_fanout.plan.model import Plan, TaskSpec
+from prefect_fanout.ui.artifacts import ProgressReporter, publish_run_artifacts
+from prefect_fanout.ui.traces import trace_file_names, write_index
+
+DISPATCH_TAG = "fanout:dispatch"
+
+
+class Dispatcher:
+    """Runs one plan inside the current flow run.
+
+    Args:
+        plan: The validated plan with its effective settings.
+        model: A model for every agent, or ``None``.
+        endpoint: An endpoint object, a block name, or ``None`` for ``OPENAI_*``;
+            resolved on the first call that needs one.
+        cache: The calls' cache options.
+
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        model: str | None,
+        endpoint: str | LLMEndpoint | None,
+        cache: CacheOptions,
+    ) -> None:
+        self.plan = plan
+        self.model = model
+        self.endpoint_ref = endpoint
+        self.endpoint: LLMEndpoint | None = endpoint if isinstance(endpoint, LLMEndpoint) else None
+        self.cache = cache
+        self.logger = get_run_logger()
+        context = FlowRunContext.get()
+        self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
+        self.profiles = plan_profiles(plan)  # grows with the saved blocks looked up
+        self.runs = {task.task_id: TaskRun(task) for task in plan.tasks}
+        self.running: dict[PrefectFuture[Any], str] = {}
+        self.stopped_by: str | None = None
+        trace_dir = plan.config.trace_dir
+        self.trace_dir = Path(trace_dir).expanduser() if trace_dir else None
+        self.trace_names = trace_file_names(plan.task_ids)
+        self.progress: ProgressReporter | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> DispatchResult:
+        """Run every task and return the result."""
+        started = time.time()
+        config = self.plan.config
+        self.logger.info(
+            "dispatching %d task(s): max_workers=%d, failure_policy=%s, timeout=%gs",
+            len(self.runs),
+            config.max_workers,
+            config.failure_policy,
+            config.timeout_seconds,
+        )
+        self.progress = ProgressReporter(len(self.runs), "fanout dispatch")
+        while True:
+            self._submit_ready()
+            if not self.running:
+                break
+            future = next(as_completed(list(self.running)))
+            self._collect(future)
+        for run in self.runs.values():  # nothing should be left, but never leave it pending
+            if run.status == "pending":
+                self._skip(run, "not started: its dependencies never completed")
+        self.progress.finish()
+        outcomes = [run.outcome() for run in self.runs.values()]
+        result = build_result(
+            outcomes, failure_policy=config.failure_policy, flow_run_id=self.flow_run_id
+        )
+        if self.trace_dir is not None:
+            index = self._write_index(result, started)
+            result = result.model_copy(update={"trace_index": str(index)})
+        self._publish(result)
+        self.logger.info(
+            "dispatch %s: %d completed, %d failed, %d skipped, %d from cache",
+            result.status,
+            result.summary.completed,
+            result.summary.failed,
+            result.summary.skipped,
+            result.summary.cached,
+        )
+        return result
+
+    def _submit_ready(self) -> None:
+        if self.stopped_by is not None:
+            return
+        for run in self.runs.values():
+            if len(self.running) >= self.plan.config.max_workers:
+                return
+            if run.status != "pending":
+                continue
+            if all(self.runs[dep].status == "completed" for dep in run.spec.dependencies):
+                self._start(run)
+
+    def _start(self, run: TaskRun) -> None:
+        run.status = "running"
+        run.started = time.time()
+        run.started_mono = time.monotonic()
+        try:
+            self._profile(run.spec.agent)
+            run.chain = fallback_chain(run.spec.agent, self.profiles)
+        except Exception as exc:  # the agent vanished since validation (a deleted block)
+            run.chain = [run.spec.agent]
+            self._record_attempt(run, run.spec.agent, None, "failed", _describe(exc), 0)
+            self._fail(run)
+            return
+        self._try_agent(run)
+
+    def _try_agent(self, run: TaskRun) -> None:
+        """Submit the call of ``run.chain[run.step]``, moving on down the chain on config errors."""
+        while run.step < len(run.chain):
+            agent = run.chain[run.step]
+            run.attempt_started = time.monotonic()
+            try:
+                request = self._request(run.spec, self._profile(agent))
+            except Exception as exc:  # an unknown fallback, a bad template, no endpoint
+                self._record_attempt(run, agent, None, "failed", _describe(exc), 0)
+                if not self._may_fall_back(run):
+                    break
+                continue
+            upstream = {dep: self.runs[dep] for dep in run.spec.dependencies}
+            run.request = request.with_context({d: u.result for d, u in upstream.items()})
+            context = {dep: u.future for dep, u in upstream.items()} or None
+            future = submit_agent_call(
+                request, context=context, endpoint=self.endpoint, cache=self.cache
+            )
+            self.running[future] = run.spec.task_id
+            return
+        self._fail(run)
+
+    def _profile(self, name: str) -> AgentProfile:
+        """Resolve an agent once per run (a saved block is loaded from the API only once)."""
+        profile = resolve_agent(name, self.profiles)
+        self.profiles.setdefault(name, profile)
+        return profile
+
+    def _request(self, task: TaskSpec, profile: AgentProfile) -> CallRequest:
+        if self.endpoint is None and choose_model(self.model, profile.model, None) != TEST_MODEL:
+            self.endpoint = resolve_endpoint(self.endpoint_ref)
+        return build_request(
+            task_prompt(task),
+            agent=profile,
+            agents=self.profiles,
+            endpoint=self.endpoint,
+            model=self.model,
+            variables=task.input_data,
+            item_id=task.task_id,
+            tags=(DISPATCH_TAG,),
+            timeout_seconds=self.plan.config.timeout_seconds,
+        )
+
+    def _may_fall_back(self, run: TaskRun) -> bool:
+        """Move to the next agent of the chain, if there is one and the run goes on."""
+        if self.stopped_by is not None or run.step + 1 >= len(run.chain):
+            return False
+        run.step += 1
+        self.logger.warning(
+            "task %r: agent %r failed; trying fallback agent %r",
+            run.spec.task_id,
+            run.chain[run.step - 1],
+            run.chain[run.step],
+        )
+        return True
+
+    def _collect(self, future: PrefectFuture[Any]) -> None:
+        run = self.runs[self.running.pop(future)]
+        agent = run.chain[run.step]
+        model = run.request.model if run.request else None
+        try:
+            result = result_from_future(future)
+        except Exception as exc:  # the call failed for good (after its own retries)
+            requests = exc.attempts if isinstance(exc, AgentCallError) else 0
+            self._record_attempt(run, agent, model, "failed", _describe(exc), requests)
+            if self._may_fall_back(run):
+                self._try_agent(run)
+            else:
+                self._fail(run)
+            return
+        requests = 0 if result.cached else result.attempts
+        self._record_attempt(run, agent, result.model, "completed", None, requests, result.cached)
+        run.future, run.result, run.status = future, result, "completed"
+        self._finish(run)
+        self.logger.info(
+            "task %r completed by %r%s in %.2fs",
+            run.spec.task_id,
+            agent,
+            " (from cache)" if result.cached else "",
+            run.duration_s or 0.0,
+        )
+
+    def _record_attempt(
+        self,
+        run: TaskRun,
+        agent: str,
+        model: str | None,
+        status: str,
+        error: str | None,
+        requests: int,
+        cached: bool = False,
+    ) -> None:
+        began = run.attempt_started or run.started_mono or time.monotonic()
+        run.attempts.append(
+            {
+                "agent": agent,
+                "model": model,
+                "status": status,
+                "error": error,
+                "requests": requests,
+                "cached": cached,
+                "duration_s": round(time.monotonic() - began, 6),
+            }
+        )
+
+    # ------------------------------------------------------------ final statuses
+
+    def _finish(self, run: TaskRun) -> None:
+        run.finished = time.time()
+        if run.started_mono is not None:
+            run.duration_s = round(time.monotonic() - run.started_mono, 6)
+        if self.progress is not None:
+            self.progress.advance(failed=run.status != "completed")
+        self._write_trace(run)
+
+    def _fail(self, run: TaskRun) -> None:
+        failures = [a for a in run.attempts if a["status"] == "failed"]
+        if len(failures) == 1:
+            run.error = failures[0]["error"]
+        else:
+            run.error = "; ".join(f"agent {a['agent']!r}: {a['error']}" for a in failures)
+        run.status = "failed"
+        self._finish(run)
+        task_id = run.spec.task_id
+        self.logger.error("task %r failed: %s", task_id, run.error)
+        if self.plan.config.failure_policy == "all_or_nothing":
+            if self.stopped_by is None:
+                self.stopped_by = task_id
+                reason = f"not started: task {task_id!r} failed (failure_policy all_or_nothing)"
+                for other in self.runs.values():
+                    if other.status == "pending":
+                        self._skip(other, reason)
+            return
+        for dependant in self.plan.dependants(task_id):
+            if self.runs[dependant].status == "pending":
+                self._skip(self.runs[dependant], f"skipped: upstream task {task_id!r} failed")
+
+    def _skip(self, run: TaskRun, reason: str) -> None:
+        run.status, run.error = "skipped", reason
+        self.logger.warning("task %r %s", run.spec.task_id, reason)
+        self._finish(run)
+
+    # ------------------------------------------------------ traces and artifacts
+
+    def _write_trace(self, run: TaskRun) -> None:
+        if self.trace_dir is None:
+            return
+        path = self.trace_dir / self.trace_names[run.spec.task_id]
+        try:
+            run.trace = str(write_json_atomic(path, run.trace_record(self.flow_run_id)))
+        except OSError as exc:  # a full disk must not lose the run's result
+            self.logger.error("cannot write trace %s: %s", path, exc)
+
+    def _write_index(self, result: DispatchResult, started: float) -> Path:
+        assert self.trace_dir is not None
+        tasks = [run.index_entry() for run in self.runs.values()]
+        return write_index(
+            self.trace_dir,
+            flow_run_id=self.flow_run_id,
+            status=result.status,
+            summary=result.summary.model_dump(),
+            usage=result.usage.model_dump(),
+            config=self.plan.config.model_dump(mode="json"),
+            tasks=tasks,
+            started=started,
+            finished=time.time(),
+        )
+
+    def _publish(self, result: DispatchResult) -> None:
+        records = [
+            call_record(outcome, run.result.model if run.result else None)
+            for outcome, run in zip(result.tasks, self.runs.values(), strict=True)
+        ]
+        links: dict[str, Path] = {}
+        if result.trace_index:
+            links = {run.spec.task_id: Path(run.trace) for run in self.runs.values() if run.trace}
+            links["dispatch-index"] = Path(result.trace_index)
+        extra = {
+            "Status": result.status,
+            "Failure policy": self.plan.config.failure_policy,
+            "Max workers": self.plan.config.max_workers,
+        }
+        try:
+            publish_run_artifacts("dispatch", "Fanout dispatch", records, extra=extra, links=links)
+        except Exception as exc:  # artifacts are informative; the result is what counts
+            self.logger.warning("could not publish the run's artifacts: %s", exc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def task_prompt(task: TaskSpec) -> str:
+    """The prompt of a plan task, before upstream results are added.
+
+    The format is the task's ``description``, then, when ``input_data`` is not
+    empty, a blank line, ``## Input data`` and the data as JSON (2-space indent,
+    sorted keys)::
+
+        Generate the user writer
+
+        ## Input data
+        {
+          "node_type": "Effect"
+        }
+
+    The call then appends the dependencies' outputs, in the order of the
+    task's ``dependencies``, as ``## Upstream results`` / ``### <task_id>`` /
+    output (see :meth:`prefect_fanout.call.request.CallRequest.with_context`).
+
+    Args:
+        task: The plan task.
+
+    Returns:
+        The prompt text.
+
+    """
+    prompt = task.description.rstrip()
+    if task.input_data:
+        data = json.dumps(task.input_data, indent=2, sort_keys=True, ensure_ascii=False)
+        prompt = f"{prompt}\n\n## Input data\n{data}" if prompt else f"## Input data\n{data}"
+    return prompt

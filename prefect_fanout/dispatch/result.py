@@ -1,0 +1,209 @@
+"""The result of dispatching a plan: one outcome per task, counts, usage and status.
+
+:class:`DispatchResult` is what :func:`prefect_fanout.dispatch.run.dispatch_plan`
+returns and what ``fanout dispatch`` prints on stdout, so ``jq`` can read it::
+
+    {"status": "partial", "flow_run_id": "...",
+     "summary": {"total": 3, "completed": 1, "failed": 1, "skipped": 1, "cached": 0},
+     "usage": {"prompt_tokens": 120, "completion_tokens": 80, "cost_usd": 0.0000666},
+     "tasks": [{"task_id": "a", "agent": "coder", "status": "completed", "output": "...",
+                "error": null, "cached": false, "attempts": 1,
+                "usage": {...}, "duration_s": 0.61}, ...],
+     "trace_index": null}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
+from prefect_fanout.ui.artifacts import CallRecord, totals
+
+TaskStatus = Literal["completed", "failed", "skipped"]
+"""The final status of one plan task."""
+
+DispatchStatus = Literal["completed", "partial", "failed"]
+"""The status of a whole dispatch."""
+
+
+class Usage(BaseModel):
+    """Tokens and cost.
+
+    Attributes:
+        prompt_tokens: Tokens sent.
+        completion_tokens: Tokens received.
+        cost_usd: What this run paid in USD: 0 for cache hits, ``None`` when
+            the price of a model that answered is unknown.
+
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+
+
+class TaskOutcome(BaseModel):
+    """How one plan task ended.
+
+    Attributes:
+        task_id: The task's id.
+        agent: The agent that answered (a fallback, if the primary failed); for
+            failed and skipped tasks, the last agent tried or the planned agent.
+        status: ``completed``, ``failed`` or ``skipped``.
+        output: The answer: text, or the structured output for agents with an
+            output schema; ``None`` unless completed.
+        error: Why the task failed or was skipped; ``None`` when completed.
+        cached: The answer came from the cache.
+        attempts: HTTP requests this run sent for the task, over every agent
+            tried (0 for a cache hit or a skipped task).
+        usage: Tokens and cost of the answer (cost 0 for a cache hit).
+        duration_s: Seconds from the task's submission to its end in this run;
+            ``None`` for skipped tasks.
+
+    """
+
+    task_id: str
+    agent: str
+    status: TaskStatus
+    output: Any = None
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    duration_s: float | None = None
+
+
+class Summary(BaseModel):
+    """Task counts of a dispatch."""
+
+    total: int
+    completed: int
+    failed: int
+    skipped: int
+    cached: int
+
+
+class DispatchResult(BaseModel):
+    """What a dispatch did: overall status, counts, usage and every task's outcome.
+
+    Attributes:
+        status: ``completed`` when every task completed; ``failed`` when none
+            completed, or when a task failed under ``all_or_nothing``;
+            ``partial`` otherwise.
+        flow_run_id: The ``fanout-dispatch`` flow run (the traces' correlation id).
+        summary: Task counts.
+        usage: Tokens and cost of the whole run.
+        tasks: One outcome per task, in plan order.
+        trace_index: Path of the ``dispatch-*.json`` trace index, when traces
+            were written.
+
+    """
+
+    status: DispatchStatus
+    flow_run_id: str | None = None
+    summary: Summary
+    usage: Usage
+    tasks: list[TaskOutcome]
+    trace_index: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code: 0 when every task completed, else 1."""
+        return EXIT_OK if self.status == "completed" else EXIT_FAILED
+
+    def task(self, task_id: str) -> TaskOutcome:
+        """Return the outcome of one task.
+
+        Raises:
+            KeyError: No task has that id.
+
+        """
+        for outcome in self.tasks:
+            if outcome.task_id == task_id:
+                return outcome
+        raise KeyError(f"no task {task_id!r} in the dispatch result")
+
+    def ids_with_status(self, status: TaskStatus) -> list[str]:
+        """The ids of the tasks with a status, in plan order."""
+        return [outcome.task_id for outcome in self.tasks if outcome.status == status]
+
+
+def overall_status(outcomes: Iterable[TaskOutcome], failure_policy: str) -> DispatchStatus:
+    """The status of a dispatch from its task outcomes.
+
+    Args:
+        outcomes: Every task's outcome.
+        failure_policy: ``partial`` or ``all_or_nothing``.
+
+    Returns:
+        ``completed``, ``partial`` or ``failed`` (see :class:`DispatchResult`).
+
+    """
+    statuses = [outcome.status for outcome in outcomes]
+    completed = statuses.count("completed")
+    if completed == len(statuses):
+        return "completed"
+    if completed == 0 or failure_policy == "all_or_nothing":
+        return "failed"
+    return "partial"
+
+
+def call_record(outcome: TaskOutcome, model: str | None = None) -> CallRecord:
+    """The artifacts' view of a task outcome."""
+    return CallRecord(
+        id=outcome.task_id,
+        agent=outcome.agent,
+        model=model,
+        status=outcome.status,
+        attempts=outcome.attempts,
+        cached=outcome.cached,
+        prompt_tokens=outcome.usage.prompt_tokens,
+        completion_tokens=outcome.usage.completion_tokens,
+        cost_usd=outcome.usage.cost_usd,
+        latency_s=outcome.duration_s,
+        error=outcome.error,
+    )
+
+
+def build_result(
+    outcomes: list[TaskOutcome],
+    *,
+    failure_policy: str,
+    flow_run_id: str | None,
+    trace_index: str | None = None,
+) -> DispatchResult:
+    """Assemble the dispatch result from the task outcomes (in plan order).
+
+    Args:
+        outcomes: Every task's outcome, in plan order.
+        failure_policy: The policy the run used.
+        flow_run_id: The flow run's id.
+        trace_index: Path of the trace index, if written.
+
+    Returns:
+        The result, with counts and usage added up.
+
+    """
+    figures = totals(call_record(outcome) for outcome in outcomes)
+    counts = figures["counts"]
+    return DispatchResult(
+        status=overall_status(outcomes, failure_policy),
+        flow_run_id=flow_run_id,
+        summary=Summary(
+            total=len(outcomes),
+            completed=counts.get("completed", 0),
+            failed=counts.get("failed", 0),
+            skipped=counts.get("skipped", 0),
+            cached=figures["cached"],
+        ),
+        usage=Usage(
+            prompt_tokens=figures["prompt_tokens"],
+            completion_tokens=figures["completion_tokens"],
+            cost_usd=figures["cost_usd"],
+        ),
+        tasks=outcomes,
+        trace_index=trace_index,
+    )

@@ -1,0 +1,103 @@
+"""Bookkeeping of one plan task during a dispatch: attempts, result, outcome, trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from prefect_fanout.call.request import CallRequest
+from prefect_fanout.call.result import AgentResult
+from prefect_fanout.dispatch.result import TaskOutcome, Usage
+from prefect_fanout.plan.model import TaskSpec
+from prefect_fanout.ui.traces import iso
+
+
+@dataclass
+class TaskRun:
+    """What the dispatcher knows about one plan task while the plan runs."""
+
+    spec: TaskSpec
+    status: str = "pending"  # pending | running | completed | failed | skipped
+    chain: list[str] = field(default_factory=list)
+    step: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    future: PrefectFuture[Any] | None = None
+    result: AgentResult | None = None
+    error: str | None = None
+    request: CallRequest | None = None
+    started: float | None = None  # wall clock, for traces
+    started_mono: float | None = None
+    attempt_started: float | None = None
+    finished: float | None = None
+    duration_s: float | None = None
+    trace: str | None = None
+
+    @property
+    def agent(self) -> str:
+        """The agent that answered, else the last one tried, else the planned one."""
+        if self.attempts:
+            return str(self.attempts[-1]["agent"])
+        return self.spec.agent
+
+    def outcome(self) -> TaskOutcome:
+        """The task's outcome for the dispatch result."""
+        result = self.result if self.status == "completed" else None
+        return TaskOutcome(
+            task_id=self.spec.task_id,
+            agent=self.agent,
+            status=self.status,  # type: ignore[arg-type]
+            output=result.output if result else None,
+            error=self.error,
+            cached=bool(result and result.cached),
+            attempts=sum(int(a["requests"]) for a in self.attempts),
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens if result else 0,
+                completion_tokens=result.completion_tokens if result else 0,
+                cost_usd=result.run_cost_usd if result else 0.0,
+            ),
+            duration_s=self.duration_s,
+        )
+
+    def trace_record(self, flow_run_id: str | None) -> dict[str, Any]:
+        """The task's trace file content (see :mod:`prefect_fanout.ui.traces`)."""
+        outcome = self.outcome().model_dump(mode="json")
+        request, result = self.request, self.result
+        return {
+            "task_id": self.spec.task_id,
+            "status": self.status,
+            "flow_run_id": flow_run_id,
+            "agent": self.agent,
+            "requested_agent": self.spec.agent,
+            "model": result.model if result else (request.model if request else None),
+            "input": {
+                "description": self.spec.description,
+                "input_data": self.spec.input_data,
+                "dependencies": self.spec.dependencies,
+            },
+            "prompt": request.prompt if request else None,
+            "messages": request.messages if request else None,
+            "output": outcome["output"],
+            "error": self.error,
+            "cached": outcome["cached"],
+            "cache_key": result.cache_key if result else None,
+            "timing": {
+                "started_at": iso(self.started),
+                "finished_at": iso(self.finished),
+                "duration_s": self.duration_s,
+                "latency_s": result.latency_s if result else None,
+            },
+            "usage": outcome["usage"],
+            "attempts": self.attempts,
+        }
+
+    def index_entry(self) -> dict[str, Any]:
+        """The task's entry in the run's trace index: definition, status, trace path."""
+        return {
+            **self.spec.model_dump(mode="json"),
+            "status": self.status,
+            "answered_by": self.agent if self.status == "completed" else None,
+            "error": self.error,
+            "trace": self.trace,
+        }

@@ -1,0 +1,115 @@
+"""The classifier stage of ``topic:agent=NAME``: one agent call per item gives its label.
+
+The label is the call's text output, stripped, or the ``topic`` (else
+``label``) field of a structured output. Items whose call fails, or whose
+answer gives no label, are labelled ``unknown`` (and still mapped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.call.cache import CacheOptions
+from prefect_fanout.call.request import CallRequest
+from prefect_fanout.call.result import AgentResult
+from prefect_fanout.call.task import submit_agent_call
+from prefect_fanout.call.window import CallWindow
+from prefect_fanout.files import jsonable
+from prefect_fanout.mapping.partition import UNKNOWN
+from prefect_fanout.mapping.summary import StageUsage
+from prefect_fanout.ui.artifacts import CallRecord, ProgressReporter
+
+__all__ = ["classify_items", "label_from_output"]
+
+LABEL_FIELDS = ("topic", "label")
+
+
+def label_from_output(output: Any) -> str:
+    """The partition label in a classifier's output.
+
+    Args:
+        output: A text answer, or a structured one (dict or model).
+
+    Returns:
+        The stripped text, or the stripped ``topic``/``label`` field; ``unknown``
+        when there is none.
+
+    """
+    data = jsonable(output)
+    if isinstance(data, dict):
+        for name in LABEL_FIELDS:
+            value = data.get(name)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if value is not None and not isinstance(value, str):
+                return str(value)
+        return UNKNOWN
+    if data is None:
+        return UNKNOWN
+    text = data if isinstance(data, str) else str(data)
+    return text.strip() or UNKNOWN
+
+
+def _jobs(
+    requests: Mapping[str, CallRequest], endpoint: LLMEndpoint | None, cache: CacheOptions
+) -> Iterator[tuple[str, Callable[[], PrefectFuture[Any]]]]:
+    for item_id, request in requests.items():
+
+        def submit(request: CallRequest = request) -> PrefectFuture[Any]:
+            return submit_agent_call(request, endpoint=endpoint, cache=cache)
+
+        yield item_id, submit
+
+
+def classify_items(
+    requests: Mapping[str, CallRequest],
+    *,
+    endpoint: LLMEndpoint | None,
+    cache: CacheOptions,
+    window: CallWindow,
+    logger: Any,
+) -> tuple[dict[str, str], StageUsage, list[CallRecord]]:
+    """Run the classifier on every item (inside a flow) and collect the labels.
+
+    Args:
+        requests: The classifier request of each item, by item id.
+        endpoint: The endpoint of the calls.
+        cache: Cache settings of the calls.
+        window: Bounds the calls in flight.
+        logger: Where to log failures.
+
+    Returns:
+        Labels by item id, the stage's usage, and one record per call.
+
+    """
+    labels: dict[str, str] = {}
+    usage = StageUsage()
+    records: list[CallRecord] = []
+    progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
+    for done in window.run(_jobs(requests, endpoint, cache)):
+        request = requests[done.key]
+        usage.add(done.result, failed=not done.ok)
+        progress.advance(failed=not done.ok)
+        if done.ok:
+            result: AgentResult = done.result  # type: ignore[assignment]
+            labels[done.key] = label_from_output(result.output)
+            records.append(CallRecord.from_result(f"classify:{done.key}", result))
+            continue
+        labels[done.key] = UNKNOWN
+        logger.warning("classify %s failed, labelled %r: %s", done.key, UNKNOWN, done.error)
+        records.append(
+            CallRecord(
+                id=f"classify:{done.key}",
+                agent=request.agent,
+                model=request.model,
+                status="failed",
+                attempts=getattr(done.error, "attempts", 1),
+                error=f"{type(done.error).__name__}: {done.error}",
+            )
+        )
+    progress.finish()
+    return labels, usage, records

@@ -1,0 +1,285 @@
+"""A map run, resolved and checked before anything runs: :class:`MapJob` and :func:`prepare_map`.
+
+Everything that can be wrong with the input is found here, before a flow run
+starts and before any call is made: an unreadable corpus (the file and line),
+a malformed partition spec, an unknown agent, a missing endpoint, a prompt
+template naming a field an item lacks, a bad option. The CLI turns these
+errors into exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect_fanout.agents.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
+from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
+from prefect_fanout.call.cache import CacheMode, CacheOptions
+from prefect_fanout.call.request import CallRequest
+from prefect_fanout.call.task import build_request
+from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
+from prefect_fanout.mapping.defaults import (
+    DEFAULT_ACTIVE_PARTITIONS,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_PARTITION_RETRIES,
+    DEFAULT_PARTITION_RETRY_DELAY,
+    DEFAULT_REDUCE_BUDGET,
+)
+from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
+from prefect_fanout.mapping.prompts import check_template, item_prompt
+
+__all__ = ["MapJob", "prepare_map"]
+
+
+@dataclass
+class MapJob:
+    """Everything a map run needs, resolved.
+
+    Attributes:
+        items: The corpus, in input order.
+        source: The corpus path, or a description of the items given.
+        agent: The mapping agent.
+        agents: Extra profiles by name (from ``--agents``).
+        spec: The partition spec, or a key function.
+        spec_text: The spec as text, for reports.
+        output_dir: Where outputs go.
+        requests: The mapping call of each item, by item id.
+        model_name: The model of the mapping calls.
+        classifier: The classifier of ``topic:agent=NAME``, if any.
+        classifier_requests: Its call for each item, by item id.
+        reducer: The tree-reduce agent, if any.
+        reduce_budget: Estimated tokens per reduce call.
+        max_workers: Calls in flight at most.
+        active_partitions: Partitions mapped at once (their items interleaved).
+        model: The model override, if any.
+        endpoint: The resolved endpoint (None when every agent uses ``test``).
+        cache: Cache settings of every call.
+        partition_retries: Retries of a failing partition write.
+        partition_retry_delay: Seconds before the first retry (then doubling).
+
+    """
+
+    items: list[Item]
+    source: str
+    agent: AgentProfile
+    agents: dict[str, AgentProfile]
+    spec: PartitionSpec | Callable[[Item], str]
+    spec_text: str
+    output_dir: Path
+    requests: dict[str, CallRequest]
+    model_name: str
+    classifier: AgentProfile | None = None
+    classifier_requests: dict[str, CallRequest] = field(default_factory=dict)
+    reducer: AgentProfile | None = None
+    reduce_budget: int = DEFAULT_REDUCE_BUDGET
+    max_workers: int = DEFAULT_MAX_WORKERS
+    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS
+    model: str | None = None
+    endpoint: LLMEndpoint | None = None
+    cache: CacheOptions = field(default_factory=CacheOptions)
+    partition_retries: int = DEFAULT_PARTITION_RETRIES
+    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
+
+
+def _items(items_or_path: Any) -> tuple[list[Item], str, Path | None]:
+    if isinstance(items_or_path, str | Path):
+        path = Path(items_or_path)
+        return load_items(path), str(path), path
+    items: list[Item] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(items_or_path):
+        if isinstance(entry, Item):
+            item = entry.model_copy(update={"index": index})
+        elif isinstance(entry, Mapping) and isinstance(entry.get("id"), str | int):
+            text = entry.get("text")
+            item = Item(
+                id=str(entry["id"]),
+                text=text if isinstance(text, str) else None,
+                record=dict(entry),
+                index=index,
+            )
+        else:
+            raise CorpusError(f"item #{index + 1}: expected an Item or a dict with an 'id'")
+        if item.id in seen:
+            raise CorpusError(f"item #{index + 1}: duplicate id {item.id!r}")
+        seen.add(item.id)
+        items.append(item)
+    return items, f"<{len(items)} items>", None
+
+
+def _check_output_dir(output_dir: Path, source: Path | None) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigurationError(f"--output {output_dir}: exists and is not a directory")
+    if source is not None and source.is_dir():
+        out, src = output_dir.resolve(), source.resolve()
+        if out == src or src in out.parents:
+            raise ConfigurationError(
+                f"--output {output_dir} is inside the input directory {source}: the outputs "
+                "would become input on the next run; choose a directory outside it"
+            )
+
+
+def _check_options(max_workers: int, active: int, retries: int, delay: float, budget: int) -> None:
+    checks = [
+        (max_workers >= 1, f"--max-workers must be at least 1, got {max_workers}"),
+        (active >= 1, f"--active-partitions must be at least 1, got {active}"),
+        (retries >= 0, f"partition retries must be at least 0, got {retries}"),
+        (delay >= 0, f"partition retry delay must be at least 0, got {delay}"),
+        (budget >= 1, f"--reduce-budget must be at least 1 token, got {budget}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigurationError(message)
+
+
+def _variables(item: Item) -> dict[str, Any]:
+    """Record fields an agent's own prompt template may name ({input} stays the prompt)."""
+    values = {k: v for k, v in item.record.items() if k != "input"}
+    values.setdefault("id", item.id)
+    return values
+
+
+def _requests(
+    items: Sequence[Item],
+    profile: AgentProfile,
+    prompts: Callable[[Item], str],
+    *,
+    agents: dict[str, AgentProfile],
+    endpoint: LLMEndpoint | None,
+    model: str | None,
+    stage: str,
+) -> dict[str, CallRequest]:
+    requests: dict[str, CallRequest] = {}
+    for item in items:
+        text = prompts(item)  # a template error already names the item
+        try:
+            requests[item.id] = build_request(
+                text,
+                agent=profile,
+                agents=agents,
+                endpoint=endpoint,
+                model=model,
+                variables=_variables(item),
+                item_id=item.id,
+                tags=(f"fanout:{stage}",),
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"item {item.id!r} ({stage}): {exc}") from None
+    return requests
+
+
+def prepare_map(
+    items_or_path: Any,
+    *,
+    agent: str | AgentProfile,
+    partition: str | PartitionSpec | Callable[[Item], str],
+    output_dir: str | Path,
+    agents: Mapping[str, AgentProfile] | None = None,
+    prompt: str | None = None,
+    reduce: str | AgentProfile | None = None,
+    reduce_budget: int = DEFAULT_REDUCE_BUDGET,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
+    model: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    refresh: bool = False,
+    cache: CacheOptions | None = None,
+    partition_retries: int = DEFAULT_PARTITION_RETRIES,
+    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
+) -> MapJob:
+    """Read, resolve and check a map run without running anything.
+
+    Args:
+        items_or_path: A JSONL file or directory, or a list of Items or of dicts with an ``id``.
+        agent: The mapping agent (a name or a profile).
+        partition: A spec string (``count:8``, ``time:month``, ``topic:agent=NAME``, ...),
+            a parsed spec, or a function item -> key.
+        output_dir: Where to write the outputs (not inside an input directory).
+        agents: Extra profiles by name (e.g. from ``--agents FILE``).
+        prompt: A template rendering record fields into each item's prompt.
+        reduce: An agent that combines the completed outputs in a tree, if any.
+        reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
+        max_workers: Calls in flight at most.
+        active_partitions: Partitions mapped at once; the next opens when one
+            has handed out all its items.
+        model: A model overriding every agent's (``test`` runs offline).
+        endpoint: A saved LLMEndpoint block's name or an endpoint; None uses
+            ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+        refresh: Ignore stored answers and call again (storing the new ones).
+        cache: Full cache settings; overrides ``refresh``.
+        partition_retries: Retries of a partition whose output cannot be written.
+        partition_retry_delay: Seconds before the first retry, doubling after each.
+
+    Returns:
+        The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
+
+    Raises:
+        CorpusError: The corpus cannot be read (the message names file and line).
+        PartitionSpecError: The spec is malformed.
+        ConfigurationError: Unknown agent, no endpoint, bad option or template.
+
+    """
+    items, source, source_path = _items(items_or_path)
+    spec = parse_partition_spec(partition) if isinstance(partition, str) else partition
+    spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
+    out = Path(output_dir)
+    _check_output_dir(out, source_path)
+    _check_options(
+        max_workers, active_partitions, partition_retries, partition_retry_delay, reduce_budget
+    )
+    check_template(items, prompt)  # input errors first, before agents and endpoints
+    known = dict(agents or {})
+    profile = resolve_agent(agent, known)
+    classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None
+    classifier = resolve_agent(classifier_name, known) if classifier_name else None
+    reducer = resolve_agent(reduce, known) if reduce is not None else None
+    used = [p for p in (profile, classifier, reducer) if p is not None]
+    resolved = None
+    if any(choose_model(model, p.model, None) != TEST_MODEL for p in used):
+        resolved = resolve_endpoint(endpoint)
+    requests = _requests(
+        items,
+        profile,
+        lambda item: item_prompt(item, prompt),
+        agents=known,
+        endpoint=resolved,
+        model=model,
+        stage="map",
+    )
+    classifier_requests = {}
+    if classifier is not None:
+        classifier_requests = _requests(
+            items,
+            classifier,
+            lambda item: item.prompt_text(),
+            agents=known,
+            endpoint=resolved,
+            model=model,
+            stage="classify",
+        )
+    mode = CacheMode.REFRESH if refresh else CacheMode.ON
+    return MapJob(
+        items=items,
+        source=source,
+        agent=profile,
+        agents=known,
+        spec=spec,
+        spec_text=spec_text,
+        output_dir=out,
+        requests=requests,
+        model_name=choose_model(model, profile.model, resolved),
+        classifier=classifier,
+        classifier_requests=classifier_requests,
+        reducer=reducer,
+        reduce_budget=reduce_budget,
+        max_workers=max_workers,
+        active_partitions=active_partitions,
+        model=model,
+        endpoint=resolved,
+        cache=cache or CacheOptions(mode=mode),
+        partition_retries=partition_retries,
+        partition_retry_delay=partition_retry_delay,
+    )

@@ -1,0 +1,331 @@
+"""Map a corpus over an agent in partitions, then merge: the ``fanout-map`` flow.
+
+The run, inside one Prefect flow run:
+
+1. (``topic:agent=NAME`` only) classify every item with the classifier agent.
+2. Partition the items; each item becomes one agent-call task tagged
+   ``partition:KEY``, submitted with at most ``max_workers`` in flight, the
+   partitions interleaved so they all progress together.
+3. When a partition's last item finishes, a ``partition:KEY`` task writes
+   ``partitions/partition-{safe key}.jsonl`` atomically, retried with
+   exponential backoff; a partition still failing after that is dead-lettered.
+4. Merge: ``final.jsonl`` (one line per item, input order), ``dead_letters.jsonl``,
+   optionally ``reduce.json`` (:mod:`prefect_fanout.mapping.reduce`), and last
+   ``summary.json``; then the run's artifacts.
+
+A failed item never fails its partition, and a failed partition never fails the
+run. Each call is cached by content, so rerunning the same command after a
+crash or a partial failure makes only the calls that have no stored answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect_fanout.call.request import output_as_text
+from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
+from prefect_fanout.mapping.classify import classify_items
+from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.mapping.job import MapJob, prepare_map
+from prefect_fanout.mapping.partition import partition
+from prefect_fanout.mapping.reduce import Piece, TreeReduce, tree_reduce
+from prefect_fanout.mapping.stage import (
+    PARTITIONS_DIR,
+    MapStage,
+    error_text,
+    item_row,
+    map_partitions,
+    partition_file_names,
+    remove_stale_partition_files,
+)
+from prefect_fanout.mapping.summary import MapSummary, ReduceReport, StageUsage, add_costs
+from prefect_fanout.ui.artifacts import CallRecord, publish_run_artifacts
+
+__all__ = ["FLOW_NAME", "execute_map", "map_corpus", "run_map"]
+
+FLOW_NAME = "fanout-map"
+FILES = {
+    "final": "final.jsonl",
+    "summary": "summary.json",
+    "dead_letters": "dead_letters.jsonl",
+    "partitions": PARTITIONS_DIR,
+    "reduce": "reduce.json",
+}
+
+
+def _logger() -> Any:
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run
+        return logging.getLogger("prefect_fanout.map")
+
+
+def _record(
+    job: MapJob, item: Item, key: str, done: CallOutcome[Any], status: str, error: str | None
+) -> CallRecord:
+    if done.result is not None:
+        record = CallRecord.from_result(item.id, done.result, partition=key)
+        return record.model_copy(update={"status": status, "error": error})
+    request = job.requests[item.id]
+    return CallRecord(
+        id=item.id,
+        agent=request.agent,
+        model=request.model,
+        status=status,
+        attempts=getattr(done.error, "attempts", 1),
+        error=error,
+        partition=key,
+    )
+
+
+def _merge(
+    job: MapJob, groups: Mapping[str, list[Item]], stage: MapStage, records: list[CallRecord]
+) -> tuple[list[str], list[str]]:
+    """Write final.jsonl and dead_letters.jsonl; return the failed and dead-letter ids."""
+    key_of = {item.id: key for key, items in groups.items() for item in items}
+    rows: list[dict[str, Any]] = []
+    dead_rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for item in job.items:
+        key, done = key_of[item.id], stage.outcomes[item.id]
+        reason = stage.dead.get(key)
+        if reason is not None:
+            rows.append({"id": item.id, "partition": key, "status": "dead_letter", "error": reason})
+            dead_rows.append({"id": item.id, "partition": key, "reason": reason})
+            records.append(_record(job, item, key, done, "dead_letter", reason))
+            continue
+        rows.append(item_row(item, key, done))
+        if not done.ok:
+            failed.append(item.id)
+        status, error = ("completed", None) if done.ok else ("failed", error_text(done.error))
+        records.append(_record(job, item, key, done, status, error))
+    write_jsonl_atomic(job.output_dir / FILES["final"], rows)
+    write_jsonl_atomic(job.output_dir / FILES["dead_letters"], dead_rows)
+    return failed, [row["id"] for row in dead_rows]
+
+
+def _reduce(
+    job: MapJob,
+    groups: Mapping[str, list[Item]],
+    stage: MapStage,
+    window: CallWindow,
+    logger: Any,
+) -> TreeReduce:
+    """Run the tree reduce over the completed outputs, partition by partition; write reduce.json."""
+    assert job.reducer is not None
+    pieces = [
+        Piece(item.id, output_as_text(done.result.output), key)
+        for key, items in groups.items()
+        if key not in stage.dead
+        for item in items
+        if (done := stage.outcomes[item.id]).result is not None
+    ]
+    logger.info("reduce: combining %d outputs with agent %r", len(pieces), job.reducer.name)
+    tree = tree_reduce(
+        pieces,
+        agent=job.reducer,
+        agents=job.agents,
+        endpoint=job.endpoint,
+        model=job.model,
+        cache=job.cache,
+        token_budget=job.reduce_budget,
+        window=window,
+    )
+    write_json_atomic(job.output_dir / FILES["reduce"], tree.to_json())
+    if tree.status == "failed":
+        logger.error("reduce failed: %s", tree.error)
+    return tree
+
+
+def run_map(job: MapJob) -> MapSummary:
+    """Run a prepared map job inside the current flow run and write its outputs.
+
+    Args:
+        job: From :func:`~prefect_fanout.mapping.job.prepare_map`.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+
+    """
+    started = time.perf_counter()
+    logger = _logger()
+    window = CallWindow(job.max_workers)
+    out, parts_dir = job.output_dir, job.output_dir / PARTITIONS_DIR
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    remove_stale_temp_files(parts_dir)
+    usage: dict[str, StageUsage] = {}
+    records: list[CallRecord] = []
+    labels = None
+    if job.classifier is not None:
+        labels, usage["classify"], classified = classify_items(
+            job.classifier_requests,
+            endpoint=job.endpoint,
+            cache=job.cache,
+            window=window,
+            logger=logger,
+        )
+        records.extend(classified)
+    groups = partition(job.items, job.spec, labels=labels)
+    names = partition_file_names(groups)
+    remove_stale_partition_files(parts_dir, names)
+    logger.info(
+        "map: %d items in %d partitions (%s), agent %r, up to %d calls at once",
+        len(job.items),
+        len(groups),
+        job.spec_text,
+        job.agent.name,
+        job.max_workers,
+    )
+    stage = map_partitions(job, groups, names, parts_dir=parts_dir, window=window, logger=logger)
+    usage["map"] = stage.usage
+    failed_ids, dead_ids = _merge(job, groups, stage, records)
+    reduce_report = None
+    if job.reducer is not None:
+        tree = _reduce(job, groups, stage, window, logger)
+        usage["reduce"] = tree.usage
+        reduce_report = ReduceReport(
+            agent=tree.agent,
+            status=tree.status,
+            inputs=tree.inputs,
+            levels=tree.levels,
+            calls=tree.calls,
+            cached=tree.cached,
+            token_budget=tree.token_budget,
+            error=tree.error,
+        )
+    else:
+        (out / FILES["reduce"]).unlink(missing_ok=True)  # an earlier run's, not this one's
+    cost: float | None = 0.0
+    for figures in usage.values():
+        cost = add_costs(cost, figures.cost_usd)
+    dead = set(dead_ids)
+    outcomes = stage.outcomes
+    summary = MapSummary(
+        flow_run_id=_flow_run_id(),
+        source=job.source,
+        agent=job.agent.name,
+        model=job.model_name,
+        partition_spec=job.spec_text,
+        output_dir=str(out),
+        total=len(job.items),
+        completed=sum(1 for i in job.items if outcomes[i.id].ok and i.id not in dead),
+        failed=len(failed_ids),
+        dead_letter=len(dead_ids),
+        cached=sum(1 for o in outcomes.values() if o.result is not None and o.result.cached),
+        partitions=[stage.reports[key] for key in groups],
+        failed_ids=failed_ids,
+        dead_letter_ids=dead_ids,
+        usage=usage,
+        cost_usd=cost,
+        duration_s=round(time.perf_counter() - started, 3),
+        map_duration_s=round(stage.duration_s, 3),
+        items_per_second=round(len(job.items) / stage.duration_s, 2) if stage.duration_s else 0.0,
+        max_workers=job.max_workers,
+        concurrency_reached=window.peak,
+        reduce=reduce_report,
+        files={k: v for k, v in FILES.items() if k != "reduce" or job.reducer is not None},
+    )
+    write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
+    _publish(summary, records, out, logger)
+    return summary
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
+
+
+def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: Any) -> None:
+    extra: dict[str, Any] = {
+        "Items": summary.total,
+        "Completed": summary.completed,
+        "Failed": summary.failed,
+        "Dead letters": summary.dead_letter,
+        "Partitions": len(summary.partitions),
+        "Items per second": summary.items_per_second,
+        "Concurrency reached": f"{summary.concurrency_reached} of {summary.max_workers}",
+        "Output directory": summary.output_dir,
+    }
+    if summary.reduce is not None:
+        extra["Reduce"] = (
+            f"{summary.reduce.status}, {summary.reduce.levels} level(s), "
+            f"{summary.reduce.calls} call(s)"
+        )
+    links = {name: out / name for name in (FILES["final"], FILES["summary"])}
+    title = f"fanout map: {summary.agent} over {summary.total} items ({summary.partition_spec})"
+    try:
+        publish_run_artifacts("map", title, records, extra=extra, links=links)
+    except Exception as exc:  # artifacts inform; they never fail a finished run
+        logger.warning("could not publish the run's artifacts: %s", exc)
+
+
+def execute_map(job: MapJob) -> MapSummary:
+    """Run a prepared job: in the current flow run if there is one, else as a ``fanout-map`` flow.
+
+    Raises:
+        Exception: Whatever ended the flow run early (items failing never do).
+
+    """
+    from prefect import flow
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    if FlowRunContext.get() is not None:
+        return run_map(job)
+
+    def fanout_map(source: str, agent: str, partition: str, output_dir: str) -> MapSummary:
+        return run_map(job)
+
+    map_flow = flow(
+        fanout_map,
+        name=FLOW_NAME,
+        task_runner=ThreadPoolTaskRunner(max_workers=job.max_workers),
+        flow_run_name="map {agent} by {partition}",
+        log_prints=False,
+    )
+    return map_flow(
+        source=job.source,
+        agent=job.agent.name,
+        partition=job.spec_text,
+        output_dir=str(job.output_dir),
+    )
+
+
+def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
+    """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
+
+    Inside a flow it runs in that flow run (on its task runner); outside one it
+    runs the ``fanout-map`` flow with ``ThreadPoolTaskRunner(max_workers)``.
+
+    Args:
+        items_or_path: A JSONL file or a directory (see
+            :func:`~prefect_fanout.mapping.corpus.load_items`), or a list of ``Item``
+            objects or of dicts with an ``id``.
+        **options: As for :func:`~prefect_fanout.mapping.job.prepare_map`: ``agent``,
+            ``partition``, ``output_dir`` (required), ``agents``, ``prompt``,
+            ``reduce``, ``reduce_budget``, ``max_workers``, ``model``,
+            ``endpoint``, ``refresh``, ``cache``, ``partition_retries``,
+            ``partition_retry_delay``.
+
+    Returns:
+        The run's :class:`~prefect_fanout.mapping.summary.MapSummary`; ``summary.ok``
+        is false when items failed or were dead-lettered.
+
+    Raises:
+        CorpusError: The corpus cannot be read.
+        PartitionSpecError: The partition spec is malformed.
+        ConfigurationError: An agent, the endpoint, an option or the prompt
+            template is wrong (raised before any call is made).
+
+    """
+    return execute_map(prepare_map(items_or_path, **options))

@@ -1,0 +1,256 @@
+"""The map stage: each item an agent-call task, each partition written atomically or dead-lettered.
+
+Items are submitted round-robin across ``active_partitions`` open partitions
+(the next one opens as soon as an open one has handed out all its items), with
+at most ``max_workers`` calls in flight. Bounding the open partitions makes
+partitions finish, and their files appear, one after another; it also keeps
+Prefect's per-tag-set concurrency-slot requests (one per task run, one queue
+per distinct tag set, and ``partition:KEY`` makes each partition a tag set)
+from contending on the server: with 8 partitions of 125 instant calls, 8 open
+partitions took 2-3 times longer than 1 or 2. A failed call
+is recorded as a failed row; it never fails its partition. When a partition's
+last item finishes, a ``partition:KEY`` task writes
+``partitions/partition-{safe key}.jsonl`` through a temp file and
+``os.replace``, retried with exponential backoff. A partition whose write still
+fails after the retries is dead-lettered: its items are listed for manual
+review and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from prefect_fanout.call.task import submit_agent_call
+from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.files import jsonable, write_jsonl_atomic
+from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.mapping.job import MapJob
+from prefect_fanout.mapping.partition import safe_partition_filenames
+from prefect_fanout.mapping.summary import PartitionReport, StageUsage
+from prefect_fanout.ui.artifacts import ProgressReporter
+
+__all__ = [
+    "PARTITIONS_DIR",
+    "MapStage",
+    "error_text",
+    "item_row",
+    "map_partitions",
+    "partition_file_names",
+    "remove_stale_partition_files",
+    "write_partition",
+]
+
+PARTITIONS_DIR = "partitions"
+
+
+@task(name="write-partition", cache_policy=NO_CACHE, persist_result=False)
+def write_partition(path: str, rows: list[dict[str, Any]]) -> int:
+    """Write one partition's rows to its JSONL file atomically (a Prefect task).
+
+    Returns:
+        The attempt that succeeded (1 for the first), from Prefect's run count.
+
+    """
+    from prefect.runtime import task_run
+
+    write_jsonl_atomic(Path(path), rows)
+    return max(1, int(task_run.run_count or 1))
+
+
+def partition_file_names(keys: Iterable[str]) -> dict[str, str]:
+    """Partition key -> ``partition-{safe key}.jsonl``, unique even case-insensitively."""
+    return {key: f"partition-{safe}.jsonl" for key, safe in safe_partition_filenames(keys).items()}
+
+
+def error_text(error: BaseException | None) -> str:
+    """An error as ``Type: message``."""
+    return f"{type(error).__name__}: {error}"
+
+
+def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
+    """An item's line in its partition file and in final.jsonl."""
+    row: dict[str, Any] = {"id": item.id, "partition": key}
+    if done.ok and done.result is not None:
+        row.update(status="completed", output=jsonable(done.result.output))
+    else:
+        row.update(status="failed", error=error_text(done.error))
+    return row
+
+
+def interleave(groups: Mapping[str, list[Item]], active: int) -> Iterator[tuple[str, Item]]:
+    """Items round-robin across at most ``active`` open partitions, in partition order.
+
+    A partition opens when one of the open ones has handed out all its items,
+    so ``active`` partitions progress together and finish one after another.
+    """
+    waiting = iter(groups.items())
+    opened: list[tuple[str, list[Item], list[int]]] = []  # key, items, [next position]
+    while True:
+        while len(opened) < max(1, active):
+            entry = next(waiting, None)
+            if entry is None:
+                break
+            if entry[1]:
+                opened.append((entry[0], entry[1], [0]))
+        if not opened:
+            return
+        for slot in list(opened):
+            key, items, position = slot
+            yield key, items[position[0]]
+            position[0] += 1
+            if position[0] == len(items):
+                opened.remove(slot)
+
+
+def remove_stale_partition_files(parts_dir: Path, names: Mapping[str, str]) -> None:
+    """Delete partition files of earlier runs that this run does not write."""
+    if not parts_dir.is_dir():
+        return
+    current = set(names.values())
+    for entry in parts_dir.glob("partition-*.jsonl"):
+        if entry.name not in current and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+@dataclass
+class MapStage:
+    """What the map stage did.
+
+    Attributes:
+        outcomes: Each item's call outcome, by item id.
+        reports: Each partition's report, by key (in partition order).
+        dead: Dead-lettered partitions: key -> reason.
+        usage: The mapping calls' usage.
+        duration_s: Wall time of the stage.
+
+    """
+
+    outcomes: dict[str, CallOutcome[Any]] = field(default_factory=dict)
+    reports: dict[str, PartitionReport] = field(default_factory=dict)
+    dead: dict[str, str] = field(default_factory=dict)
+    usage: StageUsage = field(default_factory=StageUsage)
+    duration_s: float = 0.0
+
+
+class _Mapper:
+    def __init__(self, job: MapJob, parts_dir: Path, logger: Any) -> None:
+        self.job = job
+        self.parts_dir = parts_dir
+        self.logger = logger
+        self.stage = MapStage()
+
+    def submitter(self, key: str, item: Item) -> Callable[[], PrefectFuture[Any]]:
+        request = self.job.requests[item.id]
+        request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
+
+        def submit() -> PrefectFuture[Any]:
+            return submit_agent_call(request, endpoint=self.job.endpoint, cache=self.job.cache)
+
+        return submit
+
+    def submit_write(self, key: str, name: str, items: list[Item]) -> PrefectFuture[Any]:
+        retries = self.job.partition_retries
+        delays = [self.job.partition_retry_delay * 2**n for n in range(retries)]
+        writer = write_partition.with_options(
+            # No tags: every distinct tag set costs a concurrency-limit request per run.
+            task_run_name=f"partition:{key}",
+            retries=retries,
+            retry_delay_seconds=delays or 0,
+        )
+        rows = [item_row(item, key, self.stage.outcomes[item.id]) for item in items]
+        return writer.submit(str(self.parts_dir / name), rows)
+
+    def collect_write(
+        self, key: str, name: str, items: list[Item], future: PrefectFuture[Any]
+    ) -> None:
+        outcomes = [self.stage.outcomes[item.id] for item in items]
+        report = PartitionReport(
+            key=key,
+            file=f"{PARTITIONS_DIR}/{name}",
+            items=len(items),
+            completed=sum(1 for o in outcomes if o.ok),
+            failed=sum(1 for o in outcomes if not o.ok),
+            cached=sum(1 for o in outcomes if o.result is not None and o.result.cached),
+        )
+        try:
+            future.wait()
+            report.attempts = int(future.state.result(raise_on_failure=True))
+        except Exception as exc:
+            attempts = self.job.partition_retries + 1
+            reason = f"partition output could not be written after {attempts} attempt(s): "
+            reason += error_text(exc)
+            self.logger.error("partition %s dead-lettered (%d items): %s", key, len(items), reason)
+            self.stage.dead[key] = reason
+            report = PartitionReport(
+                key=key,
+                file=None,
+                items=len(items),
+                dead_letter=len(items),
+                status="dead_letter",
+                attempts=attempts,
+                error=reason,
+            )
+            stale = self.parts_dir / name
+            if stale.is_file():  # an earlier run's file would no longer tell the truth
+                stale.unlink(missing_ok=True)
+        self.stage.reports[key] = report
+
+
+def map_partitions(
+    job: MapJob,
+    groups: Mapping[str, list[Item]],
+    names: Mapping[str, str],
+    *,
+    parts_dir: Path,
+    window: CallWindow,
+    logger: Any,
+) -> MapStage:
+    """Map every item of every partition (inside a flow) and write each partition's file.
+
+    Args:
+        job: The prepared job (its requests, endpoint, cache and retry settings).
+        groups: Partition key -> items.
+        names: Partition key -> file name (see :func:`partition_file_names`).
+        parts_dir: The directory of the partition files.
+        window: Bounds the calls in flight and measures the concurrency reached.
+        logger: Where progress and failures are logged.
+
+    Returns:
+        The outcomes, partition reports, dead letters and usage.
+
+    """
+    started = time.perf_counter()
+    mapper = _Mapper(job, parts_dir, logger)
+    stage = mapper.stage
+    total = sum(len(items) for items in groups.values())
+    remaining = {key: len(items) for key, items in groups.items()}
+    writes: dict[str, PrefectFuture[Any]] = {}
+    progress = ProgressReporter(total, f"fanout map: {total} items in {len(groups)} partitions")
+    order = interleave(groups, job.active_partitions)
+    jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
+    step = max(1, total // 10)
+    for count, done in enumerate(window.run(jobs), start=1):
+        key, item = done.key
+        stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
+        stage.usage.add(done.result, failed=not done.ok)
+        progress.advance(failed=not done.ok)
+        if not done.ok:
+            logger.warning("item %s (partition %s) failed: %s", item.id, key, done.error)
+        remaining[key] -= 1
+        if remaining[key] == 0:
+            writes[key] = mapper.submit_write(key, names[key], groups[key])
+        if count % step == 0 or count == total:
+            logger.info("map: %d/%d items done (%d failed)", count, total, stage.usage.failed)
+    progress.finish()
+    for key in groups:
+        mapper.collect_write(key, names[key], groups[key], writes[key])
+    stage.duration_s = time.perf_counter() - started
+    return stage

@@ -1,0 +1,179 @@
+"""What a map run reports: ``summary.json`` as pydantic models, and its usage figures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from prefect_fanout.call.result import AgentResult
+from prefect_fanout.call.window import CallOutcome
+
+__all__ = ["MapSummary", "PartitionReport", "ReduceReport", "StageUsage", "add_costs"]
+
+
+class StageUsage(BaseModel):
+    """The agent calls of one stage (classify, map or reduce) and what they cost this run.
+
+    Attributes:
+        calls: Calls made (cache hits included).
+        cached: Calls answered from the cache (this run paid nothing for them).
+        failed: Calls that failed for good.
+        prompt_tokens: Prompt tokens of the calls answered by the model in this run.
+        completion_tokens: Completion tokens of those calls.
+        cost_usd: What this run paid in USD; None when a paid call's price is unknown.
+
+    """
+
+    calls: int = 0
+    cached: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+
+    def add(self, result: AgentResult | None, failed: bool = False) -> None:
+        """Count one finished call."""
+        self.calls += 1
+        if failed or result is None:
+            self.failed += 1
+            return
+        if result.cached:
+            self.cached += 1
+            return
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.cost_usd = add_costs(self.cost_usd, result.cost_usd)
+
+    @classmethod
+    def of(cls, outcomes: Iterable[CallOutcome[object]]) -> StageUsage:
+        """The usage of a set of finished calls."""
+        usage = cls()
+        for outcome in outcomes:
+            usage.add(outcome.result, failed=not outcome.ok)
+        return usage
+
+
+def add_costs(total: float | None, cost: float | None) -> float | None:
+    """Add a cost to a total; unknown (None) stays unknown."""
+    if total is None or cost is None:
+        return None
+    return round(total + cost, 10)
+
+
+class PartitionReport(BaseModel):
+    """One partition: its items, their outcome and its output file.
+
+    Attributes:
+        key: The partition key (e.g. ``2024-01``, ``0003`` or a topic).
+        file: Its output, relative to the output directory; None when dead-lettered.
+        items: Items in the partition.
+        completed: Items whose call completed.
+        failed: Items whose call failed (recorded in the file with their error).
+        cached: Completed items answered from the cache.
+        dead_letter: Items listed as dead letters because the partition failed.
+        status: ``written`` or ``dead_letter``.
+        attempts: Attempts at writing the partition's output.
+        error: Why the partition failed, when it did.
+
+    """
+
+    key: str
+    file: str | None
+    items: int
+    completed: int = 0
+    failed: int = 0
+    cached: int = 0
+    dead_letter: int = 0
+    status: Literal["written", "dead_letter"] = "written"
+    attempts: int = 0
+    error: str | None = None
+
+
+class ReduceReport(BaseModel):
+    """The LLM tree reduce as the summary reports it (the answer is in ``reduce.json``).
+
+    Attributes:
+        agent: The reducing agent.
+        status: ``completed``, ``failed`` or ``skipped`` (no completed outputs).
+        inputs: Completed outputs it combined.
+        levels: Levels of the tree that made calls.
+        calls: Reduce calls made (cache hits included).
+        cached: Reduce calls answered from the cache.
+        token_budget: Estimated tokens (chars / 4) one call may combine.
+        file: ``reduce.json``, relative to the output directory.
+        error: Why it failed, when it did.
+
+    """
+
+    agent: str
+    status: Literal["completed", "failed", "skipped"]
+    inputs: int
+    levels: int = 0
+    calls: int = 0
+    cached: int = 0
+    token_budget: int
+    file: str = "reduce.json"
+    error: str | None = None
+
+
+class MapSummary(BaseModel):
+    """The outcome of a map run, written to ``summary.json`` and printed by ``fanout map``.
+
+    Attributes:
+        flow_run_id: The Prefect flow run that did the work, when there was one.
+        source: The corpus (a path) or a description of the items given.
+        agent: The mapping agent.
+        model: The model of the mapping calls.
+        partition_spec: How items were partitioned.
+        output_dir: Where the outputs are.
+        total: Items in the corpus.
+        completed: Items whose call completed and whose partition was written.
+        failed: Items whose call failed.
+        dead_letter: Items of partitions that failed as a whole.
+        cached: Items answered from the cache (this run paid nothing for them).
+        partitions: Per-partition counts, in key order.
+        failed_ids: Ids of the failed items, in input order.
+        dead_letter_ids: Ids of the dead-lettered items, in input order.
+        usage: Calls, tokens and cost by stage (``classify``, ``map``, ``reduce``).
+        cost_usd: What this run paid in total; None when a price is unknown.
+        duration_s: Wall time of the whole run.
+        map_duration_s: Wall time of the map stage.
+        items_per_second: ``total / map_duration_s``.
+        max_workers: The bound on calls in flight.
+        concurrency_reached: The most calls in flight at once, as measured.
+        reduce: The tree reduce, when one was asked for.
+        files: Output files by role, relative to the output directory.
+
+    """
+
+    flow_run_id: str | None = None
+    source: str
+    agent: str
+    model: str
+    partition_spec: str
+    output_dir: str
+    total: int
+    completed: int
+    failed: int
+    dead_letter: int
+    cached: int
+    partitions: list[PartitionReport]
+    failed_ids: list[str] = Field(default_factory=list)
+    dead_letter_ids: list[str] = Field(default_factory=list)
+    usage: dict[str, StageUsage]
+    cost_usd: float | None
+    duration_s: float
+    map_duration_s: float
+    items_per_second: float
+    max_workers: int
+    concurrency_reached: int
+    reduce: ReduceReport | None = None
+    files: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """True when every item completed (and the reduce, if asked for, did not fail)."""
+        reduce_ok = self.reduce is None or self.reduce.status != "failed"
+        return self.failed == 0 and self.dead_letter == 0 and reduce_ok

@@ -1,0 +1,214 @@
+"""Agents of a dispatch: resolving a plan's agent names, and validating them before a run.
+
+A task's ``agent`` (and every name in a profile's ``fallbacks``) resolves, in
+this order, to:
+
+1. a profile in the plan's ``agents`` section (``AgentProfile(name=key, **fields)``;
+   ``output_schema`` is a JSON schema object there);
+2. a built-in profile (``default``, ``coder``, ``debug``);
+3. a saved ``AgentProfile`` block of that name.
+
+:func:`load_dispatch_plan` validates a plan file with all of this in mind, so a
+plan whose agents cannot be found is rejected with every other problem, before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import ValidationError
+
+from prefect_fanout.agents.profiles import AgentProfile, builtin_profile_names, resolve_agent
+from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.plan.model import STDIN, Plan, load_plan, validate_plan
+
+PROFILE_FIELDS = tuple(name for name in AgentProfile.model_fields if name != "name")
+"""The fields a plan's ``agents`` entry may set (its key is the name)."""
+
+
+def profile_from_plan(name: str, fields: Mapping[str, Any]) -> AgentProfile:
+    """Build the profile of a plan's ``agents`` entry; the entry's key is its name.
+
+    Args:
+        name: The key in ``agents``.
+        fields: The entry's fields (any ``AgentProfile`` field but ``name``).
+
+    Returns:
+        The profile.
+
+    Raises:
+        pydantic.ValidationError: A field has a wrong value.
+
+    """
+    return AgentProfile(**{**dict(fields), "name": name})
+
+
+def plan_profiles(plan: Plan) -> dict[str, AgentProfile]:
+    """The profiles defined by a plan's ``agents`` section, by name."""
+    return {name: profile_from_plan(name, fields) for name, fields in plan.agents.items()}
+
+
+def fallback_chain(agent: str, profiles: Mapping[str, AgentProfile]) -> list[str]:
+    """The agents a task tries in order: its own, then its profile's ``fallbacks``.
+
+    Only the task agent's own ``fallbacks`` list counts (a fallback's fallbacks
+    are not followed); duplicates are dropped.
+
+    Raises:
+        ConfigurationError: The task's agent cannot be resolved.
+
+    """
+    profile = resolve_agent(agent, dict(profiles))
+    return list(dict.fromkeys([agent, *profile.fallbacks]))
+
+
+def _saved_profile_exists(name: str, cache: dict[str, bool]) -> bool:
+    if name not in cache:
+        try:
+            resolve_agent(name)
+            cache[name] = True
+        except ConfigurationError:
+            cache[name] = False
+    return cache[name]
+
+
+def _profile_problems(name: str, fields: dict[str, Any], is_known: Any, listed: str) -> list[str]:
+    """Problems of one ``agents`` entry: unknown fields, bad values, schema, fallbacks."""
+    problems: list[str] = []
+    for key in fields:
+        if key == "name" and fields[key] == name:
+            continue
+        if key not in PROFILE_FIELDS:
+            close = difflib.get_close_matches(str(key), PROFILE_FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                f"unknown field {key!r}{hint}; valid fields: {', '.join(PROFILE_FIELDS)}"
+            )
+    known = {key: value for key, value in fields.items() if key in PROFILE_FIELDS}
+    try:
+        profile = profile_from_plan(name, known)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "profile"
+            problems.append(f"{where}: {error['msg']}")
+        return problems
+    schema = profile.output_schema
+    if schema is not None:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            problems.append(f"output_schema is not a valid JSON schema: {exc.message}")
+    for position, fallback in enumerate(profile.fallbacks):
+        if fallback == name:
+            problems.append(f"fallbacks[{position}] names the agent itself")
+        elif not is_known(fallback):
+            problems.append(
+                f"fallbacks[{position}]: unknown agent {fallback!r} (not a built-in, not in the "
+                f"plan's 'agents', no saved AgentProfile block); known agents: {listed}"
+            )
+    return problems
+
+
+def validate_dispatch_data(raw: Any, *, source: str = "<plan>", text: str | None = None) -> Plan:
+    """Validate parsed plan data (or re-check a :class:`Plan`) for dispatch.
+
+    On top of :func:`prefect_fanout.plan.model.validate_plan`, task agents and
+    fallbacks must resolve (plan ``agents``, built-ins, saved blocks) and every
+    ``agents`` entry must build a valid :class:`AgentProfile`.
+
+    Args:
+        raw: The parsed document, or a ``Plan``.
+        source: Name shown in front of every problem; with ``text``, the
+            plan's path or ``"-"`` as :func:`prefect_fanout.plan.model.load_plan` takes it.
+        text: The document's text; when given, it is parsed by
+            :func:`prefect_fanout.plan.model.load_plan` (``raw`` only supplies the
+            names to look up).
+
+    Returns:
+        The validated plan.
+
+    Raises:
+        PlanValidationError: Every problem found, at once.
+
+    """
+    if isinstance(raw, Plan):
+        raw = raw.model_dump(mode="json")
+    builtins = set(builtin_profile_names())
+    plan_agents: set[str] = set()
+    if isinstance(raw, dict) and isinstance(raw.get("agents"), dict):
+        plan_agents = {k for k, v in raw["agents"].items() if isinstance(v, dict)}
+    lookups: dict[str, bool] = {}
+
+    def is_known(name: str) -> bool:
+        if name in builtins or name in plan_agents:
+            return True
+        return _saved_profile_exists(name, lookups)
+
+    saved = {name for name in _task_agent_names(raw) if is_known(name)} - plan_agents
+    listed = ", ".join(sorted(builtins | plan_agents | {k for k, v in lookups.items() if v}))
+
+    def check_agent(name: str, fields: dict[str, Any]) -> list[str]:
+        return _profile_problems(name, fields, is_known, listed)
+
+    known = builtins | saved
+    if text is not None:
+        return load_plan(source, text=text, known_agents=known, check_agent=check_agent)
+    return validate_plan(raw, source=source, known_agents=known, check_agent=check_agent)
+
+
+def _task_agent_names(raw: Any) -> set[str]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
+        return set()
+    names = set()
+    for task in raw["tasks"]:
+        if isinstance(task, dict) and isinstance(task.get("agent"), str) and task["agent"].strip():
+            names.add(task["agent"])
+    return names
+
+
+def _parse_loosely(text: str) -> Any:
+    """Parse JSON or YAML for the agent-name lookups only (errors come from load_plan)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+
+
+def load_dispatch_plan(source: str | Path, *, text: str | None = None) -> Plan:
+    """Read and validate a plan for dispatch (``"-"`` reads standard input).
+
+    Args:
+        source: Path of a JSON or YAML plan, or ``"-"`` for standard input.
+        text: The plan's text, used instead of reading ``source``.
+
+    Returns:
+        The validated plan.
+
+    Raises:
+        PlanValidationError: The plan cannot be read or has problems; all of
+            them are listed, each with its location.
+
+    """
+    is_stdin = isinstance(source, str) and source == STDIN
+    if text is None:
+        if is_stdin:
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(source).read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError):
+                return load_plan(source)  # reports the file problem in the usual way
+    raw = _parse_loosely(text.removeprefix("\ufeff"))
+    return validate_dispatch_data(raw, source=str(source), text=text)
