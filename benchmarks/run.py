@@ -34,8 +34,13 @@ from prefect import flow  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from prefect_fanout import LLMEndpoint  # noqa: E402
-from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call  # noqa: E402
+from prefect_fanout import (  # noqa: E402
+    LLMEndpoint,
+    build_request,
+    result_from_future,
+    submit_agent_call,
+)
+from prefect_fanout.call import tagslots  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 
@@ -54,6 +59,7 @@ def fanout(fake: FakeOpenAI, prompts: list[str], workers: int) -> tuple[float, i
 
     @flow(name="bench-fanout", task_runner=ThreadPoolTaskRunner(max_workers=workers))
     def run() -> int:
+        tagslots.install()  # the opt-in the shipped flows turn on (see README: Performance)
         futures = [
             submit_agent_call(
                 build_request(

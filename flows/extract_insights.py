@@ -28,12 +28,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_fanout.agents.agentsfile import load_agents_file
-from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigurationError
-from prefect_fanout.mapping.corpus import CorpusError
-from prefect_fanout.mapping.job import prepare_map
-from prefect_fanout.mapping.run import map_corpus
-from prefect_fanout.mapping.summary import MapSummary
+from prefect_fanout import FanoutError, MapSummary, load_agents_file, map_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "corpus"
@@ -113,23 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-digest", action="store_true", help="skip the combined digest")
     parser.add_argument("--max-workers", type=int, default=MAX_WORKERS, help="calls at once")
     args = parser.parse_args(argv)
-    try:  # find bad input or a missing endpoint before the flow run starts
-        options = _options(
-            args.corpus, args.output, args.agents, not args.no_digest, args.max_workers
+    try:  # bad input or a missing endpoint is found before any call is made
+        summary = extract_insights(
+            corpus=args.corpus,
+            output_dir=args.output,
+            agents_file=args.agents,
+            digest=not args.no_digest,
+            max_workers=args.max_workers,
         )
-        prepare_map(options.pop("items_or_path"), **options)
-    except (CorpusError, ConfigurationError, ValueError) as exc:
+    except FanoutError as exc:
         print(f"extract_insights: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    summary = extract_insights(
-        corpus=args.corpus,
-        output_dir=args.output,
-        agents_file=args.agents,
-        digest=not args.no_digest,
-        max_workers=args.max_workers,
-    )
+        return exc.exit_code
     print(report(summary))
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":

@@ -1,21 +1,32 @@
-"""The exceptions prefect-fanout raises, and the exit codes the CLI maps them to.
+"""Every error prefect-fanout raises, and the exit code the ``fanout`` CLI gives it.
 
-Hierarchy::
+Hierarchy (exit code in brackets)::
 
-    FanoutError                      base of everything raised here
-    ├── ConfigurationError           no usable endpoint, unknown agent, bad option   (exit 2)
-    └── AgentCallError               one agent call failed for good                  (exit 1)
-        ├── NonRetryableAPIError     400/401/403/404/422 or context length: never retried
-        ├── RetriesExhaustedError    transient failures used up the attempt budget
-        │   └── CallTimeoutError     ... and the last one was a timeout (hung call)
-        ├── RetryAfterTooLongError   the server asked to wait longer than the cap
-        └── OutputValidationError    structured output still invalid after the re-asks
+    FanoutError                        base of everything raised here
+    ├── ConfigurationError       [2]   no usable endpoint, unknown agent, bad option or template
+    │   └── TemplateFieldError   [2]   a --prompt template names a field an item lacks
+    ├── PlanValidationError      [2]   a plan has problems (all of them listed, with locations)
+    ├── CorpusError              [2]   a corpus file or line cannot be read
+    ├── PartitionError           [2]   items cannot be partitioned as asked
+    │   └── PartitionSpecError   [2]   a partition spec is malformed
+    └── AgentCallError           [1]   one agent call failed for good
+        ├── NonRetryableAPIError       400/401/403/404/422 or context length: never retried
+        ├── RetriesExhaustedError      transient failures used up the attempt budget
+        │   └── CallTimeoutError       ... and the last one was a timeout (hung call)
+        ├── RetryAfterTooLongError     the server asked to wait longer than the cap
+        └── OutputValidationError      structured output still invalid after the re-asks
 
-Plan and corpus problems have their own errors (``PlanValidationError``,
-``CorpusError``, ``PartitionSpecError``), all ``ValueError`` subclasses, exit 2.
+Bad-input errors (exit 2) are also ``ValueError`` subclasses, so code that
+caught ``ValueError`` before keeps working. ``except FanoutError`` catches all
+of them. :func:`exit_code_for` maps any exception to the CLI's exit code, and
+:func:`describe` renders one as the ``Type: message`` line used in results,
+rows and logs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,19 +34,83 @@ EXIT_USAGE = 2
 
 
 class FanoutError(Exception):
-    """Base class of prefect-fanout's own errors."""
+    """Base class of prefect-fanout's own errors.
+
+    Attributes:
+        exit_code: The ``fanout`` CLI's exit code for this error.
+    """
+
+    exit_code: int = EXIT_FAILED
 
 
-class ConfigurationError(FanoutError):
+class ConfigurationError(FanoutError, ValueError):
     """The configuration cannot work: no endpoint, an unknown agent, a bad option."""
+
+    exit_code = EXIT_USAGE
+
+
+class TemplateFieldError(ConfigurationError):
+    """A prompt template is malformed or names a field an item does not have."""
+
+
+class CorpusError(FanoutError, ValueError):
+    """A corpus source could not be read; the message names the file (and line)."""
+
+    exit_code = EXIT_USAGE
+
+
+class PartitionError(FanoutError, ValueError):
+    """Items cannot be partitioned as asked (e.g. classifier labels are missing)."""
+
+    exit_code = EXIT_USAGE
+
+
+class PartitionSpecError(PartitionError):
+    """A partition spec is malformed; the message lists the valid forms."""
+
+
+class _Problem(Protocol):
+    def __str__(self) -> str: ...
+
+
+class PlanValidationError(FanoutError, ValueError):
+    """A plan has one or more problems; all of them are in ``problems``.
+
+    ``str(error)`` lists the problems one per line, each prefixed with the
+    plan's name, e.g. ``plan.json: tasks[1].dependencies[0]: task 'b' depends
+    on unknown task 'zzz'``.
+
+    Attributes:
+        problems: Every problem found (``PlanProblem`` objects), in the order found.
+        source: The plan's file name, ``"<stdin>"`` or ``"<plan>"``.
+    """
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: Iterable[_Problem], source: str = "<plan>") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
+
+    def __reduce__(self) -> tuple[type[PlanValidationError], tuple[list[_Problem], str]]:
+        return (type(self), (self.problems, self.source))
 
 
 class AgentCallError(FanoutError):
     """An agent call failed after everything that could be tried was tried.
 
-    Only the message is passed to ``Exception`` so the error pickles cleanly
-    across processes (Prefect stores it in the failed state).
+    Only the message and attempts are passed to ``Exception`` so the error
+    pickles cleanly across processes (Prefect stores it in the failed state).
+
+    Attributes:
+        message: What went wrong, naming the call (``agent:item``).
+        attempts: HTTP requests made for the call.
     """
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, attempts: int = 1) -> None:
         super().__init__(message, attempts)
@@ -64,3 +139,13 @@ class RetryAfterTooLongError(AgentCallError):
 
 class OutputValidationError(AgentCallError):
     """The answer did not match the output schema after the allowed re-asks."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The CLI exit code of an error: its own for a FanoutError, else 1."""
+    return error.exit_code if isinstance(error, FanoutError) else EXIT_FAILED
+
+
+def describe(error: BaseException | None) -> str:
+    """An error as one ``Type: message`` line (for results, rows, traces and logs)."""
+    return f"{type(error).__name__}: {error}"

@@ -1,11 +1,62 @@
-"""Flows the library ships (the CLI runs them; ``flows/`` composes them for deployments)."""
+"""The flows prefect-fanout ships, and the Python entry points that run them.
+
+Every shipped flow is a module-level ``@flow`` with real parameters, so each can
+be deployed (``deployments/prefect.yaml`` names them by entrypoint) and rerun
+from the UI:
+
+- ``fanout-call`` (:func:`call_flow`): one agent call;
+- ``fanout-dispatch`` (:func:`dispatch_flow`): a plan, given as a file path or
+  a :class:`~prefect_fanout.Plan`;
+- ``fanout-map`` (:func:`map_flow`): partition -> map -> merge -> reduce over a
+  corpus path.
+
+:func:`dispatch_plan` and :func:`map_corpus` are the Python entry points: they
+check everything first (bad input raises a :class:`~prefect_fanout.FanoutError`
+before any flow run starts), then run the flow, or run inside the caller's
+flow run when there is one (``map_corpus``). Each flow turns on the opt-in
+tag-slot narrowing (:mod:`prefect_fanout.call.tagslots`) when it starts.
+"""
 
 from __future__ import annotations
 
-from prefect import flow
+import threading
+from pathlib import Path
+from typing import Any
 
+from prefect import flow
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from prefect_fanout.agents.agentsfile import load_agents_file
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.call import tagslots
+from prefect_fanout.call.cache import CacheMode, CacheOptions
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import call_agent
+from prefect_fanout.dispatch.result import DispatchResult
+from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan, with_overrides
+from prefect_fanout.mapping.defaults import (
+    DEFAULT_ACTIVE_PARTITIONS,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_PARTITION_RETRIES,
+    DEFAULT_PARTITION_RETRY_DELAY,
+    DEFAULT_REDUCE_BUDGET,
+)
+from prefect_fanout.mapping.job import MapJob, prepare_map
+from prefect_fanout.mapping.run import run_map
+from prefect_fanout.mapping.summary import MapSummary
+from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
+from prefect_fanout.plan.model import Plan
+
+__all__ = [
+    "call_flow",
+    "dispatch_flow",
+    "dispatch_plan",
+    "map_corpus",
+    "map_flow",
+    "run_dispatch_flow",
+    "run_map_flow",
+]
 
 
 @flow(name="fanout-call", log_prints=False)
@@ -30,6 +81,266 @@ def call_flow(
     Returns:
         The call's result.
     """
+    tagslots.install()
     return call_agent(
         prompt, agent=agent, model=model, system=system, endpoint=endpoint, cache=cache
     )
+
+
+@flow(name="fanout-dispatch", log_prints=False, validate_parameters=True)
+def dispatch_flow(
+    plan: Plan | str,
+    model: str | None = None,
+    max_workers: int | None = None,
+    failure_policy: str | None = None,
+    trace_dir: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    cache: CacheOptions | str = "on",
+) -> Any:
+    """Run a plan as this flow run: one agent-call task run per plan task.
+
+    The flow ends ``Completed``, ``Partial`` (a completed state) or ``Failed``,
+    following the dispatch status. Called directly it returns the
+    :class:`DispatchResult`, except for a failed dispatch, where Prefect raises;
+    call it with ``return_state=True`` and use ``result_of``, or use
+    :func:`dispatch_plan`, to get the result in every case.
+
+    Args:
+        plan: A validated plan, or the path of a JSON/YAML plan file on the
+            machine that runs the flow (validated here; an invalid plan fails
+            the run before any call).
+        model: A model for every agent (``test`` runs offline).
+        max_workers: Most tasks in flight; overrides the plan's.
+        failure_policy: ``partial`` or ``all_or_nothing``; overrides the plan's.
+        trace_dir: Where to write trace files; overrides the plan's.
+        endpoint: An ``LLMEndpoint`` block name or object; ``None`` uses the
+            plan's ``config.endpoint``, then ``OPENAI_*`` variables.
+        cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
+
+    Returns:
+        The final state, carrying the :class:`DispatchResult`.
+    """
+    tagslots.install()
+    loaded = load_dispatch_plan(plan) if isinstance(plan, str) else plan
+    loaded = with_overrides(
+        loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
+    )
+    resolver = check_plan(loaded, model, endpoint)
+    return final_state(run_plan(loaded, cache=cache, resolver=resolver))
+
+
+def run_dispatch_flow(
+    plan: Plan,
+    *,
+    model: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    cache: CacheOptions | CacheMode | str = CacheMode.ON,
+) -> DispatchResult:
+    """Run an already validated plan as a ``fanout-dispatch`` flow run.
+
+    The flow gets a ``ThreadPoolTaskRunner(max_workers=config.max_workers)``.
+    Use :func:`dispatch_plan` unless the plan was validated (and its agents
+    checked) already, as ``fanout dispatch`` does.
+
+    Returns:
+        The dispatch result, whatever the flow run's final state.
+    """
+    runner = ThreadPoolTaskRunner(max_workers=plan.config.max_workers)
+    state = dispatch_flow.with_options(task_runner=runner)(
+        plan=plan, model=model, endpoint=endpoint, cache=CacheOptions.of(cache), return_state=True
+    )
+    return result_of(state)
+
+
+def dispatch_plan(
+    plan: Plan | str | Path,
+    *,
+    model: str | None = None,
+    max_workers: int | None = None,
+    failure_policy: str | None = None,
+    trace_dir: str | Path | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    cache: CacheOptions | CacheMode | str = CacheMode.ON,
+) -> DispatchResult:
+    """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
+
+    Args:
+        plan: A :class:`Plan`, or the path of a plan file (``"-"`` for stdin).
+        model: A model for every agent (``test`` runs offline).
+        max_workers: Most tasks in flight; overrides ``config.max_workers``.
+        failure_policy: ``partial`` or ``all_or_nothing``; overrides the plan's.
+        trace_dir: Where to write trace files; overrides ``config.trace_dir``.
+        endpoint: An ``LLMEndpoint`` block name or object; overrides
+            ``config.endpoint``. ``None`` falls back to ``OPENAI_*`` variables.
+        cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
+
+    Returns:
+        The result; its ``status`` says whether every task completed.
+
+    Raises:
+        PlanValidationError: The plan is invalid (nothing was run).
+        ConfigurationError: An option is invalid or no endpoint is configured
+            (checked before the flow run starts).
+    """
+    checked = validate_dispatch_data(plan) if isinstance(plan, Plan) else load_dispatch_plan(plan)
+    checked = with_overrides(
+        checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
+    )
+    check_plan(checked, model, endpoint)
+    return run_dispatch_flow(checked, model=model, endpoint=endpoint, cache=cache)
+
+
+# A job prepared (and checked) by the caller in this process, handed to the flow run
+# it starts so the corpus is not read (nor the agents resolved) twice. Keyed by the
+# parameters that name the work; a run started from the UI or a deployment finds
+# nothing here and prepares its job from its parameters.
+_prepared: dict[tuple[str, str, str, str], MapJob] = {}
+_prepared_lock = threading.Lock()
+
+
+def _job_key(input: str, agent: str, partition: str, output_dir: str) -> tuple[str, str, str, str]:
+    return (input, agent, partition, str(Path(output_dir)))
+
+
+@flow(
+    name="fanout-map",
+    flow_run_name="map {agent} by {partition}",
+    log_prints=False,
+    validate_parameters=True,
+)
+def map_flow(
+    input: str,
+    agent: str,
+    partition: str,
+    output_dir: str,
+    agents_file: str | None = None,
+    prompt: str | None = None,
+    reduce: str | None = None,
+    reduce_budget: int = DEFAULT_REDUCE_BUDGET,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
+    model: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    refresh: bool = False,
+    partition_retries: int = DEFAULT_PARTITION_RETRIES,
+    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
+) -> MapSummary:
+    """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
+
+    Args:
+        input: A JSONL file (one object with an ``id`` per line) or a directory.
+        agent: The agent run on every item.
+        partition: ``count:N``, ``size[:K]``, ``time:month|day|year[:FIELD]``,
+            ``topic:FIELD``, ``topic:agent=NAME`` or ``key:FIELD``.
+        output_dir: Where the outputs go (not inside the input directory).
+        agents_file: A JSON/YAML file of agent profiles by name.
+        prompt: A template rendering record fields into each item's prompt.
+        reduce: An agent that combines the completed outputs in a tree.
+        reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
+        max_workers: Agent calls in flight at most.
+        active_partitions: Partitions mapped at once.
+        model: A model overriding every agent's (``test`` runs offline).
+        endpoint: A saved LLMEndpoint block's name (or object); None uses OPENAI_*.
+        refresh: Ignore cached answers and call again.
+        partition_retries: Retries of a partition whose output cannot be written.
+        partition_retry_delay: Seconds before the first partition retry (then doubling).
+
+    Returns:
+        The run's summary (also written to ``summary.json``).
+    """
+    tagslots.install()
+    with _prepared_lock:
+        job = _prepared.pop(_job_key(input, agent, partition, output_dir), None)
+    if job is None:
+        job = prepare_map(
+            input,
+            agent=agent,
+            partition=partition,
+            output_dir=output_dir,
+            agents=load_agents_file(agents_file) if agents_file else None,
+            prompt=prompt,
+            reduce=reduce,
+            reduce_budget=reduce_budget,
+            max_workers=max_workers,
+            active_partitions=active_partitions,
+            model=model,
+            endpoint=endpoint,
+            refresh=refresh,
+            partition_retries=partition_retries,
+            partition_retry_delay=partition_retry_delay,
+        )
+    return run_map(job)
+
+
+def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
+    """Run a prepared job as a ``fanout-map`` flow run (or in the current flow run, if any).
+
+    Args:
+        job: From :func:`~prefect_fanout.mapping.job.prepare_map`.
+        **parameters: The flow run's parameters as :func:`map_flow` takes them;
+            the job's own settings fill in the ones not given.
+
+    Returns:
+        The run's summary.
+
+    Raises:
+        Exception: Whatever ended the flow run early (items failing never do).
+    """
+    if FlowRunContext.get() is not None:
+        return run_map(job)
+    parameters = {
+        "input": job.source,
+        "agent": job.agent.name,
+        "partition": job.spec_text,
+        "output_dir": str(job.output_dir),
+        "reduce": job.reducer.name if job.reducer is not None else None,
+        "reduce_budget": job.reduce_budget,
+        "max_workers": job.max_workers,
+        "active_partitions": job.active_partitions,
+        "model": job.resolver.model_override,
+        "endpoint": job.resolver.endpoint_ref,
+        "refresh": job.cache.mode is CacheMode.REFRESH,
+        "partition_retries": job.partition_retries,
+        "partition_retry_delay": job.partition_retry_delay,
+        **parameters,
+    }
+    key = _job_key(
+        parameters["input"], parameters["agent"], parameters["partition"], parameters["output_dir"]
+    )
+    with _prepared_lock:
+        _prepared[key] = job
+    try:
+        runner = ThreadPoolTaskRunner(max_workers=job.max_workers)
+        return map_flow.with_options(task_runner=runner)(**parameters)
+    finally:
+        with _prepared_lock:
+            _prepared.pop(key, None)
+
+
+def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
+    """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
+
+    Inside a flow it runs in that flow run (on its task runner); outside one it
+    runs the ``fanout-map`` flow with ``ThreadPoolTaskRunner(max_workers)``.
+
+    Args:
+        items_or_path: A JSONL file or a directory, or a list of ``Item``
+            objects or of dicts with an ``id``.
+        **options: As for :func:`~prefect_fanout.mapping.job.prepare_map`: ``agent``,
+            ``partition``, ``output_dir`` (required), ``agents``, ``prompt``,
+            ``reduce``, ``reduce_budget``, ``max_workers``, ``model``,
+            ``endpoint``, ``refresh``, ``cache``, ``partition_retries``,
+            ``partition_retry_delay``, ``active_partitions``.
+
+    Returns:
+        The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
+        or were dead-lettered.
+
+    Raises:
+        CorpusError: The corpus cannot be read.
+        PartitionSpecError: The partition spec is malformed.
+        ConfigurationError: An agent, the endpoint, an option or the prompt
+            template is wrong (raised before any call is made).
+    """
+    job = prepare_map(items_or_path, **options)
+    return run_map_flow(job, prompt=options.get("prompt"))

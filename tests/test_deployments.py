@@ -197,15 +197,23 @@ def test_server_rejects_a_wrong_typed_parameter(deployed) -> None:
     ]
 
 
-def _interval_entry() -> dict[str, Any]:
+def _interval_entry(flow_name: str) -> dict[str, Any]:
     for entry in _entries():
-        if any("interval" in s for s in entry.get("schedules") or []):
+        has_interval = any("interval" in s for s in entry.get("schedules") or [])
+        if has_interval and _flow_name(entry) == flow_name:
             return entry
-    raise AssertionError("prefect.yaml has no interval schedule")
+    raise AssertionError(f"prefect.yaml has no interval schedule of {flow_name}")
 
 
-def test_serve_runs_an_interval_schedule(prefect_server, deployed, tmp_path) -> None:
-    entry = _interval_entry()
+def test_prefect_yaml_deploys_the_library_flows_by_entrypoint() -> None:
+    names = {_flow_name(entry): entry["entrypoint"] for entry in _entries()}
+    assert names["fanout-dispatch"] == "prefect_fanout/flows.py:dispatch_flow"
+    assert names["fanout-map"] == "prefect_fanout/flows.py:map_flow"
+
+
+@pytest.mark.parametrize("flow_name", ["fanout-dispatch", "fanout-map"])
+def test_serve_runs_an_interval_schedule(prefect_server, deployed, tmp_path, flow_name) -> None:
+    entry = _interval_entry(flow_name)
     full_name = f"{_flow_name(entry)}/{entry['name']}"
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:

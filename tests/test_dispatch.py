@@ -18,10 +18,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout import cli
+from prefect_fanout import cli, dispatch_plan
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.dispatch.result import TaskOutcome, overall_status
-from prefect_fanout.dispatch.run import dispatch_plan, task_prompt
+from prefect_fanout.dispatch.run import task_prompt
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.plan.agents import load_dispatch_plan
 from prefect_fanout.plan.model import Plan, PlanValidationError, TaskSpec

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefect_fanout import map_corpus
 from prefect_fanout.agents.agentsfile import load_agents_file, profiles_from_mapping
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
@@ -29,7 +30,6 @@ from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import prepare_map
 from prefect_fanout.mapping.prompts import TemplateFieldError, item_prompt
 from prefect_fanout.mapping.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
-from prefect_fanout.mapping.run import map_corpus
 from prefect_fanout.mapping.stage import interleave, partition_file_names
 from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus

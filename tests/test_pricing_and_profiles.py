@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout.agents.endpoints import LLMEndpoint, choose_model, resolve_endpoint
+from prefect_fanout.agents.endpoints import LLMEndpoint, resolve_endpoint
 from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.pricing import cost_usd, price_for
 from prefect_fanout.errors import ConfigurationError
 
@@ -55,12 +56,12 @@ def test_keyless_local_server_from_base_url_only(monkeypatch):
 
 def test_fanout_model_overrides_profiles_but_not_an_explicit_model(monkeypatch):
     monkeypatch.setenv("FANOUT_MODEL", "test")
-    assert choose_model(None, "gpt-4o", None) == "test"
-    assert choose_model("gpt-4.1", "gpt-4o", None) == "gpt-4.1"
+    assert Resolver().model(AgentProfile(model="gpt-4o")) == "test"
+    assert Resolver(model="gpt-4.1").model(AgentProfile(model="gpt-4o")) == "gpt-4.1"
     monkeypatch.delenv("FANOUT_MODEL")
     endpoint = LLMEndpoint(default_model="served-model")
-    assert choose_model(None, None, endpoint) == "served-model"
-    assert choose_model(None, "gpt-4o", endpoint) == "gpt-4o"
+    assert Resolver(endpoint=endpoint).model(AgentProfile()) == "served-model"
+    assert Resolver(endpoint=endpoint).model(AgentProfile(model="gpt-4o")) == "gpt-4o"
 
 
 def test_prompt_template_renders_variables_and_names_missing_ones():

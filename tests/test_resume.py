@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from prefect_fanout import map_corpus
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.files import TEMP_SUFFIX
-from prefect_fanout.mapping.run import map_corpus
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import read_jsonl, tag, write_corpus
 

@@ -13,9 +13,11 @@ import uuid
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from prefect_fanout import build_request
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.task import build_request, execute_request
+from prefect_fanout.call.execute import execute_request
+from prefect_fanout.call.transport import OpenAITransport
 from prefect_fanout.errors import (
     CallTimeoutError,
     NonRetryableAPIError,
@@ -49,7 +51,7 @@ def run(
 ):
     endpoint = endpoint_for(fake)
     request = build_request(prompt, agent=profile or fast_profile(), endpoint=endpoint, model=model)
-    return execute_request(request, endpoint, LOG)
+    return execute_request(request, OpenAITransport(endpoint), LOG)
 
 
 def token() -> str:
@@ -152,7 +154,7 @@ def test_connection_refused_is_retried_up_to_the_budget():
     profile = fast_profile(max_attempts=2)
     request = build_request("hello", agent=profile, endpoint=endpoint, model="gpt-4o-mini")
     with pytest.raises(RetriesExhaustedError) as info:
-        execute_request(request, endpoint, LOG)
+        execute_request(request, OpenAITransport(endpoint), LOG)
     assert info.value.attempts == 2
     assert "connection error" in str(info.value)
 
@@ -246,6 +248,6 @@ def test_api_key_never_reaches_the_request_model(fake_openai):
     endpoint = endpoint_for(fake_openai)
     request = build_request(f"{key} hi", agent=fast_profile(), endpoint=endpoint, model="gpt-4o")
     assert "sk-test-secret" not in request.model_dump_json()
-    execute_request(request, endpoint, LOG)
+    execute_request(request, OpenAITransport(endpoint), LOG)
     headers = fake_openai.requests(key)[0].headers
     assert headers.get("authorization") == "Bearer sk-test-secret"

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from prefect_fanout import AgentProfile, LLMEndpoint
-from prefect_fanout.call.tagslots import LIMIT_NAMES, narrow
+from prefect_fanout.call.tagslots import LimitNames, narrow
 from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
 from tests.fakeopenai import Reply
 
@@ -20,9 +20,33 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def test_tags_without_a_limit_ask_for_no_slots():
-    LIMIT_NAMES.forget()
     names = [f"tag:agent:{uuid.uuid4().hex}", "tag:model:gpt-4o", "tag:users-own"]
-    assert narrow(names) == ["tag:users-own"]
+    assert narrow(names, LimitNames()) == ["tag:users-own"]
+
+
+def test_the_private_prefect_name_narrowing_relies_on_still_exists():
+    # tagslots.install replaces prefect.task_engine._concurrency (no public hook exists in
+    # Prefect 3.8). If Prefect renames or reshapes it, this fails and install must change.
+    import inspect
+
+    import prefect.task_engine as engine
+
+    original = getattr(engine, "_concurrency", None)
+    assert callable(original)
+    first = next(iter(inspect.signature(original).parameters))
+    assert first == "names"
+
+
+def test_narrowing_is_opt_in_and_routes_slot_requests_when_enabled():
+    script = (
+        "import prefect.task_engine as e, prefect_fanout.flows as f; "
+        "from prefect_fanout.call import tagslots; before = e._concurrency; "
+        "tagslots.install(); tagslots.install(); "
+        "print(before is not e._concurrency, tagslots._original is before)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
 
 
 def test_a_tag_concurrency_limit_created_with_the_prefect_cli_bounds_calls(
@@ -37,8 +61,7 @@ def test_a_tag_concurrency_limit_created_with_the_prefect_cli_bounds_calls(
         timeout=120,
     )
     assert created.returncode == 0, created.stderr
-    LIMIT_NAMES.forget()
-    assert narrow([f"tag:agent:{agent}"]) == [f"tag:agent:{agent}"]
+    assert narrow([f"tag:agent:{agent}"], LimitNames()) == [f"tag:agent:{agent}"]
 
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
     profile = AgentProfile(name=agent)

@@ -1,0 +1,1 @@
+"""Who answers a call: agent profiles, endpoints, agent files, and the one resolver."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
@@ -14,8 +14,6 @@ from prefect_fanout.errors import ConfigurationError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
-TEST_MODEL = "test"
-TEST_BASE_URL = "test://offline"
 
 #: Placeholder key for OpenAI-compatible servers that need none (Ollama, vLLM, ...).
 NO_KEY = "not-needed"
@@ -122,23 +120,3 @@ def resolve_endpoint(endpoint: str | LLMEndpoint | None = None) -> LLMEndpoint:
         "(3) set OPENAI_API_KEY (and OPENAI_BASE_URL for an OpenAI-compatible server). "
         "For an offline dry run use the built-in model: --model test or FANOUT_MODEL=test."
     )
-
-
-def choose_model(
-    explicit: str | None,
-    profile_model: str | None,
-    endpoint: LLMEndpoint | None,
-) -> str:
-    """Pick the model of a call: explicit > FANOUT_MODEL > profile > endpoint default > default."""
-    return (
-        explicit
-        or os.environ.get("FANOUT_MODEL")
-        or profile_model
-        or (endpoint.default_model if endpoint else None)
-        or DEFAULT_MODEL
-    )
-
-
-def describe(endpoint: LLMEndpoint) -> dict[str, Any]:
-    """A secret-free description of an endpoint, for logs and traces."""
-    return {"base_url": endpoint.base_url, "organization": endpoint.organization}

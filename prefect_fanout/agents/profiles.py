@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, PrivateAttr
 
+from prefect_fanout.call.retry import RetryOptions
 from prefect_fanout.errors import ConfigurationError
 
 LOGO_URL = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
@@ -109,6 +110,15 @@ class AgentProfile(Block):
     def output_type(self) -> type[BaseModel] | None:
         """The Pydantic class answers are validated into, when given in Python."""
         return self._output_type
+
+    def retry_options(self) -> RetryOptions:
+        """The profile's retry budget as the call's one retry options object."""
+        return RetryOptions(
+            max_attempts=self.max_attempts,
+            max_retry_after_seconds=self.max_retry_after_seconds,
+            backoff_initial_seconds=self.backoff_initial_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+        )
 
     def prompt_parts(self) -> dict[str, Any]:
         """The profile's prompt-shaping fields (part of every cache key)."""

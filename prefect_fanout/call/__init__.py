@@ -1,0 +1,1 @@
+"""The agent call: request and cache key, cache policy, the task, execution, transports, retries."""

@@ -23,6 +23,7 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
 
 from prefect_fanout.call.locks import FlockLockManager
+from prefect_fanout.errors import ConfigurationError
 
 
 class CacheMode(StrEnum):
@@ -55,6 +56,23 @@ class CacheOptions:
     mode: CacheMode = CacheMode.ON
     expiration: timedelta | None = None
     result_storage: Any = None
+
+    @classmethod
+    def of(cls, value: CacheOptions | CacheMode | str | None) -> CacheOptions:
+        """Options from options, a mode or a mode name (``None`` is ``on``).
+
+        Raises:
+            ConfigurationError: The name is not ``on``, ``refresh`` or ``off``.
+        """
+        if isinstance(value, CacheOptions):
+            return value
+        try:
+            return cls(mode=CacheMode(value or CacheMode.ON))
+        except ValueError:
+            valid = ", ".join(mode.value for mode in CacheMode)
+            raise ConfigurationError(
+                f"unknown cache mode {value!r}; valid modes: {valid}"
+            ) from None
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_fanout.call.retry import RetryOptions
+
 CACHE_KEY_VERSION = "fanout-call-v1"
 
 #: Fields that determine the answer: the cache key is a hash of them.
@@ -39,10 +41,7 @@ NOT_KEY_FIELDS = frozenset(
         "item_id",  # a label for run names; the same prompt under two ids is one answer
         "output_type",  # a Python class; its JSON schema is output_schema
         "timeout_seconds",  # how long to wait, not what is asked
-        "max_attempts",  # retry budget
-        "max_retry_after_seconds",  # retry budget
-        "backoff_initial_seconds",  # retry budget
-        "backoff_max_seconds",  # retry budget
+        "retry",  # the retry budget: how hard to try, not what is asked
         "input_price_per_million",  # accounting only
         "output_price_per_million",  # accounting only
         "tags",  # UI labels
@@ -71,10 +70,7 @@ class CallRequest(BaseModel):
     prompt_parts: dict[str, Any] = Field(default_factory=dict)
     max_validation_retries: int = 2
     timeout_seconds: float = 120.0
-    max_attempts: int = 4
-    max_retry_after_seconds: float = 60.0
-    backoff_initial_seconds: float = 1.0
-    backoff_max_seconds: float = 30.0
+    retry: RetryOptions = Field(default_factory=RetryOptions)
     input_price_per_million: float | None = None
     output_price_per_million: float | None = None
     tags: tuple[str, ...] = ()

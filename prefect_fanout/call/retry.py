@@ -25,6 +25,7 @@ from prefect_fanout.errors import (
     NonRetryableAPIError,
     RetriesExhaustedError,
     RetryAfterTooLongError,
+    describe,
 )
 
 T = TypeVar("T")
@@ -35,8 +36,12 @@ PERMANENT_CODES = frozenset({"context_length_exceeded", "insufficient_quota", "i
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """The retry budget of one call.
+class RetryOptions:
+    """The retry budget of one call: the one options object for retries.
+
+    An :class:`~prefect_fanout.AgentProfile` carries these as flat fields (so
+    blocks and agent files stay flat); :meth:`AgentProfile.retry_options` builds
+    this object once, and the request carries it to the transport.
 
     Attributes:
         max_attempts: Requests per call, the first included.
@@ -99,13 +104,13 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(0.0, parsed.timestamp() - time.time())
 
 
-def backoff_seconds(attempt: int, policy: RetryPolicy) -> float:
+def backoff_seconds(attempt: int, options: RetryOptions) -> float:
     """Exponential backoff with full jitter for the given (1-based) failed attempt."""
-    ceiling = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2 ** (attempt - 1))
+    ceiling = min(options.backoff_max_seconds, options.backoff_initial_seconds * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_api_error(exc: BaseException) -> str:
     """A one-line description of an API error, without secrets."""
     if isinstance(exc, openai.APIStatusError):
         code = error_code(exc)
@@ -117,13 +122,13 @@ def describe_error(exc: BaseException) -> str:
         cause = exc.__cause__
         return f"connection error: {cause or exc}"
     if isinstance(exc, ValueError):  # the client could not parse the body
-        return f"malformed response from the server ({type(exc).__name__}: {exc})"
-    return f"{type(exc).__name__}: {exc}"
+        return f"malformed response from the server ({describe(exc)})"
+    return describe(exc)
 
 
 def call_with_retries(
     send: Callable[[], T],
-    policy: RetryPolicy,
+    options: RetryOptions,
     label: str,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     timeout_seconds: float | None = None,
@@ -132,7 +137,7 @@ def call_with_retries(
 
     Args:
         send: Makes one HTTP request.
-        policy: The retry budget.
+        options: The retry budget.
         label: Names the call in error messages (agent and item).
         logger: Where retries are reported (WARNING).
         timeout_seconds: The per-request timeout, quoted in timeout errors.
@@ -155,13 +160,13 @@ def call_with_retries(
         try:
             return send()
         except Exception as exc:
-            if is_transient(exc) and attempts < policy.max_attempts:
+            if is_transient(exc) and attempts < options.max_attempts:
                 wait = retry_after_seconds(exc)
-                if wait is not None and wait > policy.max_retry_after_seconds:
+                if wait is not None and wait > options.max_retry_after_seconds:
                     raise RetryAfterTooLongError(
                         f"{label}: the server asked to retry after {wait:.1f}s, more than the "
-                        f"cap of {policy.max_retry_after_seconds:.1f}s (max_retry_after_seconds); "
-                        f"failing fast after {attempts} attempt(s): {describe_error(exc)}",
+                        f"cap of {options.max_retry_after_seconds:.1f}s (max_retry_after_seconds); "
+                        f"failing fast after {attempts} attempt(s): {describe_api_error(exc)}",
                         attempts,
                     ) from exc
             raise
@@ -169,7 +174,7 @@ def call_with_retries(
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_seconds(exc) if exc else None
-        return asked if asked is not None else backoff_seconds(state.attempt_number, policy)
+        return asked if asked is not None else backoff_seconds(state.attempt_number, options)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if logger is not None and state.outcome is not None and state.next_action is not None:
@@ -177,13 +182,13 @@ def call_with_retries(
                 "[%s] attempt %d/%d failed (%s); retrying in %.2fs",
                 label,
                 state.attempt_number,
-                policy.max_attempts,
-                describe_error(state.outcome.exception()),  # type: ignore[arg-type]
+                options.max_attempts,
+                describe_api_error(state.outcome.exception()),  # type: ignore[arg-type]
                 state.next_action.sleep,
             )
 
     retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        stop=tenacity.stop_after_attempt(options.max_attempts),
         wait=wait,
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=before_sleep,
@@ -196,14 +201,14 @@ def call_with_retries(
     except openai.APITimeoutError as exc:
         raise CallTimeoutError(
             f"{label}: timed out after {timeout_seconds}s on attempt {attempts} of "
-            f"{policy.max_attempts} (timeout_seconds); the server did not answer",
+            f"{options.max_attempts} (timeout_seconds); the server did not answer",
             attempts,
         ) from exc
     except Exception as exc:
         if is_transient(exc):
             raise RetriesExhaustedError(
-                f"{label}: failed after {attempts} attempt(s): {describe_error(exc)}", attempts
+                f"{label}: failed after {attempts} attempt(s): {describe_api_error(exc)}", attempts
             ) from exc
         raise NonRetryableAPIError(
-            f"{label}: {describe_error(exc)} (not retried)", attempts
+            f"{label}: {describe_api_error(exc)} (not retried)", attempts
         ) from exc

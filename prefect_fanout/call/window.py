@@ -1,16 +1,19 @@
 """Bounded submission of agent-call tasks: at most ``window`` calls in flight.
 
 Submitting thousands of task runs at once would create them all up front and
-hold a future for each; instead a :class:`CallWindow` keeps ``window`` calls
-submitted, submits the next one as each finishes, and hands back outcomes in
-the order the calls finish. It also measures the most calls it had in flight
-at once, the run's reached concurrency.
+hold a future for each; instead a :class:`CallWindow` keeps at most ``window``
+calls submitted and hands back outcomes in the order the calls finish. It is
+the one submission mechanism of every shape: the map stage, the classifier and
+the tree reduce feed it a (lazy) stream of calls with :meth:`CallWindow.run`;
+the plan dispatcher, whose next calls depend on the last results, uses
+:meth:`CallWindow.submit` and :meth:`CallWindow.next_finished` directly. The
+window also measures the most calls it had in flight at once, the run's
+reached concurrency.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,11 +30,12 @@ K = TypeVar("K")
 
 @dataclass
 class CallOutcome(Generic[K]):
-    """One finished call: the caller's key and either a result or the error."""
+    """One finished call: the caller's key, its future, and either a result or the error."""
 
     key: K
     result: AgentResult | None
     error: BaseException | None
+    future: PrefectFuture[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -39,12 +43,14 @@ class CallOutcome(Generic[K]):
         return self.error is None
 
 
-class CallWindow:
-    """Submits calls with a bounded number in flight and yields them as they finish.
+class CallWindow(Generic[K]):
+    """Submits calls with a bounded number in flight and returns them as they finish.
 
     Args:
         window: The most calls submitted and not yet finished at any moment.
 
+    Raises:
+        ValueError: ``window`` is below 1.
     """
 
     def __init__(self, window: int) -> None:
@@ -53,7 +59,37 @@ class CallWindow:
         self.window = window
         self.peak = 0
         self.submitted = 0
-        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any]]] = queue.SimpleQueue()
+
+    @property
+    def has_room(self) -> bool:
+        """True when another call may be submitted now."""
+        return self.in_flight < self.window
+
+    def submit(self, key: K, submit: Callable[[], PrefectFuture[Any]]) -> None:
+        """Submit one call now (call only when :attr:`has_room`).
+
+        Args:
+            key: The caller's name for the call, returned in its outcome.
+            submit: Submits the call's task and returns its future.
+        """
+        future = submit()
+        self.in_flight += 1
+        self.submitted += 1
+        self.peak = max(self.peak, self.in_flight)
+        future.add_done_callback(lambda done, key=key: self._finished.put((key, done)))
+
+    def next_finished(self) -> CallOutcome[K]:
+        """Wait for the next call to finish and return its outcome (never raises its error)."""
+        if self.in_flight == 0:
+            raise RuntimeError("no call in flight")
+        key, future = self._finished.get()
+        self.in_flight -= 1
+        try:
+            return CallOutcome(key, result_from_future(future), None, future)
+        except Exception as exc:  # the call's own error, re-raised from its final state
+            return CallOutcome(key, None, exc, future)
 
     def run(
         self, calls: Iterable[tuple[K, Callable[[], PrefectFuture[Any]]]]
@@ -61,36 +97,18 @@ class CallWindow:
         """Submit ``calls`` (key, submit function) and yield their outcomes as they finish.
 
         The submit function of a call is invoked only when a slot is free, so
-        requests can be built lazily. A call's error (the agent-call error, or
-        any exception reading its result) is returned in its outcome, never
-        raised; an error raised by a submit function itself propagates.
+        requests can be built lazily. A call's error is returned in its outcome,
+        never raised; an error raised by a submit function itself propagates.
         """
-        finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any]]] = queue.SimpleQueue()
         pending = iter(calls)
-        in_flight = 0
         exhausted = False
         while True:
-            while not exhausted and in_flight < self.window:
-                try:
-                    key, submit = next(pending)
-                except StopIteration:
+            while not exhausted and self.has_room:
+                entry = next(pending, None)
+                if entry is None:
                     exhausted = True
                     break
-                future = submit()
-                in_flight += 1
-                with self._lock:
-                    self.submitted += 1
-                    self.peak = max(self.peak, in_flight)
-                future.add_done_callback(lambda done, key=key: finished.put((key, done)))
-            if in_flight == 0:
+                self.submit(*entry)
+            if self.in_flight == 0:
                 return
-            key, future = finished.get()
-            in_flight -= 1
-            yield _outcome(key, future)
-
-
-def _outcome(key: K, future: PrefectFuture[Any]) -> CallOutcome[K]:
-    try:
-        return CallOutcome(key, result_from_future(future), None)
-    except Exception as exc:  # the call's own error, re-raised from its final state
-        return CallOutcome(key, None, exc)
+            yield self.next_finished()

@@ -30,13 +30,13 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout call``."""
-    from prefect_fanout.call.task import prepare_call
-    from prefect_fanout.errors import AgentCallError, ConfigurationError
+    from prefect_fanout.agents.resolver import Resolver
+    from prefect_fanout.errors import ConfigurationError, FanoutError, describe, exit_code_for
     from prefect_fanout.flows import call_flow
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
-        prepare_call(prompt, agent=args.agent, endpoint=args.endpoint, model=args.model)
+        Resolver(endpoint=args.endpoint, model=args.model).check([args.agent])
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -55,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except AgentCallError as exc:
+    except FanoutError as exc:
         print(f"fanout call: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code_for(exc)
     except Exception as exc:  # the flow failed for another reason
-        print(f"fanout call: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fanout call: failed: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(result.model_dump_json(indent=2))

@@ -13,8 +13,7 @@ from typing import Any
 
 from prefect_fanout.cli.argtypes import positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
-
-POLICIES = ("partial", "all_or_nothing")
+from prefect_fanout.plan.policies import FAILURE_POLICIES
 
 
 def add_parser(subparsers: Any) -> None:
@@ -36,7 +35,9 @@ def add_parser(subparsers: Any) -> None:
         "--max-workers", type=positive_int, help="most tasks in flight (overrides the plan)"
     )
     parser.add_argument(
-        "--failure-policy", choices=POLICIES, help="what a failure does (overrides the plan)"
+        "--failure-policy",
+        choices=FAILURE_POLICIES,
+        help="what a failure does (overrides the plan)",
     )
     parser.add_argument("--trace-dir", help="write trace files here (overrides the plan)")
     parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
@@ -49,8 +50,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout dispatch``."""
     from prefect_fanout.cli.validate import load_or_report
-    from prefect_fanout.dispatch.run import check_endpoint, run_dispatch_flow, with_overrides
-    from prefect_fanout.errors import ConfigurationError
+    from prefect_fanout.dispatch.run import check_plan, with_overrides
+    from prefect_fanout.errors import ConfigurationError, describe
+    from prefect_fanout.flows import run_dispatch_flow
 
     plan = load_or_report(args.plan, "dispatch")
     if plan is None:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             failure_policy=args.failure_policy,
             trace_dir=args.trace_dir,
         )
-        check_endpoint(plan, args.model, args.endpoint)
+        check_plan(plan, args.model, args.endpoint)
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # the flow run crashed before producing a result
-        print(f"fanout dispatch: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fanout dispatch: failed: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     sys.stdout.flush()

@@ -105,11 +105,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
     from prefect_fanout.agents.agentsfile import load_agents_file
-    from prefect_fanout.errors import ConfigurationError
-    from prefect_fanout.mapping.corpus import CorpusError
+    from prefect_fanout.errors import FanoutError, describe, exit_code_for
+    from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
-    from prefect_fanout.mapping.partition import PartitionError
-    from prefect_fanout.mapping.run import execute_map
 
     try:
         agents = load_agents_file(args.agents) if args.agents else {}
@@ -130,16 +128,19 @@ def run(args: argparse.Namespace) -> int:
             partition_retries=args.partition_retries,
             partition_retry_delay=args.retry_delay,
         )
-    except (CorpusError, PartitionError, ConfigurationError) as exc:
+    except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code_for(exc)
     try:
-        summary = execute_map(job)
-    except (PartitionError, ConfigurationError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        summary = run_map_flow(job, agents_file=args.agents, prompt=args.prompt)
+    except FanoutError as exc:
+        if exit_code_for(exc) == EXIT_USAGE:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{PROG}: failed: {describe(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # the flow run ended early; its logs say more
-        print(f"{PROG}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{PROG}: failed: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
     if not summary.ok:

@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 
-from prefect_fanout.agents.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
-from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
+from prefect_fanout.call.task import submit_agent_call
+from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.result import DispatchResult, build_result, call_record
 from prefect_fanout.dispatch.taskrun import TaskRun
-from prefect_fanout.errors import AgentCallError
+from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import write_json_atomic
-from prefect_fanout.plan.agents import fallback_chain, plan_profiles
+from prefect_fanout.plan.agents import fallback_chain
 from prefect_fanout.plan.model import Plan, TaskSpec
-from prefect_fanout.ui.artifacts import ProgressReporter, publish_run_artifacts
+from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
 
 DISPATCH_TAG = "fanout:dispatch"
@@ -39,9 +39,7 @@ class Dispatcher:
 
     Args:
         plan: The validated plan with its effective settings.
-        model: A model for every agent, or ``None``.
-        endpoint: An endpoint object, a block name, or ``None`` for ``OPENAI_*``;
-            resolved on the first call that needs one.
+        resolver: Resolves the run's agents, models and endpoint (each once).
         cache: The calls' cache options.
 
     """
@@ -50,21 +48,17 @@ class Dispatcher:
         self,
         plan: Plan,
         *,
-        model: str | None,
-        endpoint: str | LLMEndpoint | None,
+        resolver: Resolver,
         cache: CacheOptions,
     ) -> None:
         self.plan = plan
-        self.model = model
-        self.endpoint_ref = endpoint
-        self.endpoint: LLMEndpoint | None = endpoint if isinstance(endpoint, LLMEndpoint) else None
+        self.resolver = resolver
         self.cache = cache
         self.logger = get_run_logger()
         context = FlowRunContext.get()
         self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
-        self.profiles = plan_profiles(plan)  # grows with the saved blocks looked up
         self.runs = {task.task_id: TaskRun(task) for task in plan.tasks}
-        self.running: dict[PrefectFuture[Any], str] = {}
+        self.window: CallWindow[str] = CallWindow(plan.config.max_workers)
         self.stopped_by: str | None = None
         trace_dir = plan.config.trace_dir
         self.trace_dir = Path(trace_dir).expanduser() if trace_dir else None
@@ -87,10 +81,9 @@ class Dispatcher:
         self.progress = ProgressReporter(len(self.runs), "fanout dispatch")
         while True:
             self._submit_ready()
-            if not self.running:
+            if self.window.in_flight == 0:
                 break
-            future = next(as_completed(list(self.running)))
-            self._collect(future)
+            self._collect(self.window.next_finished())
         for run in self.runs.values():  # nothing should be left, but never leave it pending
             if run.status == "pending":
                 self._skip(run, "not started: its dependencies never completed")
@@ -117,7 +110,7 @@ class Dispatcher:
         if self.stopped_by is not None:
             return
         for run in self.runs.values():
-            if len(self.running) >= self.plan.config.max_workers:
+            if not self.window.has_room:
                 return
             if run.status != "pending":
                 continue
@@ -129,11 +122,10 @@ class Dispatcher:
         run.started = time.time()
         run.started_mono = time.monotonic()
         try:
-            self._profile(run.spec.agent)
-            run.chain = fallback_chain(run.spec.agent, self.profiles)
+            run.chain = fallback_chain(run.spec.agent, self.resolver)
         except Exception as exc:  # the agent vanished since validation (a deleted block)
             run.chain = [run.spec.agent]
-            self._record_attempt(run, run.spec.agent, None, "failed", _describe(exc), 0)
+            self._record_attempt(run, run.spec.agent, None, "failed", describe(exc), 0)
             self._fail(run)
             return
         self._try_agent(run)
@@ -144,37 +136,27 @@ class Dispatcher:
             agent = run.chain[run.step]
             run.attempt_started = time.monotonic()
             try:
-                request = self._request(run.spec, self._profile(agent))
+                request = self._request(run.spec, agent)
+                transport = self.resolver.transport(request.model)
             except Exception as exc:  # an unknown fallback, a bad template, no endpoint
-                self._record_attempt(run, agent, None, "failed", _describe(exc), 0)
+                self._record_attempt(run, agent, None, "failed", describe(exc), 0)
                 if not self._may_fall_back(run):
                     break
                 continue
             upstream = {dep: self.runs[dep] for dep in run.spec.dependencies}
             run.request = request.with_context({d: u.result for d, u in upstream.items()})
             context = {dep: u.future for dep, u in upstream.items()} or None
-            future = submit_agent_call(
-                request, context=context, endpoint=self.endpoint, cache=self.cache
+            submit = partial(
+                submit_agent_call, request, context=context, transport=transport, cache=self.cache
             )
-            self.running[future] = run.spec.task_id
+            self.window.submit(run.spec.task_id, submit)
             return
         self._fail(run)
 
-    def _profile(self, name: str) -> AgentProfile:
-        """Resolve an agent once per run (a saved block is loaded from the API only once)."""
-        profile = resolve_agent(name, self.profiles)
-        self.profiles.setdefault(name, profile)
-        return profile
-
-    def _request(self, task: TaskSpec, profile: AgentProfile) -> CallRequest:
-        if self.endpoint is None and choose_model(self.model, profile.model, None) != TEST_MODEL:
-            self.endpoint = resolve_endpoint(self.endpoint_ref)
-        return build_request(
+    def _request(self, task: TaskSpec, agent: str) -> CallRequest:
+        return self.resolver.request(
             task_prompt(task),
-            agent=profile,
-            agents=self.profiles,
-            endpoint=self.endpoint,
-            model=self.model,
+            agent=agent,
             variables=task.input_data,
             item_id=task.task_id,
             tags=(DISPATCH_TAG,),
@@ -194,20 +176,20 @@ class Dispatcher:
         )
         return True
 
-    def _collect(self, future: PrefectFuture[Any]) -> None:
-        run = self.runs[self.running.pop(future)]
+    def _collect(self, done: CallOutcome[str]) -> None:
+        run = self.runs[done.key]
         agent = run.chain[run.step]
         model = run.request.model if run.request else None
-        try:
-            result = result_from_future(future)
-        except Exception as exc:  # the call failed for good (after its own retries)
-            requests = exc.attempts if isinstance(exc, AgentCallError) else 0
-            self._record_attempt(run, agent, model, "failed", _describe(exc), requests)
+        if done.result is None:  # the call failed for good (after its own retries)
+            error = done.error
+            requests = error.attempts if isinstance(error, AgentCallError) else 0
+            self._record_attempt(run, agent, model, "failed", describe(error), requests)
             if self._may_fall_back(run):
                 self._try_agent(run)
             else:
                 self._fail(run)
             return
+        result, future = done.result, done.future
         requests = 0 if result.cached else result.attempts
         self._record_attempt(run, agent, result.model, "completed", None, requests, result.cached)
         run.future, run.result, run.status = future, result, "completed"
@@ -324,10 +306,6 @@ class Dispatcher:
             publish_run_artifacts("dispatch", "Fanout dispatch", records, extra=extra, links=links)
         except Exception as exc:  # artifacts are informative; the result is what counts
             self.logger.warning("could not publish the run's artifacts: %s", exc)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def task_prompt(task: TaskSpec) -> str:

@@ -20,29 +20,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
-from prefect_fanout.ui.artifacts import CallRecord, totals
+from prefect_fanout.usage import CallRecord, Ledger, Usage
 
 TaskStatus = Literal["completed", "failed", "skipped"]
 """The final status of one plan task."""
 
 DispatchStatus = Literal["completed", "partial", "failed"]
 """The status of a whole dispatch."""
-
-
-class Usage(BaseModel):
-    """Tokens and cost.
-
-    Attributes:
-        prompt_tokens: Tokens sent.
-        completion_tokens: Tokens received.
-        cost_usd: What this run paid in USD: 0 for cache hits, ``None`` when
-            the price of a model that answered is unknown.
-
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0
 
 
 class TaskOutcome(BaseModel):
@@ -126,10 +110,6 @@ class DispatchResult(BaseModel):
                 return outcome
         raise KeyError(f"no task {task_id!r} in the dispatch result")
 
-    def ids_with_status(self, status: TaskStatus) -> list[str]:
-        """The ids of the tasks with a status, in plan order."""
-        return [outcome.task_id for outcome in self.tasks if outcome.status == status]
-
 
 def overall_status(outcomes: Iterable[TaskOutcome], failure_policy: str) -> DispatchStatus:
     """The status of a dispatch from its task outcomes.
@@ -187,23 +167,19 @@ def build_result(
         The result, with counts and usage added up.
 
     """
-    figures = totals(call_record(outcome) for outcome in outcomes)
-    counts = figures["counts"]
+    ledger = Ledger.of_records(call_record(outcome) for outcome in outcomes)
+    statuses = [outcome.status for outcome in outcomes]
     return DispatchResult(
         status=overall_status(outcomes, failure_policy),
         flow_run_id=flow_run_id,
         summary=Summary(
             total=len(outcomes),
-            completed=counts.get("completed", 0),
-            failed=counts.get("failed", 0),
-            skipped=counts.get("skipped", 0),
-            cached=figures["cached"],
+            completed=statuses.count("completed"),
+            failed=statuses.count("failed"),
+            skipped=statuses.count("skipped"),
+            cached=ledger.cached,
         ),
-        usage=Usage(
-            prompt_tokens=figures["prompt_tokens"],
-            completion_tokens=figures["completion_tokens"],
-            cost_usd=figures["cost_usd"],
-        ),
+        usage=ledger.usage(),
         tasks=outcomes,
         trace_index=trace_index,
     )

@@ -1,8 +1,9 @@
-"""Dispatch a plan: every task an agent-call task run of one ``fanout-dispatch`` flow run.
+"""Dispatch a plan inside the current flow run: every task an agent-call task run.
 
-The flow runs an event loop: it submits every task whose dependencies have
-completed (in plan order, at most ``max_workers`` in flight), waits with
-:func:`prefect.futures.as_completed` for the next call to finish, and decides
+The ``fanout-dispatch`` flow (:mod:`prefect_fanout.flows`) and your own flows
+call :func:`run_plan`. It runs an event loop (:mod:`prefect_fanout.dispatch.loop`):
+it submits every task whose dependencies have completed (in plan order, at
+most ``max_workers`` in flight), waits for the next call to finish, and decides
 what follows: the next ready tasks, a fallback agent, or skipping what can no
 longer run. Upstream results reach a task as the upstream *futures* in the
 call's ``context``, so Prefect resolves them and the UI's run graph shows the
@@ -25,46 +26,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
-from prefect_fanout.agents.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
-from prefect_fanout.agents.profiles import resolve_agent
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.plan.agents import (
-    fallback_chain,
-    load_dispatch_plan,
-    plan_profiles,
-    validate_dispatch_data,
-)
+from prefect_fanout.plan.agents import fallback_chain, plan_profiles
 from prefect_fanout.plan.model import Plan, PlanConfig
 
 __all__ = [
-    "DISPATCH_FLOW_NAME",
-    "check_endpoint",
-    "dispatch_flow",
-    "dispatch_plan",
+    "check_plan",
     "final_state",
     "result_of",
-    "run_dispatch_flow",
     "run_plan",
     "task_prompt",
     "with_overrides",
 ]
-
-DISPATCH_FLOW_NAME = "fanout-dispatch"
-
-
-def cache_options(cache: CacheOptions | CacheMode | str | None) -> CacheOptions:
-    """Cache options from options, a mode or a mode name (``None`` is ``on``)."""
-    if isinstance(cache, CacheOptions):
-        return cache
-    return CacheOptions(mode=CacheMode(cache or CacheMode.ON))
 
 
 def with_overrides(
@@ -111,14 +92,10 @@ def with_overrides(
     return plan.model_copy(update={"config": config})
 
 
-def check_endpoint(
+def check_plan(
     plan: Plan, model: str | None = None, endpoint: str | LLMEndpoint | None = None
-) -> LLMEndpoint | None:
-    """Resolve the endpoint the plan needs, failing fast when none is configured.
-
-    Every task agent and fallback is resolved; when any of them uses a model
-    other than the offline ``test`` model, the endpoint is resolved (``endpoint``,
-    else the plan's ``config.endpoint``, else ``OPENAI_*`` variables).
+) -> Resolver:
+    """Resolve every agent, fallback and (when a model needs one) the endpoint of a plan.
 
     Args:
         plan: A validated plan.
@@ -126,23 +103,23 @@ def check_endpoint(
         endpoint: An endpoint object or block name overriding ``config.endpoint``.
 
     Returns:
-        The endpoint, or ``None`` when every call uses the ``test`` model.
+        The run's resolver, with everything resolved (reuse it for the run).
 
     Raises:
         ConfigurationError: An agent cannot be resolved, or an endpoint is
             needed and none is configured.
 
     """
-    profiles = plan_profiles(plan)
+    resolver = Resolver(
+        agents=plan_profiles(plan),
+        endpoint=endpoint if endpoint is not None else plan.config.endpoint,
+        model=model,
+    )
     names: dict[str, None] = {}
     for task in plan.tasks:
-        for name in fallback_chain(task.agent, profiles):
-            names.setdefault(name, None)
-    for name in names:
-        profile = resolve_agent(name, profiles)
-        if choose_model(model, profile.model, None) != TEST_MODEL:
-            return resolve_endpoint(endpoint if endpoint is not None else plan.config.endpoint)
-    return None
+        names.update(dict.fromkeys(fallback_chain(task.agent, resolver)))
+    resolver.check(names)
+    return resolver
 
 
 def run_plan(
@@ -151,11 +128,12 @@ def run_plan(
     model: str | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | CacheMode | str | None = None,
+    resolver: Resolver | None = None,
 ) -> DispatchResult:
     """Run a plan's tasks inside the current flow run and return the result.
 
-    :func:`dispatch_flow` is a thin flow around this; call it from your own
-    flow to dispatch a plan as part of it.
+    The ``fanout-dispatch`` flow is a thin flow around this; call it from your
+    own flow to dispatch a plan as part of it.
 
     Args:
         plan: A validated plan (settings already overridden as wanted).
@@ -163,13 +141,19 @@ def run_plan(
         endpoint: An endpoint object or block name; ``None`` uses the plan's
             ``config.endpoint``, then ``OPENAI_*`` variables.
         cache: Cache options or mode (``on``, ``refresh``, ``off``).
+        resolver: The run's resolver from :func:`check_plan` (made here when None).
 
     Returns:
         The dispatch result.
 
     """
-    chosen = endpoint if endpoint is not None else plan.config.endpoint
-    return Dispatcher(plan, model=model, endpoint=chosen, cache=cache_options(cache)).run()
+    if resolver is None:
+        resolver = Resolver(
+            agents=plan_profiles(plan),
+            endpoint=endpoint if endpoint is not None else plan.config.endpoint,
+            model=model,
+        )
+    return Dispatcher(plan, resolver=resolver, cache=CacheOptions.of(cache)).run()
 
 
 def final_state(result: DispatchResult) -> State[Any]:
@@ -188,107 +172,6 @@ def final_state(result: DispatchResult) -> State[Any]:
     if result.status == "partial":
         return Completed(name="Partial", message=message, data=result)
     return Failed(message=message, data=result)
-
-
-@flow(name=DISPATCH_FLOW_NAME, log_prints=False, validate_parameters=True)
-def dispatch_flow(
-    plan: Plan,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | str = "on",
-) -> Any:
-    """Run a plan as this flow run: one agent-call task run per plan task.
-
-    The flow ends ``Completed``, ``Partial`` (a completed state) or ``Failed``,
-    following the dispatch status. Called directly it returns the
-    :class:`DispatchResult`, except for a failed dispatch, where Prefect raises;
-    call it with ``return_state=True`` and use :func:`result_of`, or use
-    :func:`dispatch_plan`, to get the result in every case.
-
-    Args:
-        plan: The validated plan, with its run settings.
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object; ``None`` uses the
-            plan's ``config.endpoint``, then ``OPENAI_*`` variables.
-        cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
-
-    Returns:
-        The final state, carrying the :class:`DispatchResult`.
-
-    """
-    return final_state(run_plan(plan, model=model, endpoint=endpoint, cache=cache))
-
-
-def dispatch_plan(
-    plan: Plan | str | Path,
-    *,
-    model: str | None = None,
-    max_workers: int | None = None,
-    failure_policy: str | None = None,
-    trace_dir: str | Path | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str = CacheMode.ON,
-) -> DispatchResult:
-    """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
-
-    Args:
-        plan: A :class:`Plan`, or the path of a plan file (``"-"`` for stdin).
-        model: A model for every agent (``test`` runs offline).
-        max_workers: Most tasks in flight; overrides ``config.max_workers``.
-        failure_policy: ``partial`` or ``all_or_nothing``; overrides the plan's.
-        trace_dir: Where to write trace files; overrides ``config.trace_dir``.
-        endpoint: An ``LLMEndpoint`` block name or object; overrides
-            ``config.endpoint``. ``None`` falls back to ``OPENAI_*`` variables.
-        cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
-
-    Returns:
-        The result; its ``status`` says whether every task completed.
-
-    Raises:
-        PlanValidationError: The plan is invalid (nothing was run).
-        ConfigurationError: An option is invalid or no endpoint is configured
-            (checked before the flow run starts).
-
-    """
-    if isinstance(plan, Plan):
-        plan = validate_dispatch_data(plan)
-    else:
-        plan = load_dispatch_plan(plan)
-    plan = with_overrides(
-        plan, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
-    )
-    check_endpoint(plan, model, endpoint)
-    return run_dispatch_flow(plan, model=model, endpoint=endpoint, cache=cache)
-
-
-def run_dispatch_flow(
-    plan: Plan,
-    *,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str = CacheMode.ON,
-) -> DispatchResult:
-    """Run an already validated plan as a ``fanout-dispatch`` flow run.
-
-    The flow gets a ``ThreadPoolTaskRunner(max_workers=config.max_workers)``.
-    Use :func:`dispatch_plan` unless the plan was validated (and the endpoint
-    checked) already, as ``fanout dispatch`` does.
-
-    Args:
-        plan: A validated plan with its effective settings.
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object, or ``None``.
-        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
-
-    Returns:
-        The dispatch result, whatever the flow run's final state.
-
-    """
-    runner = ThreadPoolTaskRunner(max_workers=plan.config.max_workers)
-    state = dispatch_flow.with_options(task_runner=runner)(
-        plan=plan, model=model, endpoint=endpoint, cache=cache_options(cache), return_state=True
-    )
-    return result_of(state)
 
 
 def result_of(state: State[Any]) -> DispatchResult:

@@ -9,9 +9,10 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
-from prefect_fanout.dispatch.result import TaskOutcome, Usage
+from prefect_fanout.dispatch.result import TaskOutcome
 from prefect_fanout.plan.model import TaskSpec
 from prefect_fanout.ui.traces import iso
+from prefect_fanout.usage import Usage
 
 
 @dataclass

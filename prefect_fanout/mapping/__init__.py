@@ -1,0 +1,1 @@
+"""Corpora: items, partitions, the map stage, the classifier, the tree reduce, the summary."""

@@ -12,16 +12,17 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import submit_agent_call
 from prefect_fanout.call.window import CallWindow
+from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.mapping.partition import UNKNOWN
-from prefect_fanout.mapping.summary import StageUsage
-from prefect_fanout.ui.artifacts import CallRecord, ProgressReporter
+from prefect_fanout.ui.progress import ProgressReporter
+from prefect_fanout.usage import CallRecord, Ledger
 
 __all__ = ["classify_items", "label_from_output"]
 
@@ -55,12 +56,13 @@ def label_from_output(output: Any) -> str:
 
 
 def _jobs(
-    requests: Mapping[str, CallRequest], endpoint: LLMEndpoint | None, cache: CacheOptions
+    requests: Mapping[str, CallRequest], resolver: Resolver, cache: CacheOptions
 ) -> Iterator[tuple[str, Callable[[], PrefectFuture[Any]]]]:
     for item_id, request in requests.items():
 
         def submit(request: CallRequest = request) -> PrefectFuture[Any]:
-            return submit_agent_call(request, endpoint=endpoint, cache=cache)
+            transport = resolver.transport(request.model)
+            return submit_agent_call(request, transport=transport, cache=cache)
 
         yield item_id, submit
 
@@ -68,16 +70,16 @@ def _jobs(
 def classify_items(
     requests: Mapping[str, CallRequest],
     *,
-    endpoint: LLMEndpoint | None,
+    resolver: Resolver,
     cache: CacheOptions,
     window: CallWindow,
     logger: Any,
-) -> tuple[dict[str, str], StageUsage, list[CallRecord]]:
+) -> tuple[dict[str, str], Ledger, list[CallRecord]]:
     """Run the classifier on every item (inside a flow) and collect the labels.
 
     Args:
         requests: The classifier request of each item, by item id.
-        endpoint: The endpoint of the calls.
+        resolver: Gives each call its transport.
         cache: Cache settings of the calls.
         window: Bounds the calls in flight.
         logger: Where to log failures.
@@ -87,10 +89,10 @@ def classify_items(
 
     """
     labels: dict[str, str] = {}
-    usage = StageUsage()
+    usage = Ledger()
     records: list[CallRecord] = []
     progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
-    for done in window.run(_jobs(requests, endpoint, cache)):
+    for done in window.run(_jobs(requests, resolver, cache)):
         request = requests[done.key]
         usage.add(done.result, failed=not done.ok)
         progress.advance(failed=not done.ok)
@@ -108,7 +110,7 @@ def classify_items(
                 model=request.model,
                 status="failed",
                 attempts=getattr(done.error, "attempts", 1),
-                error=f"{type(done.error).__name__}: {done.error}",
+                error=describe(done.error),
             )
         )
     progress.finish()

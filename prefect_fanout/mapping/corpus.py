@@ -13,11 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from prefect_fanout.errors import CorpusError
+
 __all__ = ["CorpusError", "Item", "load_items"]
-
-
-class CorpusError(ValueError):
-    """A corpus source could not be read; the message names the file (and line)."""
 
 
 class Item(BaseModel):

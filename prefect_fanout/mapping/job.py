@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect_fanout.agents.endpoints import TEST_MODEL, LLMEndpoint, choose_model, resolve_endpoint
-from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
 from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.task import build_request
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
 from prefect_fanout.mapping.defaults import (
@@ -42,7 +42,7 @@ class MapJob:
         items: The corpus, in input order.
         source: The corpus path, or a description of the items given.
         agent: The mapping agent.
-        agents: Extra profiles by name (from ``--agents``).
+        resolver: Resolves the run's agents, models and endpoint (each once).
         spec: The partition spec, or a key function.
         spec_text: The spec as text, for reports.
         output_dir: Where outputs go.
@@ -54,8 +54,6 @@ class MapJob:
         reduce_budget: Estimated tokens per reduce call.
         max_workers: Calls in flight at most.
         active_partitions: Partitions mapped at once (their items interleaved).
-        model: The model override, if any.
-        endpoint: The resolved endpoint (None when every agent uses ``test``).
         cache: Cache settings of every call.
         partition_retries: Retries of a failing partition write.
         partition_retry_delay: Seconds before the first retry (then doubling).
@@ -65,7 +63,7 @@ class MapJob:
     items: list[Item]
     source: str
     agent: AgentProfile
-    agents: dict[str, AgentProfile]
+    resolver: Resolver
     spec: PartitionSpec | Callable[[Item], str]
     spec_text: str
     output_dir: Path
@@ -77,8 +75,6 @@ class MapJob:
     reduce_budget: int = DEFAULT_REDUCE_BUDGET
     max_workers: int = DEFAULT_MAX_WORKERS
     active_partitions: int = DEFAULT_ACTIVE_PARTITIONS
-    model: str | None = None
-    endpoint: LLMEndpoint | None = None
     cache: CacheOptions = field(default_factory=CacheOptions)
     partition_retries: int = DEFAULT_PARTITION_RETRIES
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
@@ -147,21 +143,16 @@ def _requests(
     profile: AgentProfile,
     prompts: Callable[[Item], str],
     *,
-    agents: dict[str, AgentProfile],
-    endpoint: LLMEndpoint | None,
-    model: str | None,
+    resolver: Resolver,
     stage: str,
 ) -> dict[str, CallRequest]:
     requests: dict[str, CallRequest] = {}
     for item in items:
         text = prompts(item)  # a template error already names the item
         try:
-            requests[item.id] = build_request(
+            requests[item.id] = resolver.request(
                 text,
                 agent=profile,
-                agents=agents,
-                endpoint=endpoint,
-                model=model,
                 variables=_variables(item),
                 item_id=item.id,
                 tags=(f"fanout:{stage}",),
@@ -231,23 +222,14 @@ def prepare_map(
         max_workers, active_partitions, partition_retries, partition_retry_delay, reduce_budget
     )
     check_template(items, prompt)  # input errors first, before agents and endpoints
-    known = dict(agents or {})
-    profile = resolve_agent(agent, known)
+    resolver = Resolver(agents=agents, endpoint=endpoint, model=model)
+    profile = resolver.agent(agent)
     classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None
-    classifier = resolve_agent(classifier_name, known) if classifier_name else None
-    reducer = resolve_agent(reduce, known) if reduce is not None else None
-    used = [p for p in (profile, classifier, reducer) if p is not None]
-    resolved = None
-    if any(choose_model(model, p.model, None) != TEST_MODEL for p in used):
-        resolved = resolve_endpoint(endpoint)
+    classifier = resolver.agent(classifier_name) if classifier_name else None
+    reducer = resolver.agent(reduce) if reduce is not None else None
+    resolver.check(p for p in (profile, classifier, reducer) if p is not None)
     requests = _requests(
-        items,
-        profile,
-        lambda item: item_prompt(item, prompt),
-        agents=known,
-        endpoint=resolved,
-        model=model,
-        stage="map",
+        items, profile, lambda item: item_prompt(item, prompt), resolver=resolver, stage="map"
     )
     classifier_requests = {}
     if classifier is not None:
@@ -255,9 +237,7 @@ def prepare_map(
             items,
             classifier,
             lambda item: item.prompt_text(),
-            agents=known,
-            endpoint=resolved,
-            model=model,
+            resolver=resolver,
             stage="classify",
         )
     mode = CacheMode.REFRESH if refresh else CacheMode.ON
@@ -265,20 +245,18 @@ def prepare_map(
         items=items,
         source=source,
         agent=profile,
-        agents=known,
+        resolver=resolver,
         spec=spec,
         spec_text=spec_text,
         output_dir=out,
         requests=requests,
-        model_name=choose_model(model, profile.model, resolved),
+        model_name=resolver.model(profile),
         classifier=classifier,
         classifier_requests=classifier_requests,
         reducer=reducer,
         reduce_budget=reduce_budget,
         max_workers=max_workers,
         active_partitions=active_partitions,
-        model=model,
-        endpoint=resolved,
         cache=cache or CacheOptions(mode=mode),
         partition_retries=partition_retries,
         partition_retry_delay=partition_retry_delay,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prefect_fanout.errors import PartitionError, PartitionSpecError
 from prefect_fanout.mapping.corpus import Item
 
 __all__ = [
@@ -35,14 +36,6 @@ _PATH_DATE = re.compile(r"(?<!\d)(\d{4})[/\\](\d{2})(?:[/\\](\d{2}))?(?!\d)")
 _PARTIAL_DATE = re.compile(r"\s*(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?\s*")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
-
-
-class PartitionError(ValueError):
-    """Items cannot be partitioned as asked (e.g. classifier labels are missing)."""
-
-
-class PartitionSpecError(PartitionError):
-    """A partition spec is malformed; the message lists the valid forms."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,10 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.errors import TemplateFieldError
 from prefect_fanout.mapping.corpus import Item
 
 __all__ = ["TemplateFieldError", "check_template", "item_prompt", "template_values"]
-
-
-class TemplateFieldError(ConfigurationError):
-    """A prompt template is malformed or names a field an item does not have."""
 
 
 class _JsonFormatter(string.Formatter):

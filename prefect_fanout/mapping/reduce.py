@@ -19,15 +19,16 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import output_as_text
-from prefect_fanout.call.task import build_request, configured_call_task
+from prefect_fanout.call.task import configured_call_task
 from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.mapping.defaults import DEFAULT_REDUCE_BUDGET
-from prefect_fanout.mapping.summary import StageUsage
+from prefect_fanout.usage import Ledger
 
 __all__ = [
     "DEFAULT_REDUCE_BUDGET",
@@ -132,7 +133,7 @@ class TreeReduce:
     calls: int = 0
     cached: int = 0
     tree: list[dict[str, Any]] = field(default_factory=list)
-    usage: StageUsage = field(default_factory=StageUsage)
+    usage: Ledger = field(default_factory=Ledger)
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -160,26 +161,19 @@ class _Group:
 
 
 def _submitter(
-    group: _Group,
-    agent: AgentProfile,
-    agents: Mapping[str, AgentProfile] | None,
-    endpoint: LLMEndpoint | None,
-    model: str | None,
-    cache: CacheOptions,
+    group: _Group, agent: AgentProfile, resolver: Resolver, cache: CacheOptions
 ) -> Callable[[], PrefectFuture[Any]]:
     def submit() -> PrefectFuture[Any]:
-        request = build_request(
+        request = resolver.request(
             REDUCE_INSTRUCTION.format(count=len(group.pieces)),
             agent=agent,
-            agents=agents,
-            endpoint=endpoint,
-            model=model,
             item_id=group.id,
             tags=("fanout:reduce",),
         )
         context = {piece.id: piece.text for piece in group.pieces}
         task = configured_call_task(request, cache).with_options(task_run_name=f"reduce:{group.id}")
-        return task.submit(request, context=context, endpoint=endpoint)
+        transport = resolver.transport(request.model)
+        return task.submit(request, context=context, transport=transport)
 
     return submit
 
@@ -188,9 +182,7 @@ def tree_reduce(
     pieces: Sequence[Piece],
     *,
     agent: AgentProfile,
-    agents: Mapping[str, AgentProfile] | None = None,
-    endpoint: LLMEndpoint | None = None,
-    model: str | None = None,
+    resolver: Resolver | None = None,
     cache: CacheOptions | None = None,
     token_budget: int = DEFAULT_REDUCE_BUDGET,
     window: CallWindow | None = None,
@@ -200,9 +192,7 @@ def tree_reduce(
     Args:
         pieces: The outputs to combine, in order, with their partition as boundary.
         agent: The reducing agent.
-        agents: Extra profiles by name.
-        endpoint: The endpoint of the calls (None for the ``test`` model).
-        model: A model overriding the agent's.
+        resolver: Resolves the calls' model and endpoint (the environment's when None).
         cache: Cache settings of the calls.
         token_budget: Estimated tokens one call may combine (at least 1).
         window: Bounds the calls in flight (and measures them); 8 when None.
@@ -217,6 +207,7 @@ def tree_reduce(
     if not pieces:
         return outcome
     window = window or CallWindow(8)
+    resolver = resolver or Resolver()
     cache = cache or CacheOptions()
     current = list(pieces)
     level = 0
@@ -235,7 +226,7 @@ def tree_reduce(
         numbered = {id(g): f"L{level}-G{n}" for n, g in enumerate(calls, start=1)}
         groups = [_Group(numbered[id(g)], level, g) for g in calls]
         finished: dict[str, CallOutcome[str]] = {}
-        jobs = ((g.id, _submitter(g, agent, agents, endpoint, model, cache)) for g in groups)
+        jobs = ((g.id, _submitter(g, agent, resolver, cache)) for g in groups)
         for done in window.run(jobs):
             finished[done.key] = done
             outcome.usage.add(done.result, failed=not done.ok)
@@ -247,7 +238,7 @@ def tree_reduce(
         if failed:
             error = finished[failed[0]].error
             outcome.status = "failed"
-            outcome.error = f"reduce:{failed[0]}: {type(error).__name__}: {error}"
+            outcome.error = f"reduce:{failed[0]}: {describe(error)}"
             return outcome
         following: list[Piece] = []
         for members in planned:

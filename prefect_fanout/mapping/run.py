@@ -28,27 +28,27 @@ from typing import Any
 
 from prefect_fanout.call.request import output_as_text
 from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
 from prefect_fanout.mapping.classify import classify_items
 from prefect_fanout.mapping.corpus import Item
-from prefect_fanout.mapping.job import MapJob, prepare_map
+from prefect_fanout.mapping.job import MapJob
 from prefect_fanout.mapping.partition import partition
 from prefect_fanout.mapping.reduce import Piece, TreeReduce, tree_reduce
 from prefect_fanout.mapping.stage import (
     PARTITIONS_DIR,
     MapStage,
-    error_text,
     item_row,
     map_partitions,
     partition_file_names,
     remove_stale_partition_files,
 )
-from prefect_fanout.mapping.summary import MapSummary, ReduceReport, StageUsage, add_costs
-from prefect_fanout.ui.artifacts import CallRecord, publish_run_artifacts
+from prefect_fanout.mapping.summary import MapSummary, ReduceReport
+from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.usage import CallRecord, Ledger
 
-__all__ = ["FLOW_NAME", "execute_map", "map_corpus", "run_map"]
+__all__ = ["FILES", "run_map"]
 
-FLOW_NAME = "fanout-map"
 FILES = {
     "final": "final.jsonl",
     "summary": "summary.json",
@@ -104,7 +104,7 @@ def _merge(
         rows.append(item_row(item, key, done))
         if not done.ok:
             failed.append(item.id)
-        status, error = ("completed", None) if done.ok else ("failed", error_text(done.error))
+        status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
         records.append(_record(job, item, key, done, status, error))
     write_jsonl_atomic(job.output_dir / FILES["final"], rows)
     write_jsonl_atomic(job.output_dir / FILES["dead_letters"], dead_rows)
@@ -131,9 +131,7 @@ def _reduce(
     tree = tree_reduce(
         pieces,
         agent=job.reducer,
-        agents=job.agents,
-        endpoint=job.endpoint,
-        model=job.model,
+        resolver=job.resolver,
         cache=job.cache,
         token_budget=job.reduce_budget,
         window=window,
@@ -161,13 +159,13 @@ def run_map(job: MapJob) -> MapSummary:
     parts_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)
     remove_stale_temp_files(parts_dir)
-    usage: dict[str, StageUsage] = {}
+    usage: dict[str, Ledger] = {}
     records: list[CallRecord] = []
     labels = None
     if job.classifier is not None:
         labels, usage["classify"], classified = classify_items(
             job.classifier_requests,
-            endpoint=job.endpoint,
+            resolver=job.resolver,
             cache=job.cache,
             window=window,
             logger=logger,
@@ -203,9 +201,9 @@ def run_map(job: MapJob) -> MapSummary:
         )
     else:
         (out / FILES["reduce"]).unlink(missing_ok=True)  # an earlier run's, not this one's
-    cost: float | None = 0.0
+    total = Ledger()
     for figures in usage.values():
-        cost = add_costs(cost, figures.cost_usd)
+        total.merge(figures)
     dead = set(dead_ids)
     outcomes = stage.outcomes
     summary = MapSummary(
@@ -224,7 +222,7 @@ def run_map(job: MapJob) -> MapSummary:
         failed_ids=failed_ids,
         dead_letter_ids=dead_ids,
         usage=usage,
-        cost_usd=cost,
+        cost_usd=total.cost_usd,
         duration_s=round(time.perf_counter() - started, 3),
         map_duration_s=round(stage.duration_s, 3),
         items_per_second=round(len(job.items) / stage.duration_s, 2) if stage.duration_s else 0.0,
@@ -267,65 +265,3 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
         publish_run_artifacts("map", title, records, extra=extra, links=links)
     except Exception as exc:  # artifacts inform; they never fail a finished run
         logger.warning("could not publish the run's artifacts: %s", exc)
-
-
-def execute_map(job: MapJob) -> MapSummary:
-    """Run a prepared job: in the current flow run if there is one, else as a ``fanout-map`` flow.
-
-    Raises:
-        Exception: Whatever ended the flow run early (items failing never do).
-
-    """
-    from prefect import flow
-    from prefect.context import FlowRunContext
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    if FlowRunContext.get() is not None:
-        return run_map(job)
-
-    def fanout_map(source: str, agent: str, partition: str, output_dir: str) -> MapSummary:
-        return run_map(job)
-
-    map_flow = flow(
-        fanout_map,
-        name=FLOW_NAME,
-        task_runner=ThreadPoolTaskRunner(max_workers=job.max_workers),
-        flow_run_name="map {agent} by {partition}",
-        log_prints=False,
-    )
-    return map_flow(
-        source=job.source,
-        agent=job.agent.name,
-        partition=job.spec_text,
-        output_dir=str(job.output_dir),
-    )
-
-
-def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
-    """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
-
-    Inside a flow it runs in that flow run (on its task runner); outside one it
-    runs the ``fanout-map`` flow with ``ThreadPoolTaskRunner(max_workers)``.
-
-    Args:
-        items_or_path: A JSONL file or a directory (see
-            :func:`~prefect_fanout.mapping.corpus.load_items`), or a list of ``Item``
-            objects or of dicts with an ``id``.
-        **options: As for :func:`~prefect_fanout.mapping.job.prepare_map`: ``agent``,
-            ``partition``, ``output_dir`` (required), ``agents``, ``prompt``,
-            ``reduce``, ``reduce_budget``, ``max_workers``, ``model``,
-            ``endpoint``, ``refresh``, ``cache``, ``partition_retries``,
-            ``partition_retry_delay``.
-
-    Returns:
-        The run's :class:`~prefect_fanout.mapping.summary.MapSummary`; ``summary.ok``
-        is false when items failed or were dead-lettered.
-
-    Raises:
-        CorpusError: The corpus cannot be read.
-        PartitionSpecError: The partition spec is malformed.
-        ConfigurationError: An agent, the endpoint, an option or the prompt
-            template is wrong (raised before any call is made).
-
-    """
-    return execute_map(prepare_map(items_or_path, **options))

@@ -30,17 +30,18 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.task import submit_agent_call
 from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import MapJob
 from prefect_fanout.mapping.partition import safe_partition_filenames
-from prefect_fanout.mapping.summary import PartitionReport, StageUsage
-from prefect_fanout.ui.artifacts import ProgressReporter
+from prefect_fanout.mapping.summary import PartitionReport
+from prefect_fanout.ui.progress import ProgressReporter
+from prefect_fanout.usage import Ledger
 
 __all__ = [
     "PARTITIONS_DIR",
     "MapStage",
-    "error_text",
     "item_row",
     "map_partitions",
     "partition_file_names",
@@ -70,18 +71,13 @@ def partition_file_names(keys: Iterable[str]) -> dict[str, str]:
     return {key: f"partition-{safe}.jsonl" for key, safe in safe_partition_filenames(keys).items()}
 
 
-def error_text(error: BaseException | None) -> str:
-    """An error as ``Type: message``."""
-    return f"{type(error).__name__}: {error}"
-
-
 def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
     """An item's line in its partition file and in final.jsonl."""
     row: dict[str, Any] = {"id": item.id, "partition": key}
     if done.ok and done.result is not None:
         row.update(status="completed", output=jsonable(done.result.output))
     else:
-        row.update(status="failed", error=error_text(done.error))
+        row.update(status="failed", error=describe(done.error))
     return row
 
 
@@ -136,7 +132,7 @@ class MapStage:
     outcomes: dict[str, CallOutcome[Any]] = field(default_factory=dict)
     reports: dict[str, PartitionReport] = field(default_factory=dict)
     dead: dict[str, str] = field(default_factory=dict)
-    usage: StageUsage = field(default_factory=StageUsage)
+    usage: Ledger = field(default_factory=Ledger)
     duration_s: float = 0.0
 
 
@@ -150,9 +146,10 @@ class _Mapper:
     def submitter(self, key: str, item: Item) -> Callable[[], PrefectFuture[Any]]:
         request = self.job.requests[item.id]
         request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
+        transport = self.job.resolver.transport(request.model)
 
         def submit() -> PrefectFuture[Any]:
-            return submit_agent_call(request, endpoint=self.job.endpoint, cache=self.job.cache)
+            return submit_agent_call(request, transport=transport, cache=self.job.cache)
 
         return submit
 
@@ -186,7 +183,7 @@ class _Mapper:
         except Exception as exc:
             attempts = self.job.partition_retries + 1
             reason = f"partition output could not be written after {attempts} attempt(s): "
-            reason += error_text(exc)
+            reason += describe(exc)
             self.logger.error("partition %s dead-lettered (%d items): %s", key, len(items), reason)
             self.stage.dead[key] = reason
             report = PartitionReport(
@@ -216,7 +213,7 @@ def map_partitions(
     """Map every item of every partition (inside a flow) and write each partition's file.
 
     Args:
-        job: The prepared job (its requests, endpoint, cache and retry settings).
+        job: The prepared job (its requests, resolver, cache and retry settings).
         groups: Partition key -> items.
         names: Partition key -> file name (see :func:`partition_file_names`).
         parts_dir: The directory of the partition files.

@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from prefect_fanout.call.result import AgentResult
-from prefect_fanout.call.window import CallOutcome
+from prefect_fanout.usage import Ledger
 
-__all__ = ["MapSummary", "PartitionReport", "ReduceReport", "StageUsage", "add_costs"]
-
-
-class StageUsage(BaseModel):
-    """The agent calls of one stage (classify, map or reduce) and what they cost this run.
-
-    Attributes:
-        calls: Calls made (cache hits included).
-        cached: Calls answered from the cache (this run paid nothing for them).
-        failed: Calls that failed for good.
-        prompt_tokens: Prompt tokens of the calls answered by the model in this run.
-        completion_tokens: Completion tokens of those calls.
-        cost_usd: What this run paid in USD; None when a paid call's price is unknown.
-
-    """
-
-    calls: int = 0
-    cached: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0
-
-    def add(self, result: AgentResult | None, failed: bool = False) -> None:
-        """Count one finished call."""
-        self.calls += 1
-        if failed or result is None:
-            self.failed += 1
-            return
-        if result.cached:
-            self.cached += 1
-            return
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        self.cost_usd = add_costs(self.cost_usd, result.cost_usd)
-
-    @classmethod
-    def of(cls, outcomes: Iterable[CallOutcome[object]]) -> StageUsage:
-        """The usage of a set of finished calls."""
-        usage = cls()
-        for outcome in outcomes:
-            usage.add(outcome.result, failed=not outcome.ok)
-        return usage
-
-
-def add_costs(total: float | None, cost: float | None) -> float | None:
-    """Add a cost to a total; unknown (None) stays unknown."""
-    if total is None or cost is None:
-        return None
-    return round(total + cost, 10)
+__all__ = ["MapSummary", "PartitionReport", "ReduceReport"]
 
 
 class PartitionReport(BaseModel):
@@ -162,7 +111,7 @@ class MapSummary(BaseModel):
     partitions: list[PartitionReport]
     failed_ids: list[str] = Field(default_factory=list)
     dead_letter_ids: list[str] = Field(default_factory=list)
-    usage: dict[str, StageUsage]
+    usage: dict[str, Ledger]
     cost_usd: float | None
     duration_s: float
     map_duration_s: float

@@ -16,19 +16,17 @@ anything runs.
 from __future__ import annotations
 
 import difflib
-import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from pydantic import ValidationError
 
 from prefect_fanout.agents.profiles import AgentProfile, builtin_profile_names, resolve_agent
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.plan.model import STDIN, Plan, load_plan, validate_plan
+from prefect_fanout.plan.model import Plan, parse_plan, validate_plan
 
 PROFILE_FIELDS = tuple(name for name in AgentProfile.model_fields if name != "name")
 """The fields a plan's ``agents`` entry may set (its key is the name)."""
@@ -56,7 +54,7 @@ def plan_profiles(plan: Plan) -> dict[str, AgentProfile]:
     return {name: profile_from_plan(name, fields) for name, fields in plan.agents.items()}
 
 
-def fallback_chain(agent: str, profiles: Mapping[str, AgentProfile]) -> list[str]:
+def fallback_chain(agent: str, resolver: Resolver) -> list[str]:
     """The agents a task tries in order: its own, then its profile's ``fallbacks``.
 
     Only the task agent's own ``fallbacks`` list counts (a fallback's fallbacks
@@ -66,8 +64,7 @@ def fallback_chain(agent: str, profiles: Mapping[str, AgentProfile]) -> list[str
         ConfigurationError: The task's agent cannot be resolved.
 
     """
-    profile = resolve_agent(agent, dict(profiles))
-    return list(dict.fromkeys([agent, *profile.fallbacks]))
+    return list(dict.fromkeys([agent, *resolver.agent(agent).fallbacks]))
 
 
 def _saved_profile_exists(name: str, cache: dict[str, bool]) -> bool:
@@ -117,7 +114,7 @@ def _profile_problems(name: str, fields: dict[str, Any], is_known: Any, listed: 
     return problems
 
 
-def validate_dispatch_data(raw: Any, *, source: str = "<plan>", text: str | None = None) -> Plan:
+def validate_dispatch_data(raw: Any, *, source: str = "<plan>") -> Plan:
     """Validate parsed plan data (or re-check a :class:`Plan`) for dispatch.
 
     On top of :func:`prefect_fanout.plan.model.validate_plan`, task agents and
@@ -126,11 +123,7 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>", text: str | None
 
     Args:
         raw: The parsed document, or a ``Plan``.
-        source: Name shown in front of every problem; with ``text``, the
-            plan's path or ``"-"`` as :func:`prefect_fanout.plan.model.load_plan` takes it.
-        text: The document's text; when given, it is parsed by
-            :func:`prefect_fanout.plan.model.load_plan` (``raw`` only supplies the
-            names to look up).
+        source: Name shown in front of every problem (a file name).
 
     Returns:
         The validated plan.
@@ -159,8 +152,6 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>", text: str | None
         return _profile_problems(name, fields, is_known, listed)
 
     known = builtins | saved
-    if text is not None:
-        return load_plan(source, text=text, known_agents=known, check_agent=check_agent)
     return validate_plan(raw, source=source, known_agents=known, check_agent=check_agent)
 
 
@@ -172,18 +163,6 @@ def _task_agent_names(raw: Any) -> set[str]:
         if isinstance(task, dict) and isinstance(task.get("agent"), str) and task["agent"].strip():
             names.add(task["agent"])
     return names
-
-
-def _parse_loosely(text: str) -> Any:
-    """Parse JSON or YAML for the agent-name lookups only (errors come from load_plan)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        pass
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError, ValueError):
-        return None
 
 
 def load_dispatch_plan(source: str | Path, *, text: str | None = None) -> Plan:
@@ -201,14 +180,5 @@ def load_dispatch_plan(source: str | Path, *, text: str | None = None) -> Plan:
             them are listed, each with its location.
 
     """
-    is_stdin = isinstance(source, str) and source == STDIN
-    if text is None:
-        if is_stdin:
-            text = sys.stdin.read()
-        else:
-            try:
-                text = Path(source).read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError):
-                return load_plan(source)  # reports the file problem in the usual way
-    raw = _parse_loosely(text.removeprefix("\ufeff"))
-    return validate_dispatch_data(raw, source=str(source), text=text)
+    name, raw = parse_plan(source, text=text)
+    return validate_dispatch_data(raw, source=name)

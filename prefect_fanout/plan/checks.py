@@ -17,12 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from prefect_fanout.plan import graph as plan_graph
+from prefect_fanout.plan.policies import FAILURE_POLICIES
 
 AgentCheck = Callable[[str, dict[str, Any]], list[str]]
 """``check_agent(name, profile) -> problem messages`` for a plan's agent profiles."""
 
-FAILURE_POLICIES = ("partial", "all_or_nothing")
-"""The valid values of ``config.failure_policy``."""
 
 TOP_LEVEL_KEYS = ("tasks", "config", "agents")
 TASK_FIELDS = ("task_id", "agent", "description", "input_data", "dependencies")
@@ -55,31 +54,6 @@ class PlanProblem:
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message
-
-
-class PlanValidationError(ValueError):
-    """A plan has one or more problems; all of them are in ``problems``.
-
-    ``str(error)`` lists the problems one per line, each prefixed with the
-    plan's name, e.g. ``plan.json: tasks[1].dependencies[0]: task 'b' depends
-    on unknown task 'zzz'``.
-
-    Attributes:
-        problems: Every problem found, in the order found.
-        source: The plan's file name, ``"<stdin>"`` or ``"<plan>"``.
-
-    """
-
-    def __init__(self, problems: Iterable[PlanProblem], source: str = "<plan>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems, self.source))
 
 
 class _Problems(list[PlanProblem]):

@@ -27,21 +27,21 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prefect_fanout.errors import PlanValidationError
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.checks import (
-    FAILURE_POLICIES,
     AgentCheck,
     PlanProblem,
-    PlanValidationError,
     check_document,
     graph_problems,
     problems_from_pydantic,
 )
+from prefect_fanout.plan.policies import FAILURE_POLICIES, FailurePolicy
 
 __all__ = [
     "FAILURE_POLICIES",
@@ -56,6 +56,7 @@ __all__ = [
     "dependency_levels",
     "format_levels",
     "load_plan",
+    "parse_plan",
     "topological_order",
     "validate_plan",
 ]
@@ -106,7 +107,7 @@ class PlanConfig(BaseModel):
     max_workers: int = Field(default=4, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     trace_dir: str | None = None
-    failure_policy: Literal["partial", "all_or_nothing"] = "partial"
+    failure_policy: FailurePolicy = "partial"
     endpoint: str | None = None
 
 
@@ -273,6 +274,28 @@ def load_plan(
             parse, or has problems; each problem is listed.
 
     """
+    name, raw = parse_plan(source, text=text)
+    return validate_plan(raw, source=name, known_agents=known_agents, check_agent=check_agent)
+
+
+def parse_plan(source: str | Path, *, text: str | None = None) -> tuple[str, Any]:
+    """Read and parse a plan file without validating it.
+
+    The format follows the file name: ``.yaml``/``.yml`` is YAML, ``.json``
+    is JSON. Standard input and other names are read as JSON, or as YAML when
+    that fails and the text does not start with ``{``.
+
+    Args:
+        source: Path of the plan, or ``"-"`` for standard input.
+        text: The plan's text, used instead of reading ``source``.
+
+    Returns:
+        The plan's display name (the path or ``<stdin>``) and the parsed document.
+
+    Raises:
+        PlanValidationError: The file is missing, unreadable or does not parse.
+
+    """
     is_stdin = isinstance(source, str) and source == STDIN
     name = _STDIN_NAME if is_stdin else str(source)
     if text is None:
@@ -280,12 +303,10 @@ def load_plan(
     text = text.removeprefix("\ufeff")
     suffix = "" if is_stdin else Path(source).suffix.lower()
     if suffix in (".yaml", ".yml"):
-        raw = _parse_yaml(text, name)
-    elif suffix == ".json":
-        raw = _parse_json(text, name)
-    else:
-        raw = _parse_sniffed(text, name)
-    return validate_plan(raw, source=name, known_agents=known_agents, check_agent=check_agent)
+        return name, _parse_yaml(text, name)
+    if suffix == ".json":
+        return name, _parse_json(text, name)
+    return name, _parse_sniffed(text, name)
 
 
 def _read_file(path: Path, name: str) -> str:

@@ -1,0 +1,1 @@
+"""The Prefect UI as the trace: artifacts, progress, trace files."""
