@@ -157,7 +157,7 @@ def test_api_key_is_never_readable_through_the_api(api, fake_openai, monkeypatch
     assert shown["api_key"] == "**********"
     # ... and the agent-call task runs record only references to their inputs.
     for run in api.task_runs(flow_run_id):
-        assert run["task_inputs"]["endpoint"] == []
+        assert run["task_inputs"]["transport"] == []  # the transport holds the endpoint
 
 
 @pytest.mark.browser
