@@ -1,18 +1,21 @@
-"""Throughput of prefect-fanout against a baseline measured in the same run.
+"""Speed at scale: B1-B5, each as a ratio against a baseline measured in the same run.
 
-Run on demand (never part of the test suite):
+    python benchmarks/run.py [--only B1,B3] [--runs 3] [--items 1000]
 
-    python benchmarks/run.py [--items 60] [--latency 0.2] [--workers 12]
+Every figure is a whole process (start to exit), the median of ``--runs`` runs, against
+the test suite's fake OpenAI server on 127.0.0.1:
 
-It starts the test suite's fake OpenAI server on 127.0.0.1 with a fixed latency
-per request and reports, as ratios against the baseline of the same run:
+- B1: ``fanout map`` of N calls (latency 0.5 s, 50 in flight) against a standalone
+  ``prefect server start`` (SQLite) / the asyncio script (asyncio.gather over
+  AsyncOpenAI, a semaphore of 50). Target <= 1.2.
+- B2: the same with the embedded server (its start-up included). Target <= 2.0.
+- B3: the fully cached rerun of B1 and of B2 / their first run. Target <= 0.2.
+- B4: 10,000 instant calls: calls/s over the map stage (>= 150), the last 1,000 calls'
+  pace against the first 1,000's (<= 1.2x slower), peak RSS (<= 1 GiB).
+- B5: ``fanout dispatch`` of a 300-task plan (15 levels of 20, latency 0.2 s, 20 workers)
+  / the asyncio script run level by level. Target <= 1.3.
 
-- baseline: the raw ``openai`` client calling sequentially (what a script does);
-- fan-out: the same calls as agent-call task runs submitted to a thread pool;
-- cached rerun: the same flow again, every call served from the cache;
-- overhead per call: fan-out with zero latency and one worker, minus the raw client.
-
-Prefect starts its embedded server unless PREFECT_API_URL points at one.
+Run on demand; never part of the test suite.
 """
 
 from __future__ import annotations
@@ -20,97 +23,220 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-import openai  # noqa: E402
-from prefect import flow  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
-
-from prefect_fanout import (  # noqa: E402
-    LLMEndpoint,
-    build_request,
-    result_from_future,
-    submit_agent_call,
-)
-from prefect_fanout.call import tagslots  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
+PYTHON = sys.executable
+FANOUT = [PYTHON, "-m", "prefect_fanout.cli"]
 
-def baseline(fake: FakeOpenAI, prompts: list[str]) -> float:
-    client = openai.OpenAI(base_url=fake.base_url, api_key="bench", max_retries=0)
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    for prompt in prompts:
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return elapsed, done
+
+
+class Standalone:
+    """A standalone ``prefect server start`` (SQLite) for the run."""
+
+    def __enter__(self) -> Standalone:
+        self.home = Path(tempfile.mkdtemp(prefix="bench-server-"))
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        env = {**os.environ, "PREFECT_HOME": str(self.home)}
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        env["PREFECT_UI_ENABLED"] = "false"
+        self.process = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-    return time.perf_counter() - started
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise SystemExit("the standalone Prefect server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
-def fanout(fake: FakeOpenAI, prompts: list[str], workers: int) -> tuple[float, int]:
-    endpoint = LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("bench"))
+def client_env(fake: FakeOpenAI, api_url: str | None, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("PREFECT_API_URL", "FANOUT_MODEL"):
+        env.pop(name, None)
+    env.update(
+        OPENAI_BASE_URL=fake.base_url,
+        OPENAI_API_KEY="sk-bench",
+        PREFECT_HOME=str(home),
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
 
-    @flow(name="bench-fanout", task_runner=ThreadPoolTaskRunner(max_workers=workers))
-    def run() -> int:
-        tagslots.install()  # the opt-in the shipped flows turn on (see README: Performance)
-        futures = [
-            submit_agent_call(
-                build_request(
-                    p, agent="default", endpoint=endpoint, model="gpt-4o-mini", item_id=str(i)
-                ),
-                endpoint=endpoint,
-            )
-            for i, p in enumerate(prompts)
-        ]
-        return sum(result_from_future(f).cached for f in futures)
 
-    started = time.perf_counter()
-    cached = run()
-    return time.perf_counter() - started, cached
+def corpus(path: Path, n: int, tag: str) -> Path:
+    with path.open("w") as out:
+        for i in range(n):
+            out.write(json.dumps({"id": f"i{i}", "text": f"bench {tag} item {i}"}) + "\n")
+    return path
+
+
+def map_command(source: Path, out: Path, workers: int) -> list[str]:
+    return [*FANOUT, "map", str(source), "--agent", "default", "--partition", "count:1",
+            "--output", str(out), "--max-workers", str(workers), "--model", "gpt-4o-mini"]  # fmt: skip
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def b1_b2_b3(fake: FakeOpenAI, args: argparse.Namespace, embedded: bool, api: str | None) -> dict:
+    fake.default_latency = 0.5
+    base, first, rerun = [], [], []
+    for _ in range(args.runs):
+        tag = uuid.uuid4().hex[:8]
+        work = Path(tempfile.mkdtemp(prefix="bench-"))
+        source = corpus(work / "c.jsonl", args.items, tag)
+        env = client_env(fake, None if embedded else api, work)
+        script = [PYTHON, str(ROOT / "benchmarks" / "asyncio_baseline.py"), str(source)]
+        base.append(timed([*script, "--concurrency", "50"], env)[0])
+        first.append(timed(map_command(source, work / "out", 50), env)[0])
+        rerun.append(timed(map_command(source, work / "out", 50), env)[0])
+        shutil.rmtree(work, ignore_errors=True)
+    return {"asyncio_s": median(base), "first_s": median(first), "rerun_s": median(rerun)}
+
+
+def b4(fake: FakeOpenAI, args: argparse.Namespace, api: str | None) -> dict:
+    fake.default_latency = 0.0
+    fake.reset()
+    tag = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    source = corpus(work / "c.jsonl", args.b4_items, tag)
+    env = client_env(fake, api, work)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    elapsed, _ = timed(map_command(source, work / "out", 50), env)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    arrivals = sorted(r.arrived for r in fake.requests(f"bench {tag}"))
+    chunk = min(1000, len(arrivals) // 2)
+    first = arrivals[chunk - 1] - arrivals[0]
+    last = arrivals[-1] - arrivals[-chunk]
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "whole_s": round(elapsed, 1),
+        "calls_per_s": summary["items_per_second"],
+        "last_vs_first": round(last / first, 2) if first else None,
+        "peak_rss_mib": round(max(peak_kib, before) / 1024),
+    }
+
+
+def plan_file(path: Path, tag: str, levels: int = 15, width: int = 20) -> Path:
+    tasks = []
+    for level in range(levels):
+        for i in range(width):
+            deps = [f"t{level - 1}-{i}"] if level else []
+            tasks.append({"task_id": f"t{level}-{i}", "description": f"bench {tag} {level} {i}",
+                          "dependencies": deps})  # fmt: skip
+    path.write_text(json.dumps({"tasks": tasks, "config": {"max_workers": 20}}))
+    return path
+
+
+def b5(fake: FakeOpenAI, args: argparse.Namespace, api: str | None) -> dict:
+    fake.default_latency = 0.2
+    base, ours = [], []
+    for _ in range(args.runs):
+        tag = uuid.uuid4().hex[:8]
+        work = Path(tempfile.mkdtemp(prefix="bench-"))
+        plan = plan_file(work / "plan.json", tag)
+        env = client_env(fake, api, work)
+        script = [PYTHON, str(ROOT / "benchmarks" / "asyncio_baseline.py"), str(plan)]
+        base.append(timed([*script, "--levels", "--concurrency", "20"], env)[0])
+        command = [*FANOUT, "dispatch", str(plan), "--model", "gpt-4o-mini", "--max-workers", "20"]
+        ours.append(timed(command, env)[0])
+        shutil.rmtree(work, ignore_errors=True)
+    return {"asyncio_s": median(base), "dispatch_s": median(ours)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=60)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--b4-items", type=int, default=10000)
     args = parser.parse_args()
-    tag = uuid.uuid4().hex[:8]
-    prompts = [f"bench {tag} item {i}" for i in range(args.items)]
-    report: dict[str, object] = {
-        "items": args.items,
-        "latency_s": args.latency,
-        "workers": args.workers,
-    }
-    with FakeOpenAI(default_latency=args.latency) as fake:
-        fanout(fake, [f"warm-up {tag}"], 1)  # start Prefect's server outside the timings
-        base = baseline(fake, [f"{p} raw" for p in prompts])
-        fake.reset()
-        fake.default_latency = args.latency
-        first, _ = fanout(fake, prompts, args.workers)
-        report["max_in_flight"] = fake.max_in_flight
-        rerun, cached = fanout(fake, prompts, args.workers)
-        fake.default_latency = 0.0
-        few = prompts[: min(20, args.items)]
-        raw_zero = baseline(fake, [f"{p} zero raw" for p in few])
-        task_zero, _ = fanout(fake, [f"{p} zero task" for p in few], 1)
-    report.update(
-        baseline_sequential_s=round(base, 3),
-        fanout_s=round(first, 3),
-        speedup_vs_baseline=round(base / first, 2),
-        cached_rerun_s=round(rerun, 3),
-        cached_calls=cached,
-        cached_rerun_vs_first=round(rerun / first, 3),
-        overhead_per_call_ms=round(1000 * (task_zero - raw_zero) / len(few), 1),
-    )
-    print(json.dumps(report, indent=2))
+    wanted = set(args.only.upper().split(","))
+    rows: list[tuple[str, str, str, str, str]] = []
+    with FakeOpenAI() as fake, Standalone() as server:
+        if wanted & {"B1", "B3"}:
+            r = b1_b2_b3(fake, args, embedded=False, api=server.api_url)
+            rows.append(("B1", f"{args.items} calls, standalone server", f"{r['first_s']} s",
+                         f"{r['asyncio_s']} s", f"{r['first_s'] / r['asyncio_s']:.2f}x (<= 1.2)"))  # fmt: skip
+            rows.append(("B3", "cached rerun of B1", f"{r['rerun_s']} s", f"{r['first_s']} s",
+                         f"{r['rerun_s'] / r['first_s']:.2f}x (<= 0.2)"))  # fmt: skip
+        if wanted & {"B2", "B3"}:
+            r = b1_b2_b3(fake, args, embedded=True, api=None)
+            rows.append(("B2", f"{args.items} calls, embedded server", f"{r['first_s']} s",
+                         f"{r['asyncio_s']} s", f"{r['first_s'] / r['asyncio_s']:.2f}x (<= 2.0)"))  # fmt: skip
+            rows.append(("B3", "cached rerun of B2", f"{r['rerun_s']} s", f"{r['first_s']} s",
+                         f"{r['rerun_s'] / r['first_s']:.2f}x (<= 0.2)"))  # fmt: skip
+        if "B4" in wanted:
+            r = b4(fake, args, server.api_url)
+            rows.append(("B4", f"{args.b4_items} instant calls, standalone", f"{r['calls_per_s']} calls/s",
+                         f"whole {r['whole_s']} s", f"last/first 1,000: {r['last_vs_first']}x, "
+                         f"peak RSS {r['peak_rss_mib']} MiB (>= 150/s, <= 1.2x, <= 1024)"))  # fmt: skip
+        if "B5" in wanted:
+            r = b5(fake, args, server.api_url)
+            rows.append(("B5", "300-task plan, 15 levels, standalone", f"{r['dispatch_s']} s",
+                         f"{r['asyncio_s']} s", f"{r['dispatch_s'] / r['asyncio_s']:.2f}x (<= 1.3)"))  # fmt: skip
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"median of {args.runs} run(s)")  # fmt: skip
+    print("| target | run | prefect-fanout | baseline | ratio (target) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -416,3 +416,37 @@ def test_agents_files(tmp_path: Path) -> None:
         profiles_from_mapping({"x": {"max_attempts": 0}}, "f.json")
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_agents_file(tmp_path / "missing.json")
+
+
+@pytest.mark.server
+def test_a_cached_rerun_reads_stored_answers_without_task_runs_and_lists_them_as_cached(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tests.ui_helpers import PrefectAPI, poll
+
+    run = tag()
+    records = [{"id": f"{run}-{n}", "text": f"{run} {n}"} for n in range(5)]
+    source = write_corpus(tmp_path / "c.jsonl", records)
+    options = {
+        "agent": "default",
+        "partition": "count:1",
+        "output_dir": tmp_path / "out",
+        "endpoint": endpoint_for(fake_openai),
+    }
+    first = map_corpus(source, **options)
+    second = map_corpus(source, **options)
+    assert (first.cached, second.cached) == (0, 5)
+    assert fake_openai.count(run) == 5  # the rerun asked nothing
+    with PrefectAPI(prefect_server.api_url) as api:
+        table = poll(
+            lambda: [a for a in api.artifacts(second.flow_run_id) if a["type"] == "table"],
+            lambda found: bool(found),
+            30,
+            "the rerun's table artifact",
+        )[0]
+        rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records)
+        assert all(r["cached"] is True and r["status"] == "completed" for r in rows)
+        names = [t["name"] for t in api.task_runs(second.flow_run_id)]
+        assert not [n for n in names if n.startswith("default:")]  # no agent-call task runs
+        assert "partition:0000" in names  # the partition file is still written by its task

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.results import ResultStore, get_default_result_storage, resolve_result_storage
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
 
 from prefect_fanout.call.locks import FlockLockManager
+from prefect_fanout.call.request import CallRequest
+from prefect_fanout.call.result import AgentResult
 from prefect_fanout.errors import ConfigurationError
 
 
@@ -129,3 +132,54 @@ def task_cache_options(options: CacheOptions) -> dict[str, Any]:
     if options.result_storage is not None:
         settings["result_storage"] = options.result_storage
     return settings
+
+
+_stores: dict[str, ResultStore] = {}
+_stores_guard = threading.Lock()
+
+
+def _result_store(options: CacheOptions) -> ResultStore:
+    """A result store reading from the options' storage (Prefect's default when None)."""
+    name = repr(options.result_storage)
+    with _stores_guard:
+        store = _stores.get(name)
+        if store is None:
+            if options.result_storage is None:
+                storage = get_default_result_storage(_sync=True)
+            else:
+                storage = resolve_result_storage(options.result_storage, _sync=True)
+            store = ResultStore(result_storage=storage)
+            _stores[name] = store
+        return store
+
+
+def stored_answer(request: CallRequest, options: CacheOptions) -> AgentResult | None:
+    """The stored answer of a call, read straight from result storage, or None.
+
+    This is the cache's fast path: a hit costs one read of the stored record, not a
+    task run, so a rerun whose answers are all stored takes seconds. The run's
+    per-call table artifact still lists every hit (``cached: true``). Only mode
+    ``on`` reads; a missing, expired or unreadable record is a miss, and the call
+    then goes through the agent-call task as usual (which writes the record).
+
+    Args:
+        request: The request with its upstream context already applied.
+        options: The call's cache options.
+
+    Returns:
+        The stored result marked ``cached``, or None.
+    """
+    if options.mode is not CacheMode.ON:
+        return None
+    store = _result_store(options)
+    try:
+        record = store.read(request.cache_key())
+    except Exception:  # missing, unreadable or damaged: the task decides what to do
+        return None
+    expiration = record.metadata.expiration
+    if expiration is not None and expiration <= datetime.now(UTC):
+        return None
+    result = record.result
+    if not isinstance(result, AgentResult):
+        return None
+    return result.as_cached()

@@ -26,7 +26,7 @@ from prefect.states import State
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
-from prefect_fanout.call.cache import CacheMode, CacheOptions, task_cache_options
+from prefect_fanout.call.cache import CacheMode, CacheOptions, stored_answer, task_cache_options
 from prefect_fanout.call.execute import execute_request
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
@@ -117,6 +117,34 @@ def submit_agent_call(
         transport = Resolver(endpoint=endpoint).transport(request.model)
     task_ = configured_call_task(request, CacheOptions.of(cache))
     return task_.submit(request, context=context, transport=transport, wait_for=wait_for)
+
+
+def submit_or_reuse(
+    request: CallRequest,
+    *,
+    context: Mapping[str, Any] | None = None,
+    transport: Transport | None = None,
+    cache: CacheOptions | CacheMode | str | None = None,
+) -> PrefectFuture[AgentResult] | AgentResult:
+    """The call's stored answer when the cache has one, else the call submitted as a task.
+
+    The cache's fast path for shapes of many calls: a hit costs one read of the
+    stored record and no task run (see :func:`~prefect_fanout.call.cache.stored_answer`).
+    Upstream futures in ``context`` must be finished (a dependant starts after them).
+
+    Returns:
+        The stored result (``cached`` is true), or the future of the submitted call.
+    """
+    options = CacheOptions.of(cache)
+    if options.mode is CacheMode.ON:
+        resolved = {
+            key: value.result() if isinstance(value, PrefectFuture) else value
+            for key, value in (context or {}).items()
+        }
+        stored = stored_answer(request.with_context(resolved), options)
+        if stored is not None:
+            return stored
+    return submit_agent_call(request, context=context, transport=transport, cache=options)
 
 
 def build_request(

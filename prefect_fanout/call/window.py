@@ -27,6 +27,9 @@ __all__ = ["CallOutcome", "CallWindow"]
 
 K = TypeVar("K")
 
+Submitted = PrefectFuture[Any] | AgentResult
+"""What a submit function returns: the call's future, or its stored result (a cache hit)."""
+
 
 @dataclass
 class CallOutcome(Generic[K]):
@@ -60,25 +63,31 @@ class CallWindow(Generic[K]):
         self.peak = 0
         self.submitted = 0
         self.in_flight = 0
-        self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any]]] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
+            queue.SimpleQueue()
+        )
 
     @property
     def has_room(self) -> bool:
         """True when another call may be submitted now."""
         return self.in_flight < self.window
 
-    def submit(self, key: K, submit: Callable[[], PrefectFuture[Any]]) -> None:
+    def submit(self, key: K, submit: Callable[[], Submitted]) -> None:
         """Submit one call now (call only when :attr:`has_room`).
 
         Args:
             key: The caller's name for the call, returned in its outcome.
-            submit: Submits the call's task and returns its future.
+            submit: Submits the call's task and returns its future, or returns the
+                call's stored result (a cache hit: no task run was needed).
         """
-        future = submit()
+        submitted = submit()
         self.in_flight += 1
         self.submitted += 1
         self.peak = max(self.peak, self.in_flight)
-        future.add_done_callback(lambda done, key=key: self._finished.put((key, done)))
+        if isinstance(submitted, AgentResult):
+            self._finished.put((key, submitted))
+        else:
+            submitted.add_done_callback(lambda done, key=key: self._finished.put((key, done)))
 
     def next_finished(self) -> CallOutcome[K]:
         """Wait for the next call to finish and return its outcome (never raises its error)."""
@@ -86,14 +95,14 @@ class CallWindow(Generic[K]):
             raise RuntimeError("no call in flight")
         key, future = self._finished.get()
         self.in_flight -= 1
+        if isinstance(future, AgentResult):
+            return CallOutcome(key, future, None, None)
         try:
             return CallOutcome(key, result_from_future(future), None, future)
         except Exception as exc:  # the call's own error, re-raised from its final state
             return CallOutcome(key, None, exc, future)
 
-    def run(
-        self, calls: Iterable[tuple[K, Callable[[], PrefectFuture[Any]]]]
-    ) -> Iterator[CallOutcome[K]]:
+    def run(self, calls: Iterable[tuple[K, Callable[[], Submitted]]]) -> Iterator[CallOutcome[K]]:
         """Submit ``calls`` (key, submit function) and yield their outcomes as they finish.
 
         The submit function of a call is invoked only when a slot is free, so

@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.task import submit_agent_call
+from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.result import DispatchResult, build_result, call_record
 from prefect_fanout.dispatch.taskrun import TaskRun
@@ -145,9 +145,10 @@ class Dispatcher:
                 continue
             upstream = {dep: self.runs[dep] for dep in run.spec.dependencies}
             run.request = request.with_context({d: u.result for d, u in upstream.items()})
-            context = {dep: u.future for dep, u in upstream.items()} or None
+            # Upstream futures draw the edges in the UI; a reused (cached) upstream has none.
+            context = {d: u.future or u.result for d, u in upstream.items()} or None
             submit = partial(
-                submit_agent_call, request, context=context, transport=transport, cache=self.cache
+                submit_or_reuse, request, context=context, transport=transport, cache=self.cache
             )
             self.window.submit(run.spec.task_id, submit)
             return

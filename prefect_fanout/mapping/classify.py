@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prefect.futures import PrefectFuture
-
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
-from prefect_fanout.call.task import submit_agent_call
-from prefect_fanout.call.window import CallWindow
+from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.window import CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.mapping.partition import UNKNOWN
@@ -57,12 +55,12 @@ def label_from_output(output: Any) -> str:
 
 def _jobs(
     requests: Mapping[str, CallRequest], resolver: Resolver, cache: CacheOptions
-) -> Iterator[tuple[str, Callable[[], PrefectFuture[Any]]]]:
+) -> Iterator[tuple[str, Callable[[], Submitted]]]:
     for item_id, request in requests.items():
 
-        def submit(request: CallRequest = request) -> PrefectFuture[Any]:
+        def submit(request: CallRequest = request) -> Submitted:
             transport = resolver.transport(request.model)
-            return submit_agent_call(request, transport=transport, cache=cache)
+            return submit_or_reuse(request, transport=transport, cache=cache)
 
         yield item_id, submit
 

@@ -17,14 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.futures import PrefectFuture
-
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheOptions
+from prefect_fanout.call.cache import CacheOptions, stored_answer
 from prefect_fanout.call.request import output_as_text
 from prefect_fanout.call.task import configured_call_task
-from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.mapping.defaults import DEFAULT_REDUCE_BUDGET
@@ -162,8 +160,8 @@ class _Group:
 
 def _submitter(
     group: _Group, agent: AgentProfile, resolver: Resolver, cache: CacheOptions
-) -> Callable[[], PrefectFuture[Any]]:
-    def submit() -> PrefectFuture[Any]:
+) -> Callable[[], Submitted]:
+    def submit() -> Submitted:
         request = resolver.request(
             REDUCE_INSTRUCTION.format(count=len(group.pieces)),
             agent=agent,
@@ -171,6 +169,9 @@ def _submitter(
             tags=("fanout:reduce",),
         )
         context = {piece.id: piece.text for piece in group.pieces}
+        stored = stored_answer(request.with_context(context), cache)
+        if stored is not None:
+            return stored
         task = configured_call_task(request, cache).with_options(task_run_name=f"reduce:{group.id}")
         transport = resolver.transport(request.model)
         return task.submit(request, context=context, transport=transport)

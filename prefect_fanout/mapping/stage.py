@@ -28,8 +28,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.call.task import submit_agent_call
-from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.mapping.corpus import Item
@@ -143,13 +143,13 @@ class _Mapper:
         self.logger = logger
         self.stage = MapStage()
 
-    def submitter(self, key: str, item: Item) -> Callable[[], PrefectFuture[Any]]:
+    def submitter(self, key: str, item: Item) -> Callable[[], Submitted]:
         request = self.job.requests[item.id]
         request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
         transport = self.job.resolver.transport(request.model)
 
-        def submit() -> PrefectFuture[Any]:
-            return submit_agent_call(request, transport=transport, cache=self.job.cache)
+        def submit() -> Submitted:
+            return submit_or_reuse(request, transport=transport, cache=self.job.cache)
 
         return submit
 
