@@ -40,7 +40,6 @@ from prefect_fanout import (  # noqa: E402
     result_from_future,
     submit_agent_call,
 )
-from prefect_fanout.call import tagslots  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 
@@ -59,7 +58,6 @@ def fanout(fake: FakeOpenAI, prompts: list[str], workers: int) -> tuple[float, i
 
     @flow(name="bench-fanout", task_runner=ThreadPoolTaskRunner(max_workers=workers))
     def run() -> int:
-        tagslots.install()  # the opt-in the shipped flows turn on (see README: Performance)
         futures = [
             submit_agent_call(
                 build_request(

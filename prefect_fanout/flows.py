@@ -29,7 +29,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.endpoints import LLMEndpoint
-from prefect_fanout.call import tagslots
 from prefect_fanout.call.cache import CacheMode, CacheOptions
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import call_agent
@@ -81,7 +80,6 @@ def call_flow(
     Returns:
         The call's result.
     """
-    tagslots.install()
     return call_agent(
         prompt, agent=agent, model=model, system=system, endpoint=endpoint, cache=cache
     )
@@ -120,7 +118,6 @@ def dispatch_flow(
     Returns:
         The final state, carrying the :class:`DispatchResult`.
     """
-    tagslots.install()
     loaded = load_dispatch_plan(plan) if isinstance(plan, str) else plan
     loaded = with_overrides(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
@@ -248,7 +245,6 @@ def map_flow(
     Returns:
         The run's summary (also written to ``summary.json``).
     """
-    tagslots.install()
     with _prepared_lock:
         job = _prepared.pop(_job_key(input, agent, partition, output_dir), None)
     if job is None:

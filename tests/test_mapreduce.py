@@ -104,24 +104,33 @@ def test_thousand_items_give_one_line_each(
 
 
 @pytest.mark.server
-def test_calls_are_tagged_with_their_partition(
+def test_calls_carry_the_partition_tags_a_concurrency_limit_uses(
     prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     run = tag()
-    records = [{"id": f"{run}-{n}", "text": f"{run} {n}", "kind": "ab"[n % 2]} for n in range(6)]
-    summary = map_corpus(
-        write_corpus(tmp_path / "c.jsonl", records),
-        agent="default",
-        partition="key:kind",
-        output_dir=tmp_path / "out",
-        endpoint=endpoint_for(fake_openai),
-        max_workers=3,
-    )
+    records = [
+        {"id": f"{run}-{n}", "text": f"{run} {n}", "kind": run + "ab"[n % 2]} for n in range(6)
+    ]
+    limited = f"partition:{run}a"
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=limited, concurrency_limit=100)
+    try:
+        summary = map_corpus(
+            write_corpus(tmp_path / "c.jsonl", records),
+            agent="default",
+            partition="key:kind",
+            output_dir=tmp_path / "out",
+            endpoint=endpoint_for(fake_openai),
+            max_workers=3,
+        )
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(limited)
     assert summary.flow_run_id is not None
-    expected = {f"default:{r['id']}": f"partition:{r['kind']}" for r in records}
+    expected = {f"default:{r['id']}": r["kind"] for r in records}
     flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(summary.flow_run_id)]))
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
@@ -130,11 +139,12 @@ def test_calls_are_tagged_with_their_partition(
             if all(name in runs for name in expected) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-    for name, partition_tag in expected.items():
-        assert partition_tag in runs[name].tags, (name, runs[name].tags)
-        assert "agent:default" in runs[name].tags
-    assert {"partition:a", "partition:b"} <= {t for r in runs.values() for t in r.tags}
-    assert "partition:a" in runs and "partition:b" in runs  # the partition write tasks
+    for name, kind in expected.items():
+        # Only the tag a limit uses is on the task run: untagged runs ask for no slots.
+        assert set(runs[name].tags) == ({limited} if kind == f"{run}a" else set()), name
+    assert f"partition:{run}a" in runs and f"partition:{run}b" in runs  # the partition writes
+    rows = read_jsonl(tmp_path / "out" / "final.jsonl")
+    assert {r["id"]: r["partition"] for r in rows} == {r["id"]: r["kind"] for r in records}
 
 
 @pytest.mark.server

@@ -1,4 +1,4 @@
-"""Per-call tags stay cheap, and Prefect's tag concurrency limits still bound agent calls."""
+"""Per-call tags cost no slot request, and Prefect's tag concurrency limits still bound calls."""
 
 from __future__ import annotations
 
@@ -11,42 +11,41 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
-from prefect_fanout import AgentProfile, LLMEndpoint
-from prefect_fanout.call.tagslots import LimitNames, narrow
-from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
+from prefect_fanout import (
+    AgentProfile,
+    LLMEndpoint,
+    build_request,
+    result_from_future,
+    submit_agent_call,
+)
+from prefect_fanout.call.tags import LIMITED_TAGS, LimitNames, run_tags
 from tests.fakeopenai import Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def test_tags_without_a_limit_ask_for_no_slots():
-    names = [f"tag:agent:{uuid.uuid4().hex}", "tag:model:gpt-4o", "tag:users-own"]
-    assert narrow(names, LimitNames()) == ["tag:users-own"]
+def test_a_call_task_run_carries_only_the_tags_a_limit_uses():
+    limited = LimitNames()
+    tags = {f"agent:{uuid.uuid4().hex}", "model:gpt-4o", "fanout:map", "partition:0001"}
+    assert run_tags(tags, limited) == set()  # no limit: no tags, so no slot request per run
 
 
-def test_the_private_prefect_name_narrowing_relies_on_still_exists():
-    # tagslots.install replaces prefect.task_engine._concurrency (no public hook exists in
-    # Prefect 3.8). If Prefect renames or reshapes it, this fails and install must change.
-    import inspect
+def test_without_an_api_every_tag_is_kept(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import prefect.task_engine as engine
-
-    original = getattr(engine, "_concurrency", None)
-    assert callable(original)
-    first = next(iter(inspect.signature(original).parameters))
-    assert first == "names"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert run_tags({"agent:a", "model:m"}, LimitNames()) == {"agent:a", "model:m"}
 
 
-def test_narrowing_is_opt_in_and_routes_slot_requests_when_enabled():
+def test_importing_the_library_patches_nothing_in_prefect():
     script = (
-        "import prefect.task_engine as e, prefect_fanout.flows as f; "
-        "from prefect_fanout.call import tagslots; before = e._concurrency; "
-        "tagslots.install(); tagslots.install(); "
-        "print(before is not e._concurrency, tagslots._original is before)"
+        "import prefect.task_engine as e; before = e._concurrency; import prefect_fanout.flows; "
+        "import prefect_fanout.call.task; print(before is e._concurrency)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True"]
+    assert done.stdout.split() == ["True"]
 
 
 def test_a_tag_concurrency_limit_created_with_the_prefect_cli_bounds_calls(
@@ -61,7 +60,8 @@ def test_a_tag_concurrency_limit_created_with_the_prefect_cli_bounds_calls(
         timeout=120,
     )
     assert created.returncode == 0, created.stderr
-    assert narrow([f"tag:agent:{agent}"], LimitNames()) == [f"tag:agent:{agent}"]
+    assert run_tags({f"agent:{agent}", "model:gpt-4o-mini"}, LimitNames()) == {f"agent:{agent}"}
+    LIMITED_TAGS.refresh()  # a flow of our own, not a dispatch or map run: read the limits now
 
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
     profile = AgentProfile(name=agent)

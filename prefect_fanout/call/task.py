@@ -30,6 +30,7 @@ from prefect_fanout.call.cache import CacheMode, CacheOptions, stored_answer, ta
 from prefect_fanout.call.execute import execute_request
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
+from prefect_fanout.call.tags import run_tags
 from prefect_fanout.call.transport import Transport
 from prefect_fanout.errors import AgentCallError
 
@@ -60,10 +61,14 @@ def agent_call(
 
 
 def configured_call_task(request: CallRequest, cache: CacheOptions | None = None) -> Any:
-    """The agent-call task with this request's run name, tags and cache settings."""
+    """The agent-call task with this request's run name, tags and cache settings.
+
+    The task run carries only the request's tags that a concurrency limit uses
+    (see :mod:`prefect_fanout.call.tags` for why).
+    """
     return agent_call.with_options(
         task_run_name=request.label,
-        tags=set(request.tags),
+        tags=run_tags(request.tags),
         **task_cache_options(cache or CacheOptions()),
     )
 

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
+from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.errors import ConfigurationError
@@ -153,6 +154,7 @@ def run_plan(
             endpoint=endpoint if endpoint is not None else plan.config.endpoint,
             model=model,
         )
+    LIMITED_TAGS.refresh()  # a limit created before this run applies to it
     return Dispatcher(plan, resolver=resolver, cache=CacheOptions.of(cache)).run()
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_fanout.call.request import output_as_text
+from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
@@ -153,6 +154,7 @@ def run_map(job: MapJob) -> MapSummary:
 
     """
     started = time.perf_counter()
+    LIMITED_TAGS.refresh()  # a limit created before this run applies to it
     logger = _logger()
     window = CallWindow(job.max_workers)
     out, parts_dir = job.output_dir, job.output_dir / PARTITIONS_DIR
