@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from prefect_fanout.cli.tuning import SERVER_SETTINGS  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
@@ -63,6 +64,7 @@ class Standalone:
         env = {**os.environ, "PREFECT_HOME": str(self.home)}
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         env["PREFECT_UI_ENABLED"] = "false"
+        env.update(SERVER_SETTINGS)  # as README: Performance recommends for such runs
         self.process = subprocess.Popen(
             [
                 PYTHON,

@@ -45,15 +45,16 @@ def traced_run(prefect_server, api, tmp_path_factory) -> dict[str, Any]:
     return {"id": flow_run_id, "task_runs": task_runs, "trace_dir": trace_dir}
 
 
-def test_task_runs_are_named_agent_item_and_tagged(traced_run) -> None:
+def test_task_runs_are_named_agent_item_without_unlimited_tags(traced_run) -> None:
     by_name = {run["name"]: run for run in traced_run["task_runs"]}
     expected = {f"{t['agent']}:{t['task_id']}": t for t in _plan_tasks()}
     assert set(by_name) == set(expected)
     for name, task in expected.items():
         run = by_name[name]
         assert run["state_type"] == "COMPLETED"
-        assert f"agent:{task['agent']}" in run["tags"]
-        assert "model:test" in run["tags"]
+        # Tags ride along only when a concurrency limit uses them (each tag costs a slot
+        # request per run); agent and model are in the name and the per-call table.
+        assert run["tags"] == [], name
 
 
 def test_dependencies_are_edges_of_the_run_graph(traced_run) -> None:
@@ -188,7 +189,6 @@ def test_browser_shows_task_runs_and_summary_artifact(
             page.get_by_text("Task Runs", exact=True).first.click()
             for name in names:
                 expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("agent:coder").first).to_be_visible()
 
             page.get_by_text("Artifacts", exact=True).first.click()
             summary = page.get_by_text("fanout-dispatch-summary", exact=True).first

@@ -15,6 +15,7 @@ transport owns every retry. The cache lives in :mod:`prefect_fanout.call.cache`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,11 +23,18 @@ from prefect import task
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import State
+from prefect.utilities.annotations import quote
 
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
-from prefect_fanout.call.cache import CacheMode, CacheOptions, stored_answer, task_cache_options
+from prefect_fanout.call.cache import (
+    CacheMode,
+    CacheOptions,
+    lock_directory,
+    stored_answer,
+    task_cache_options,
+)
 from prefect_fanout.call.execute import execute_request
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
@@ -60,17 +68,50 @@ def agent_call(
     return execute_request(request.with_context(context), transport, get_run_logger())
 
 
+def call_parameters(request: CallRequest, transport: Transport | None) -> dict[str, Any]:
+    """The agent-call task's positional parameters, request and transport quoted.
+
+    Prefect walks every parameter looking for upstream futures and results (to draw
+    the run graph's edges). A request holds none, and walking it costs time per call
+    and can draw false edges (Prefect matches strings of upstream results by ``id``),
+    so both are passed through ``quote``; only ``context`` is walked.
+    """
+    return {"request": quote(request), "transport": quote(transport)}
+
+
+def _run_name(parameters: dict[str, Any]) -> str:
+    """A call's task-run name, ``agent:item``, from its request parameter."""
+    request = parameters.get("request")
+    return request.label if isinstance(request, CallRequest) else "agent-call"
+
+
+_configured: dict[tuple[Any, ...], Any] = {}
+_configured_lock = threading.Lock()
+
+
 def configured_call_task(request: CallRequest, cache: CacheOptions | None = None) -> Any:
     """The agent-call task with this request's run name, tags and cache settings.
 
     The task run carries only the request's tags that a concurrency limit uses
-    (see :mod:`prefect_fanout.call.tags` for why).
+    (see :mod:`prefect_fanout.call.tags` for why). Configured tasks are reused
+    for calls with the same tags and cache settings: building a Prefect task
+    object is one of the dearest steps of a call, and the run name comes from
+    each call's own request.
     """
-    return agent_call.with_options(
-        task_run_name=request.label,
-        tags=run_tags(request.tags),
-        **task_cache_options(cache or CacheOptions()),
-    )
+    options = cache or CacheOptions()
+    tags = frozenset(run_tags(request.tags))
+    key = (tags, options.mode, options.expiration, id(options.result_storage), lock_directory())
+    with _configured_lock:
+        entry = _configured.get(key)
+        if entry is None or entry[0] is not options.result_storage:
+            task_ = agent_call.with_options(
+                task_run_name=_run_name, tags=set(tags), **task_cache_options(options)
+            )
+            entry = (options.result_storage, task_)
+            if len(_configured) >= 256:
+                _configured.clear()
+            _configured[key] = entry
+        return entry[1]
 
 
 def result_from_state(state: State[Any]) -> AgentResult:
@@ -121,7 +162,7 @@ def submit_agent_call(
     if transport is None:
         transport = Resolver(endpoint=endpoint).transport(request.model)
     task_ = configured_call_task(request, CacheOptions.of(cache))
-    return task_.submit(request, context=context, transport=transport, wait_for=wait_for)
+    return task_.submit(**call_parameters(request, transport), context=context, wait_for=wait_for)
 
 
 def submit_or_reuse(
@@ -253,4 +294,4 @@ def call_agent(
     )
     transport = resolver.transport(request.model)
     task_ = configured_call_task(request, CacheOptions.of(cache))
-    return result_from_state(task_(request, transport=transport, return_state=True))
+    return result_from_state(task_(**call_parameters(request, transport), return_state=True))

@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.errors import EXIT_USAGE
 
 COMMANDS = ("call", "validate", "dispatch", "map")
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fanout`` command line and return its exit code."""
+    tune_embedded_server()  # before Prefect reads its settings
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -21,7 +21,7 @@ from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions, stored_answer
 from prefect_fanout.call.request import output_as_text
-from prefect_fanout.call.task import configured_call_task
+from prefect_fanout.call.task import call_parameters, configured_call_task
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
@@ -174,7 +174,7 @@ def _submitter(
             return stored
         task = configured_call_task(request, cache).with_options(task_run_name=f"reduce:{group.id}")
         transport = resolver.transport(request.model)
-        return task.submit(request, context=context, transport=transport)
+        return task.submit(**call_parameters(request, transport), context=context)
 
     return submit
 

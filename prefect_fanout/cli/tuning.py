@@ -1,0 +1,53 @@
+"""Prefect server settings that suit runs of many short task runs, and where the CLI sets them.
+
+A run of 1,000 agent calls sends the server several thousand events. Prefect 3.8's
+defaults record task runs one event per database transaction
+(``..._TASK_RUN_RECORDER_BATCH_SIZE=1``) and persist events 20 at a time, so a
+SQLite-backed server falls minutes behind and every API call of the next run
+waits behind that backlog. Batching both (and reading in batches) lets the
+server keep up; automations (the triggers service) are not used by our runs.
+
+The ``fanout`` CLI applies :data:`SERVER_SETTINGS` to its own environment when it
+starts an embedded server (no ``PREFECT_API_URL``), never overriding a value
+the user set. For your own ``prefect server start``, export the same variables
+first (README: Performance).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+SERVER_SETTINGS: dict[str, str] = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1.0",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1.0",
+}
+"""Server settings for many short task runs: batched task-run recording and event persistence."""
+
+EMBEDDED_SETTINGS: dict[str, str] = {
+    **SERVER_SETTINGS,
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+"""For the embedded server the CLI starts: the above, without automations and analytics."""
+
+
+def tune_embedded_server(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Apply :data:`EMBEDDED_SETTINGS` when Prefect will start an embedded server.
+
+    Args:
+        environ: The environment to change (``os.environ`` by default).
+
+    Returns:
+        True when settings were applied (no ``PREFECT_API_URL`` is set).
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("PREFECT_API_URL"):
+        return False
+    for name, value in EMBEDDED_SETTINGS.items():
+        environ.setdefault(name, value)
+    return True
