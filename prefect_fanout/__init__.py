@@ -2,7 +2,8 @@
 
 Each agent call is a Prefect task run with retries and a content cache; plans
 of dependent tasks become flows wired by futures; corpora are partitioned,
-mapped over the task runner and reduced.
+mapped over the task runner and reduced; fan-out, fan-in, pipelines and trees
+of agent calls are flows too (``fan_out``, ``fan_in``, ``pipeline``, ``tree``).
 
 The public API is exactly the names in ``__all__`` (a test pins the list).
 Everything else lives in sub-packages by concept (``call``, ``agents``,
@@ -22,6 +23,7 @@ __all__ = [
     "AgentResult",
     "CacheMode",
     "CacheOptions",
+    "CallRecord",
     "CallRequest",
     "CallTimeoutError",
     "ConfigurationError",
@@ -34,6 +36,9 @@ __all__ = [
     "NonRetryableAPIError",
     "OutputValidationError",
     "PartitionSpecError",
+    "PatternArgumentError",
+    "PatternMetrics",
+    "PatternResult",
     "Plan",
     "PlanValidationError",
     "RetriesExhaustedError",
@@ -45,15 +50,20 @@ __all__ = [
     "call_agent",
     "dispatch_flow",
     "dispatch_plan",
+    "fan_in",
+    "fan_out",
     "load_agents_file",
     "load_items",
     "load_plan",
     "map_corpus",
     "map_flow",
     "partition",
+    "pattern_result_of",
+    "pipeline",
     "result_from_future",
     "run_plan",
     "submit_agent_call",
+    "tree",
 ]
 
 # Where each public name lives. Imports are lazy so the `fanout` command line starts
@@ -89,7 +99,17 @@ _EXPORTS: dict[str, str] = {
     "map_corpus": "prefect_fanout.flows",
     "map_flow": "prefect_fanout.flows",
     "partition": "prefect_fanout.mapping.partition",
+    # patterns: fan-out, fan-in, pipeline, tree
+    "CallRecord": "prefect_fanout.usage",
+    "PatternMetrics": "prefect_fanout.patterns.result",
+    "PatternResult": "prefect_fanout.patterns.result",
+    "fan_in": "prefect_fanout.patterns.fan_in",
+    "fan_out": "prefect_fanout.patterns.fan_out",
+    "pattern_result_of": "prefect_fanout.patterns.engine",
+    "pipeline": "prefect_fanout.patterns.pipeline",
+    "tree": "prefect_fanout.patterns.tree",
     # errors
+    "PatternArgumentError": "prefect_fanout.errors",
     "AgentCallError": "prefect_fanout.errors",
     "CallTimeoutError": "prefect_fanout.errors",
     "ConfigurationError": "prefect_fanout.errors",
@@ -129,6 +149,7 @@ if TYPE_CHECKING:
         NonRetryableAPIError,
         OutputValidationError,
         PartitionSpecError,
+        PatternArgumentError,
         PlanValidationError,
         RetriesExhaustedError,
         RetryAfterTooLongError,
@@ -137,7 +158,14 @@ if TYPE_CHECKING:
     from prefect_fanout.mapping.corpus import Item, load_items
     from prefect_fanout.mapping.partition import partition
     from prefect_fanout.mapping.summary import MapSummary
+    from prefect_fanout.patterns.engine import pattern_result_of
+    from prefect_fanout.patterns.fan_in import fan_in
+    from prefect_fanout.patterns.fan_out import fan_out
+    from prefect_fanout.patterns.pipeline import pipeline
+    from prefect_fanout.patterns.result import PatternMetrics, PatternResult
+    from prefect_fanout.patterns.tree import tree
     from prefect_fanout.plan.model import Plan, TaskSpec, load_plan
+    from prefect_fanout.usage import CallRecord
 
 
 def __getattr__(name: str) -> Any:

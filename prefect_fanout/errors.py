@@ -4,7 +4,8 @@ Hierarchy (exit code in brackets)::
 
     FanoutError                        base of everything raised here
     ├── ConfigurationError       [2]   no usable endpoint, unknown agent, bad option or template
-    │   └── TemplateFieldError   [2]   a --prompt template names a field an item lacks
+    │   ├── TemplateFieldError   [2]   a --prompt template names a field an item lacks
+    │   └── PatternArgumentError [2]   a pattern (fan_out, pipeline, tree...) got a bad argument
     ├── PlanValidationError      [2]   a plan has problems (all of them listed, with locations)
     ├── CorpusError              [2]   a corpus file or line cannot be read
     ├── PartitionError           [2]   items cannot be partitioned as asked
@@ -51,6 +52,22 @@ class ConfigurationError(FanoutError, ValueError):
 
 class TemplateFieldError(ConfigurationError):
     """A prompt template is malformed or names a field an item does not have."""
+
+
+class PatternArgumentError(ConfigurationError):
+    """A pattern got an argument it cannot work with; ``argument`` names it.
+
+    Attributes:
+        argument: The argument's name, e.g. ``stages``, ``max_depth`` or ``split``.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[PatternArgumentError], tuple[str, str]]:
+        return (type(self), (self.argument, self.message))
 
 
 class CorpusError(FanoutError, ValueError):

@@ -13,8 +13,7 @@ from the UI:
 :func:`dispatch_plan` and :func:`map_corpus` are the Python entry points: they
 check everything first (bad input raises a :class:`~prefect_fanout.FanoutError`
 before any flow run starts), then run the flow, or run inside the caller's
-flow run when there is one (``map_corpus``). Each flow turns on the opt-in
-tag-slot narrowing (:mod:`prefect_fanout.call.tagslots`) when it starts.
+flow run when there is one (``map_corpus``).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_dependants_and_upstream_closure() -> None:
             "field",
             "task",
             "unknown top-level key 'task' (did you mean 'tasks'?); "
-            "valid keys: tasks, config, agents",
+            "valid keys: tasks, config, agents, goal",
         ),
         (
             {"tasks": [task("x"), task("y"), task("z"), task("x")]},
@@ -340,7 +340,7 @@ def test_two_distinct_cycles_are_both_reported() -> None:
             {"max_worker": 3},
             "config.max_worker",
             "unknown config key 'max_worker' (did you mean 'max_workers'?); valid keys: "
-            "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint",
+            "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize",
         ),
         ([1], "config", "'config' must be an object, got a list"),
     ],

@@ -27,6 +27,7 @@ PUBLIC = [
     "AgentResult",
     "CacheMode",
     "CacheOptions",
+    "CallRecord",
     "CallRequest",
     "CallTimeoutError",
     "ConfigurationError",
@@ -39,6 +40,9 @@ PUBLIC = [
     "NonRetryableAPIError",
     "OutputValidationError",
     "PartitionSpecError",
+    "PatternArgumentError",
+    "PatternMetrics",
+    "PatternResult",
     "Plan",
     "PlanValidationError",
     "RetriesExhaustedError",
@@ -50,17 +54,29 @@ PUBLIC = [
     "call_agent",
     "dispatch_flow",
     "dispatch_plan",
+    "fan_in",
+    "fan_out",
     "load_agents_file",
     "load_items",
     "load_plan",
     "map_corpus",
     "map_flow",
     "partition",
+    "pattern_result_of",
+    "pipeline",
     "result_from_future",
     "run_plan",
     "submit_agent_call",
+    "tree",
 ]
-FLOWS = {"dispatch_flow": "fanout-dispatch", "map_flow": "fanout-map"}
+FLOWS = {
+    "dispatch_flow": "fanout-dispatch",
+    "fan_in": "fanout-fan-in",
+    "fan_out": "fanout-fan-out",
+    "map_flow": "fanout-map",
+    "pipeline": "fanout-pipeline",
+    "tree": "fanout-tree",
+}
 TASKS = {"agent_call": "agent-call"}
 
 

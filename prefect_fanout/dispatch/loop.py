@@ -21,7 +21,13 @@ from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
-from prefect_fanout.dispatch.result import DispatchResult, build_result, call_record
+from prefect_fanout.dispatch.result import (
+    DispatchResult,
+    TaskOutcome,
+    build_result,
+    call_record,
+    with_synthesis,
+)
 from prefect_fanout.dispatch.taskrun import TaskRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import write_json_atomic
@@ -30,8 +36,11 @@ from prefect_fanout.plan.model import Plan, TaskSpec
 from prefect_fanout.ui.artifacts import publish_run_artifacts
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
+from prefect_fanout.usage import Usage
 
 DISPATCH_TAG = "fanout:dispatch"
+SYNTHESIS_ID = "synthesize"
+SYNTHESIS_PROMPT = "Synthesize the results of the tasks below into one coherent final answer."
 
 
 class Dispatcher:
@@ -64,6 +73,7 @@ class Dispatcher:
         self.trace_dir = Path(trace_dir).expanduser() if trace_dir else None
         self.trace_names = trace_file_names(plan.task_ids)
         self.progress: ProgressReporter | None = None
+        self.synthesis_model: str | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -92,6 +102,8 @@ class Dispatcher:
         result = build_result(
             outcomes, failure_policy=config.failure_policy, flow_run_id=self.flow_run_id
         )
+        if config.synthesize:
+            result = with_synthesis(result, self._synthesize(config.synthesize))
         if self.trace_dir is not None:
             index = self._write_index(result, started)
             result = result.model_copy(update={"trace_index": str(index)})
@@ -105,6 +117,63 @@ class Dispatcher:
             result.summary.cached,
         )
         return result
+
+    def _synthesize(self, agent: str) -> TaskOutcome:
+        """The synthesis call: every completed task's output in, the final answer out."""
+        done = [run for run in self.runs.values() if run.status == "completed"]
+        if self.stopped_by is not None or not done:
+            reason = "not started: " + (
+                f"task {self.stopped_by!r} failed" if self.stopped_by else "no task completed"
+            )
+            return TaskOutcome(task_id=SYNTHESIS_ID, agent=agent, status="skipped", error=reason)
+        started = time.monotonic()
+        try:
+            request = self.resolver.request(
+                self.plan.goal or SYNTHESIS_PROMPT,
+                agent=agent,
+                item_id=SYNTHESIS_ID,
+                tags=(DISPATCH_TAG,),
+                timeout_seconds=self.plan.config.timeout_seconds,
+            )
+            transport = self.resolver.transport(request.model)
+        except Exception as exc:  # the agent vanished since validation
+            return TaskOutcome(
+                task_id=SYNTHESIS_ID, agent=agent, status="failed", error=describe(exc)
+            )
+        context = {run.spec.task_id: run.future or run.result for run in done}
+        submit = partial(
+            submit_or_reuse, request, context=context, transport=transport, cache=self.cache
+        )
+        self.window.submit(SYNTHESIS_ID, submit)
+        outcome = self.window.next_finished()
+        duration = round(time.monotonic() - started, 6)
+        if outcome.result is None:
+            error = outcome.error
+            self.logger.error("synthesis by %r failed: %s", agent, describe(error))
+            return TaskOutcome(
+                task_id=SYNTHESIS_ID,
+                agent=agent,
+                status="failed",
+                error=describe(error),
+                attempts=error.attempts if isinstance(error, AgentCallError) else 0,
+                duration_s=duration,
+            )
+        answer = outcome.result
+        self.synthesis_model = answer.model
+        return TaskOutcome(
+            task_id=SYNTHESIS_ID,
+            agent=agent,
+            status="completed",
+            output=answer.output,
+            cached=answer.cached,
+            attempts=0 if answer.cached else answer.attempts,
+            usage=Usage(
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                cost_usd=answer.run_cost_usd,
+            ),
+            duration_s=duration,
+        )
 
     def _submit_ready(self) -> None:
         if self.stopped_by is not None:
@@ -294,6 +363,8 @@ class Dispatcher:
             call_record(outcome, run.result.model if run.result else None)
             for outcome, run in zip(result.tasks, self.runs.values(), strict=True)
         ]
+        if result.synthesis is not None:
+            records.append(call_record(result.synthesis, self.synthesis_model))
         links: dict[str, Path] = {}
         if result.trace_index:
             links = {run.spec.task_id: Path(run.trace) for run in self.runs.values() if run.trace}

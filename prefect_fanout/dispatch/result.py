@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
-from prefect_fanout.usage import CallRecord, Ledger, Usage
+from prefect_fanout.usage import CallRecord, Ledger, Usage, add_costs
 
 TaskStatus = Literal["completed", "failed", "skipped"]
 """The final status of one plan task."""
@@ -84,6 +84,9 @@ class DispatchResult(BaseModel):
         trace_index: Path of the ``dispatch-*.json`` trace index, when traces
             were written.
 
+        synthesis: The ``config.synthesize`` call (id ``synthesize``) that got every
+            completed task's output and wrote the final answer; ``None`` without one.
+
     """
 
     status: DispatchStatus
@@ -92,6 +95,7 @@ class DispatchResult(BaseModel):
     usage: Usage
     tasks: list[TaskOutcome]
     trace_index: str | None = None
+    synthesis: TaskOutcome | None = None
 
     @property
     def exit_code(self) -> int:
@@ -183,3 +187,23 @@ def build_result(
         tasks=outcomes,
         trace_index=trace_index,
     )
+
+
+def with_synthesis(result: DispatchResult, synthesis: TaskOutcome) -> DispatchResult:
+    """The result with its synthesis call added: its usage counted, its failure a ``partial``.
+
+    A completed dispatch whose synthesis did not complete is ``partial``; the
+    task counts in ``summary`` stay the plan tasks'.
+    """
+    ledger = Ledger.of_records([call_record(synthesis)])
+    usage = result.usage.model_copy(
+        update={
+            "prompt_tokens": result.usage.prompt_tokens + ledger.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens + ledger.completion_tokens,
+            "cost_usd": add_costs(result.usage.cost_usd, ledger.cost_usd),
+        }
+    )
+    status = result.status
+    if status == "completed" and synthesis.status != "completed":
+        status = "partial"
+    return result.model_copy(update={"synthesis": synthesis, "usage": usage, "status": status})

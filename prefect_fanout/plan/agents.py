@@ -27,6 +27,7 @@ from prefect_fanout.agents.profiles import AgentProfile, builtin_profile_names, 
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.plan.model import Plan, parse_plan, validate_plan
+from prefect_fanout.plan.subtasks import expand_subtasks, is_subtasks_form
 
 PROFILE_FIELDS = tuple(name for name in AgentProfile.model_fields if name != "name")
 """The fields a plan's ``agents`` entry may set (its key is the name)."""
@@ -133,11 +134,12 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>") -> Plan:
 
     """
     if isinstance(raw, Plan):
-        raw = raw.model_dump(mode="json")
+        raw = raw.model_dump(mode="json", exclude_none=True)
+    names_from = expand_subtasks(raw)[0] if is_subtasks_form(raw) else raw
     builtins = set(builtin_profile_names())
     plan_agents: set[str] = set()
-    if isinstance(raw, dict) and isinstance(raw.get("agents"), dict):
-        plan_agents = {k for k, v in raw["agents"].items() if isinstance(v, dict)}
+    if isinstance(names_from, dict) and isinstance(names_from.get("agents"), dict):
+        plan_agents = {k for k, v in names_from["agents"].items() if isinstance(v, dict)}
     lookups: dict[str, bool] = {}
 
     def is_known(name: str) -> bool:
@@ -145,7 +147,7 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>") -> Plan:
             return True
         return _saved_profile_exists(name, lookups)
 
-    saved = {name for name in _task_agent_names(raw) if is_known(name)} - plan_agents
+    saved = {name for name in _task_agent_names(names_from) if is_known(name)} - plan_agents
     listed = ", ".join(sorted(builtins | plan_agents | {k for k, v in lookups.items() if v}))
 
     def check_agent(name: str, fields: dict[str, Any]) -> list[str]:
@@ -159,6 +161,9 @@ def _task_agent_names(raw: Any) -> set[str]:
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
         return set()
     names = set()
+    config = raw.get("config")
+    if isinstance(config, dict) and isinstance(config.get("synthesize"), str):
+        names.add(config["synthesize"])
     for task in raw["tasks"]:
         if isinstance(task, dict) and isinstance(task.get("agent"), str) and task["agent"].strip():
             names.add(task["agent"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,9 +23,16 @@ AgentCheck = Callable[[str, dict[str, Any]], list[str]]
 """``check_agent(name, profile) -> problem messages`` for a plan's agent profiles."""
 
 
-TOP_LEVEL_KEYS = ("tasks", "config", "agents")
+TOP_LEVEL_KEYS = ("tasks", "config", "agents", "goal")
 TASK_FIELDS = ("task_id", "agent", "description", "input_data", "dependencies")
-CONFIG_FIELDS = ("max_workers", "timeout_seconds", "trace_dir", "failure_policy", "endpoint")
+CONFIG_FIELDS = (
+    "max_workers",
+    "timeout_seconds",
+    "trace_dir",
+    "failure_policy",
+    "endpoint",
+    "synthesize",
+)
 
 _MISSING: Any = object()
 
@@ -101,6 +108,15 @@ def check_document(
         the document is not even an object) and the problems found.
 
     """
+    from prefect_fanout.plan.subtasks import expand_subtasks, is_subtasks_form, subtask_location
+
+    if is_subtasks_form(raw):  # seed 003's plan-and-synthesise form: check it as tasks
+        expanded, early = expand_subtasks(raw)
+        clean, found = check_document(expanded, known_agents=known_agents, check_agent=check_agent)
+        moved = [replace(p, location=subtask_location(p.location)) for p in found]
+        reported = {p.location for p in early}  # an unknown type is not also an unknown agent
+        moved = [p for p in moved if p.kind != "unknown_agent" or p.location not in reported]
+        return clean, [*early, *moved]
     problems = _Problems()
     if raw is None:
         problems.add("field", "the plan is empty; expected an object with a 'tasks' list")
@@ -123,7 +139,17 @@ def check_document(
     agents = _check_agents(raw.get("agents"), problems, check_agent)
     if known_agents:
         _check_agent_names(tasks, known_agents | set(agents), problems)
+        synthesize = config.get("synthesize")
+        if isinstance(synthesize, str) and synthesize not in known_agents | set(agents):
+            listed = ", ".join(sorted(known_agents | set(agents)))
+            message = f"unknown synthesize agent {synthesize!r}; known agents: {listed}"
+            problems.add("unknown_agent", message, "config.synthesize")
     clean = {"tasks": [task for _, task in tasks], "config": config, "agents": agents}
+    goal = raw.get("goal")
+    if goal is not None and not isinstance(goal, str):
+        problems.add("field", f"'goal' must be a string, got {_type_name(goal)}", "goal")
+    elif goal is not None:
+        clean["goal"] = goal
     return clean, problems
 
 
@@ -286,7 +312,7 @@ def _check_config(value: Any, problems: _Problems) -> dict[str, Any]:
             elif not math.isfinite(item) or item <= 0:
                 message = f"timeout_seconds must be a positive number of seconds, got {item}"
                 problems.add("config", message, where)
-        elif key in ("trace_dir", "endpoint"):
+        elif key in ("trace_dir", "endpoint", "synthesize"):
             if item is not None and (not isinstance(item, str) or not item.strip()):
                 message = f"{key} must be a non-empty string or null, got {item!r}"
                 problems.add("config", message, where)

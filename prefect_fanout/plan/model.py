@@ -12,6 +12,10 @@ A plan is a JSON or YAML document in the common ``tasks.json`` form::
       "agents": {"coder": {...profile fields...}}
     }
 
+or in seed 003's plan-and-synthesise form, ``{"task", "subtasks", "types",
+"synthesize"}`` (see :mod:`prefect_fanout.plan.subtasks`), checked as the
+``tasks`` form it stands for.
+
 :func:`load_plan` parses a file (or standard input) and :func:`validate_plan`
 checks the parsed data. Validation does not stop at the first problem: every
 problem found is collected into one :class:`PlanValidationError`. A valid plan
@@ -99,6 +103,8 @@ class PlanConfig(BaseModel):
         failure_policy: ``"partial"`` skips only the dependants of a failed
             task; ``"all_or_nothing"`` fails the whole run.
         endpoint: Name of the endpoint block to call, or ``None`` for the default.
+        synthesize: An agent that gets every task's output after the tasks end
+            and writes the final answer (the plan's ``synthesis``), or ``None``.
 
     """
 
@@ -109,6 +115,7 @@ class PlanConfig(BaseModel):
     trace_dir: str | None = None
     failure_policy: FailurePolicy = "partial"
     endpoint: str | None = None
+    synthesize: str | None = None
 
 
 class Plan(BaseModel):
@@ -122,6 +129,8 @@ class Plan(BaseModel):
         tasks: The tasks, in plan order (the order used to break ties).
         config: Run settings.
         agents: Agent profiles defined by the plan, by name, as raw mappings.
+        goal: The overall task (the ``subtasks`` form's ``task``): the synthesis
+            call's instruction, or ``None``.
 
     """
 
@@ -130,6 +139,7 @@ class Plan(BaseModel):
     tasks: list[TaskSpec] = Field(min_length=1)
     config: PlanConfig = Field(default_factory=PlanConfig)
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    goal: str | None = None
 
     @model_validator(mode="after")
     def _check_graph(self) -> Plan:

@@ -1,0 +1,84 @@
+"""Fan-out: one agent call per item, agents taken round robin (seed 001, pattern 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prefect import flow
+
+from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.call.cache import CacheOptions
+from prefect_fanout.errors import PatternArgumentError
+from prefect_fanout.patterns.engine import Call, PatternRun
+from prefect_fanout.patterns.shapes import agent_list, item_prompt
+
+
+@flow(name="fanout-fan-out", log_prints=False)
+def fan_out(
+    items: Sequence[Any],
+    agent: str | AgentProfile | list[str | AgentProfile] = "default",
+    *,
+    agents: Mapping[str, AgentProfile] | None = None,
+    prompt: str | None = None,
+    model: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    max_workers: int | None = None,
+    failure_policy: str = "partial",
+    cache: CacheOptions | str = "on",
+) -> Any:
+    """Make one agent call per item, in parallel, and return every output in item order.
+
+    The call of item ``i`` is ``item-i``, answered by ``agent[i % len(agent)]``
+    when ``agent`` is a list (round robin). Under ``partial`` a failed item's
+    output is None and the others go on; under ``all_or_nothing`` the first
+    failure stops every call not yet started and the run fails.
+
+    Args:
+        items: The items; strings as they are, anything else as JSON.
+        agent: An agent (name or profile), or a list of agents used round robin.
+        agents: Extra profiles by name.
+        prompt: A template for each item's prompt; ``{item}`` is replaced by the
+            item (without it the item is appended).
+        model: A model for every agent (``test`` runs offline).
+        endpoint: An ``LLMEndpoint`` block name or object; None uses ``OPENAI_*``.
+        max_workers: Most calls in flight (default 8).
+        failure_policy: ``partial`` or ``all_or_nothing``.
+        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
+
+    Returns:
+        The final state carrying the :class:`PatternResult` (called directly:
+        the result; a failed run raises, see ``pattern_result_of``).
+
+    Raises:
+        PatternArgumentError: ``items`` is empty or not a list, ``agent`` is not
+            an agent, ``max_workers`` or ``failure_policy`` is invalid.
+    """
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+        raise PatternArgumentError("items", f"expected a list, got {type(items).__name__}")
+    if not items:
+        raise PatternArgumentError("items", "is empty")
+    pool = agent_list("agent", agent)
+    run = PatternRun(
+        "fan-out",
+        agents=agents,
+        model=model,
+        endpoint=endpoint,
+        cache=cache,
+        max_workers=max_workers,
+        failure_policy=failure_policy,
+    )
+    run.check(pool)
+    keys = [f"item-{index}" for index in range(len(items))]
+    calls = (
+        Call(key, pool[index % len(pool)], item_prompt(item, prompt))
+        for index, (key, item) in enumerate(zip(keys, items, strict=True))
+    )
+    outcomes = run.run_calls(calls)
+    outputs = [
+        outcomes[key].result.output if key in outcomes and outcomes[key].ok else None  # type: ignore[union-attr]
+        for key in keys
+    ]
+    done = sum(1 for key in keys if key in outcomes and outcomes[key].ok)
+    return run.finish(outputs, has_output=done > 0, details={"ids": keys})
