@@ -18,7 +18,10 @@ flow run when there is one (``map_corpus``).
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import call_agent
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan, with_overrides
+from prefect_fanout.errors import ConfigurationError, describe
+from prefect_fanout.files import write_text_atomic
 from prefect_fanout.mapping.defaults import (
     DEFAULT_ACTIVE_PARTITIONS,
     DEFAULT_MAX_WORKERS,
@@ -57,30 +62,97 @@ __all__ = [
 ]
 
 
+#: Flow parameters above this many bytes of JSON travel as a file reference: Prefect's
+#: API refuses flow-run parameters over 512 KB.
+INLINE_PARAMETER_BYTES = 256 * 1024
+
+
+def stash(text: str, suffix: str) -> str:
+    """Write a large parameter to a content-addressed file beside result storage; its path.
+
+    Flow runs started on this machine (or by workers sharing that storage) read it
+    back; the file is never deleted by a run, so a rerun from the UI still works.
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    folder = Path(str(PREFECT_LOCAL_STORAGE_PATH.value())).expanduser() / ".fanout-inputs"
+    path = folder / f"{digest}{suffix}"
+    if not path.exists():
+        write_text_atomic(path, text)
+    return str(path)
+
+
+# The outcome of the last dispatch or map finished in each thread: when the Prefect API
+# goes away, the flow engine fails to record the run's end, yet the work is done and its
+# outputs are written; the caller then gets the outcome with a warning, not an error.
+_finished: dict[int, Any] = {}
+
+
+def _keep(outcome: Any) -> Any:
+    _finished[threading.get_ident()] = outcome
+    return outcome
+
+
+def _reported_best_effort(run: Callable[[], Any]) -> Any:
+    """Run a flow; if only its reporting to the API failed, return its outcome anyway."""
+    key = threading.get_ident()
+    _finished.pop(key, None)
+    try:
+        return run()
+    except Exception as exc:
+        outcome = _finished.pop(key, None)
+        if outcome is None:
+            raise
+        text = " ".join(describe(exc).split())[:300]
+        print(
+            f"fanout: warning: the run finished and its outputs are written, but it could not "
+            f"be reported to the Prefect API ({text}); the UI may show it unfinished",
+            file=sys.stderr,
+        )
+        return outcome
+    finally:
+        _finished.pop(key, None)
+
+
 @flow(name="fanout-call", log_prints=False)
 def call_flow(
-    prompt: str,
+    prompt: str | None = None,
     agent: str = "default",
     model: str | None = None,
     system: str | None = None,
     endpoint: str | None = None,
     cache: str = "on",
+    prompt_path: str | None = None,
+    timeout_seconds: float | None = None,
 ) -> AgentResult:
     """Make one agent call as a task run of this flow.
 
     Args:
-        prompt: The user prompt.
+        prompt: The user prompt (or give ``prompt_path``).
         agent: The agent's name (built-in or a saved AgentProfile block).
         model: A model overriding the agent's (``test`` runs offline).
         system: A system prompt overriding the agent's.
         endpoint: A saved LLMEndpoint block's name; None uses OPENAI_* variables.
         cache: ``on``, ``refresh`` or ``off``.
+        prompt_path: A file holding the prompt (large prompts travel this way).
+        timeout_seconds: Timeout of each HTTP request, overriding the agent's.
 
     Returns:
         The call's result.
     """
+    if prompt_path is not None:
+        prompt = Path(prompt_path).read_text(encoding="utf-8")
+    if prompt is None:
+        raise ConfigurationError("fanout-call needs a prompt or a prompt_path")
     return call_agent(
-        prompt, agent=agent, model=model, system=system, endpoint=endpoint, cache=cache
+        prompt,
+        agent=agent,
+        model=model,
+        system=system,
+        endpoint=endpoint,
+        cache=cache,
+        timeout_seconds=timeout_seconds,
     )
 
 
@@ -122,7 +194,7 @@ def dispatch_flow(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
     resolver = check_plan(loaded, model, endpoint)
-    return final_state(run_plan(loaded, cache=cache, resolver=resolver))
+    return final_state(_keep(run_plan(loaded, cache=cache, resolver=resolver)))
 
 
 def run_dispatch_flow(
@@ -142,10 +214,15 @@ def run_dispatch_flow(
         The dispatch result, whatever the flow run's final state.
     """
     runner = ThreadPoolTaskRunner(max_workers=plan.config.max_workers)
-    state = dispatch_flow.with_options(task_runner=runner)(
-        plan=plan, model=model, endpoint=endpoint, cache=CacheOptions.of(cache), return_state=True
+    text = plan.model_dump_json(exclude_none=True)
+    reference: Plan | str = plan
+    if len(text.encode("utf-8")) > INLINE_PARAMETER_BYTES:
+        reference = stash(text, ".plan.json")  # too big for a flow-run parameter
+    flow_ = dispatch_flow.with_options(task_runner=runner)
+    options = {"model": model, "endpoint": endpoint, "cache": CacheOptions.of(cache)}
+    return _reported_best_effort(
+        lambda: result_of(flow_(plan=reference, **options, return_state=True))
     )
-    return result_of(state)
 
 
 def dispatch_plan(
@@ -220,6 +297,8 @@ def map_flow(
     refresh: bool = False,
     partition_retries: int = DEFAULT_PARTITION_RETRIES,
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
+    encoding: str = "utf-8",
+    errors: str = "strict",
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -240,6 +319,9 @@ def map_flow(
         refresh: Ignore cached answers and call again.
         partition_retries: Retries of a partition whose output cannot be written.
         partition_retry_delay: Seconds before the first partition retry (then doubling).
+        encoding: How a directory corpus's files are decoded.
+        errors: ``strict`` (a file that does not decode fails the run before any call),
+            ``replace`` or ``ignore``.
 
     Returns:
         The run's summary (also written to ``summary.json``).
@@ -263,8 +345,10 @@ def map_flow(
             refresh=refresh,
             partition_retries=partition_retries,
             partition_retry_delay=partition_retry_delay,
+            encoding=encoding,
+            errors=errors,
         )
-    return run_map(job)
+    return _keep(run_map(job))
 
 
 def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
@@ -306,7 +390,8 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
         _prepared[key] = job
     try:
         runner = ThreadPoolTaskRunner(max_workers=job.max_workers)
-        return map_flow.with_options(task_runner=runner)(**parameters)
+        flow_ = map_flow.with_options(task_runner=runner)
+        return _reported_best_effort(lambda: flow_(**parameters))
     finally:
         with _prepared_lock:
             _prepared.pop(key, None)

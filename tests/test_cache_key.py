@@ -86,3 +86,22 @@ def test_upstream_context_is_part_of_the_key():
 def test_two_different_prompts_never_share_a_key(first: str, second: str):
     if first != second:
         assert key_of(first) != key_of(second)
+
+
+def test_equivalent_base_urls_share_one_key():
+    def key_at(url: str) -> str:
+        endpoint = LLMEndpoint(base_url=url, api_key=SecretStr("sk-secret-1"))
+        return key_of(endpoint=endpoint)
+
+    same = {
+        key_at(url)
+        for url in (
+            "http://127.0.0.1:9/v1",
+            "http://127.0.0.1:9/v1/",
+            "http://localhost:9/v1",
+            "HTTP://LOCALHOST:9/v1/",
+        )
+    }
+    assert len(same) == 1
+    assert key_at("http://127.0.0.1:10/v1") not in same  # another port is another server
+    assert key_at("http://127.0.0.1:9/V1") not in same  # paths keep their case

@@ -216,7 +216,8 @@ def resolve_agent(
     except (ValueError, Exception) as exc:  # block not found, or no API reachable
         raise ConfigurationError(
             f"unknown agent {agent!r}: not a built-in ({', '.join(builtin_profile_names())}), "
-            f"not defined in the plan's 'agents', and no saved AgentProfile block named "
+            f"not among the run's own agents (a plan's 'agents', --agents FILE), and no saved "
+            f"AgentProfile block named "
             f"{agent!r} ({type(exc).__name__})"
         ) from None
     return loaded  # type: ignore[return-value]

@@ -11,6 +11,7 @@ HTTP request, the others read its record.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,8 @@ from prefect_fanout.call.locks import FlockLockManager
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.errors import ConfigurationError
+
+logger = logging.getLogger("prefect_fanout.cache")
 
 
 class CacheMode(StrEnum):
@@ -172,9 +175,17 @@ def stored_answer(request: CallRequest, options: CacheOptions) -> AgentResult | 
     if options.mode is not CacheMode.ON:
         return None
     store = _result_store(options)
+    key = request.cache_key()
     try:
-        record = store.read(request.cache_key())
-    except Exception:  # missing, unreadable or damaged: the task decides what to do
+        record = store.read(key)
+    except Exception as exc:  # missing, or damaged: the task asks again and rewrites it
+        if "does not exist" not in str(exc):
+            logger.warning(
+                "[%s] the cached answer %s is unreadable (%s); asking again and rewriting it",
+                request.label,
+                key,
+                " ".join(str(exc).split())[:200],
+            )
         return None
     expiration = record.metadata.expiration
     if expiration is not None and expiration <= datetime.now(UTC):

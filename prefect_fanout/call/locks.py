@@ -7,6 +7,12 @@ locks on small files: the operating system drops them when the holding process
 ends, however it ends, so a rerun resumes at once. They serialise threads of
 one process and processes of one machine alike (each acquisition opens its own
 file description).
+
+Lock files do not pile up: the holder deletes the file while it still holds the
+lock, just before releasing it. An acquirer that had opened the old file then
+holds a lock on a deleted file, so after every acquisition it checks that its
+file is still the one at the path (same inode) and starts over if not; two
+holders of one key are therefore impossible.
 """
 
 from __future__ import annotations
@@ -50,17 +56,21 @@ class FlockLockManager(LockManager):
             held = self._held.get(key)
             if held is not None and held[0] == holder:
                 return True
-        fd = self._open(key)
         deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        fd = self._open(key)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
                     os.close(fd)
                     return False
                 time.sleep(POLL_SECONDS)
+                continue
+            if self._is_current(fd, key):
+                break
+            os.close(fd)  # its holder deleted the file as it released: take the new one
+            fd = self._open(key)
         with self._guard:
             self._held[key] = (holder, fd)
         return True
@@ -88,17 +98,29 @@ class FlockLockManager(LockManager):
             if held is None or held[0] != holder:
                 raise ValueError(f"No lock held by {holder} for transaction with key {key}")
             del self._held[key]
+        try:
+            self._path(key).unlink()  # while still holding it: see the module's docstring
+        except OSError:
+            pass
         fcntl.flock(held[1], fcntl.LOCK_UN)
         os.close(held[1])
+
+    def _is_current(self, fd: int, key: str) -> bool:
+        """True when ``fd`` is the file now at the key's path (not one deleted meanwhile)."""
+        try:
+            return os.fstat(fd).st_ino == os.stat(self._path(key)).st_ino
+        except FileNotFoundError:
+            return False
 
     def is_locked(self, key: str) -> bool:
         """True when some thread or live process holds the lock on ``key``."""
         with self._guard:
             if key in self._held:
                 return True
-        if not self._path(key).exists():
+        try:
+            fd = os.open(self._path(key), os.O_RDWR)  # never creates a file
+        except FileNotFoundError:
             return False
-        fd = self._open(key)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,8 +90,13 @@ class CallRequest(BaseModel):
         return ""
 
     def cache_key(self) -> str:
-        """A hash of canonical JSON of the fields that determine the answer."""
+        """A hash of canonical JSON of the fields that determine the answer.
+
+        The base URL is keyed in its normal form (:func:`normal_base_url`), so
+        ``.../v1`` and ``.../v1/``, or ``localhost`` and ``127.0.0.1``, share answers.
+        """
         payload = {name: getattr(self, name) for name in sorted(KEY_FIELDS)}
+        payload["base_url"] = normal_base_url(self.base_url)
         payload["version"] = CACHE_KEY_VERSION
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "fanout-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -122,6 +128,36 @@ class CallRequest(BaseModel):
         else:
             messages.append({"role": "user", "content": block})
         return self.model_copy(update={"messages": messages})
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normal_base_url(url: str) -> str:
+    """A base URL in the form the cache keys: what is safe to normalise, normalised.
+
+    Lower-case scheme and host, no default port, no trailing slash, and the
+    loopback names (``localhost``, ``::1``) written ``127.0.0.1``. The path keeps
+    its case; anything unparsable is returned as given.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return url
+    if not parts.scheme or not host:
+        return url
+    scheme = parts.scheme.lower()
+    if host in _LOOPBACK:
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    if parts.username or parts.password:
+        netloc = f"{parts.username or ''}{':***' if parts.password else ''}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
 def output_as_text(output: Any) -> str:

@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from prefect_fanout.cli.lifecycle import Interrupted, bounded_exit, install_signal_handlers
 from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.errors import EXIT_USAGE
 
@@ -55,8 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except Interrupted as stop:
+        print(
+            f"fanout {args.command}: interrupted ({stop}); finished answers are cached, "
+            "rerun the command to resume",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+
+
+def run_command() -> None:
+    """The ``fanout`` console script: run, then exit with a bounded teardown."""
+    install_signal_handlers()
+    sys.exit(bounded_exit(main()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

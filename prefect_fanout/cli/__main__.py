@@ -1,7 +1,5 @@
 """``python -m prefect_fanout.cli``: the ``fanout`` command line."""
 
-import sys
+from prefect_fanout.cli import run_command
 
-from prefect_fanout.cli import main
-
-sys.exit(main())
+run_command()

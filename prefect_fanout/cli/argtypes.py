@@ -1,4 +1,4 @@
-"""Argument types shared by the ``fanout`` commands: numbers with a lower bound."""
+"""Shared by the ``fanout`` commands: numbers with a lower bound, one-line error text."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def at_least(kind: type[int] | type[float], minimum: float) -> Callable[[str], i
 
     convert.__name__ = f"{kind.__name__}>={minimum:g}"
     return convert
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a number greater than 0."""
+    value = at_least(float, 0.0)(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return float(value)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """An error message as one bounded line: inputs are never dumped to stderr."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 positive_int = at_least(int, 1)

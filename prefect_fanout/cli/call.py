@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from prefect_fanout.cli.argtypes import one_line, positive_float
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -25,6 +26,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
     parser.add_argument("--refresh", action="store_true", help="ignore the cache, call again")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="timeout of each HTTP request (default: the agent's, 120 s)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -32,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``fanout call``."""
     from prefect_fanout.agents.resolver import Resolver
     from prefect_fanout.errors import ConfigurationError, FanoutError, describe, exit_code_for
-    from prefect_fanout.flows import call_flow
+    from prefect_fanout.flows import INLINE_PARAMETER_BYTES, call_flow, stash
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
@@ -41,16 +48,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"fanout call: {exc}", file=sys.stderr)
         return EXIT_USAGE
     cache = "off" if args.no_cache else ("refresh" if args.refresh else "on")
-    state = call_flow(
-        prompt=prompt,
-        agent=args.agent,
-        model=args.model,
-        system=args.system,
-        endpoint=args.endpoint,
-        cache=cache,
-        return_state=True,
-    )
+    inline = len(prompt.encode("utf-8")) <= INLINE_PARAMETER_BYTES
     try:
+        state = call_flow(
+            prompt=prompt if inline else None,
+            prompt_path=None if inline else stash(prompt, ".prompt.txt"),
+            agent=args.agent,
+            model=args.model,
+            system=args.system,
+            endpoint=args.endpoint,
+            cache=cache,
+            timeout_seconds=args.timeout,
+            return_state=True,
+        )
         result = state.result(raise_on_failure=True)
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
@@ -58,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     except FanoutError as exc:
         print(f"fanout call: failed: {exc}", file=sys.stderr)
         return exit_code_for(exc)
-    except Exception as exc:  # the flow failed for another reason
-        print(f"fanout call: failed: {describe(exc)}", file=sys.stderr)
+    except Exception as exc:  # the flow failed for another reason (e.g. no Prefect API)
+        print(f"fanout call: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(result.model_dump_json(indent=2))

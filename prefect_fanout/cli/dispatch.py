@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import positive_int
+from prefect_fanout.cli.argtypes import one_line, positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 from prefect_fanout.plan.policies import FAILURE_POLICIES
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # the flow run crashed before producing a result
-        print(f"fanout dispatch: failed: {describe(exc)}", file=sys.stderr)
+        print(f"fanout dispatch: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     sys.stdout.flush()

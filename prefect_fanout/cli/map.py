@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, one_line, positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -99,6 +99,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", help="model overriding every agent's ('test' runs offline)")
     parser.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     parser.add_argument("--endpoint", metavar="BLOCK", help="name of a saved LLMEndpoint block")
+    parser.add_argument(
+        "--encoding", default="utf-8", help="encoding of a directory's files (default utf-8)"
+    )
+    parser.add_argument(
+        "--errors",
+        default="strict",
+        choices=("strict", "replace", "ignore"),
+        help="a file that does not decode: strict = exit 2 naming it (default), "
+        "replace = U+FFFD for bad bytes, ignore = drop them",
+    )
     parser.set_defaults(run=run)
 
 
@@ -127,20 +137,28 @@ def run(args: argparse.Namespace) -> int:
             refresh=args.refresh,
             partition_retries=args.partition_retries,
             partition_retry_delay=args.retry_delay,
+            encoding=args.encoding,
+            errors=args.errors,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     try:
-        summary = run_map_flow(job, agents_file=args.agents, prompt=args.prompt)
+        summary = run_map_flow(
+            job,
+            agents_file=args.agents,
+            prompt=args.prompt,
+            encoding=args.encoding,
+            errors=args.errors,
+        )
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"{PROG}: failed: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # the flow run ended early; its logs say more
-        print(f"{PROG}: failed: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
     if not summary.ok:

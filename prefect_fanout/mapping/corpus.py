@@ -60,16 +60,23 @@ class Item(BaseModel):
         return json.dumps(self.record, sort_keys=True, ensure_ascii=False)
 
 
-def load_items(source: str | Path) -> list[Item]:
+def load_items(
+    source: str | Path, *, encoding: str = "utf-8", errors: str = "strict"
+) -> list[Item]:
     """Read a JSONL file or a directory of files into items, in input order.
 
     A JSONL file holds one JSON object per line, each with an `id` (a string or
     an int, converted to str); blank lines are skipped. A directory yields one
     item per non-hidden file, sorted by relative path; hidden files and
-    directories (names starting with '.') are skipped.
+    directories (names starting with '.') are skipped. A source with no items
+    (an empty or blank-only file, an empty directory, one with only hidden
+    files) is an error: an empty run would only overwrite a finished one.
 
     Args:
         source: Path of a JSONL file or of a directory.
+        encoding: How the files of a directory are decoded (JSONL is UTF-8).
+        errors: ``strict`` (default: a file that does not decode is an error
+            naming the file and byte offset), ``replace`` or ``ignore``.
 
     Returns:
         The items, with `index` set to their position.
@@ -80,10 +87,12 @@ def load_items(source: str | Path) -> list[Item]:
 
     """
     path = Path(source)
-    if path.is_dir():
-        return _load_directory(path)
-    if path.is_file():
-        return _load_jsonl(path)
+    if path.is_dir() or path.is_file():
+        items = _load_directory(path, encoding, errors) if path.is_dir() else _load_jsonl(path)
+        if not items:
+            what = "directory has no (non-hidden) files" if path.is_dir() else "file has no items"
+            raise CorpusError(f"{path}: the {what}; nothing to map (no output was touched)")
+        return items
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory")
     raise CorpusError(f"{path}: not a regular file or directory")
@@ -168,10 +177,22 @@ def _walk_files(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _load_directory(root: Path) -> list[Item]:
+def _decode(full: Path, data: bytes, encoding: str, errors: str) -> str:
+    try:
+        return data.decode(encoding, errors=errors)
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"{full}: not valid {encoding} at byte {exc.start} ({exc.reason}); convert the "
+            "file, or choose --encoding ENCODING or --errors replace|ignore"
+        ) from None
+    except LookupError as exc:
+        raise CorpusError(f"{full}: cannot decode: {exc}") from None
+
+
+def _load_directory(root: Path, encoding: str = "utf-8", errors: str = "strict") -> list[Item]:
     items: list[Item] = []
     for rel, full in _walk_files(root):
-        text = _read_bytes(full).decode("utf-8", errors="replace")
+        text = _decode(full, _read_bytes(full), encoding, errors)
         try:
             mtime = full.stat().st_mtime
         except OSError as exc:

@@ -9,6 +9,8 @@ errors into exit code 2.
 
 from __future__ import annotations
 
+import codecs
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +82,12 @@ class MapJob:
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
 
 
-def _items(items_or_path: Any) -> tuple[list[Item], str, Path | None]:
+def _items(
+    items_or_path: Any, encoding: str, errors: str
+) -> tuple[list[Item], str, Path | None]:
     if isinstance(items_or_path, str | Path):
         path = Path(items_or_path)
-        return load_items(path), str(path), path
+        return load_items(path, encoding=encoding, errors=errors), str(path), path
     items: list[Item] = []
     seen: set[str] = set()
     for index, entry in enumerate(items_or_path):
@@ -103,12 +107,21 @@ def _items(items_or_path: Any) -> tuple[list[Item], str, Path | None]:
             raise CorpusError(f"item #{index + 1}: duplicate id {item.id!r}")
         seen.add(item.id)
         items.append(item)
+    if not items:
+        raise CorpusError("no items given; nothing to map (no output was touched)")
     return items, f"<{len(items)} items>", None
 
 
 def _check_output_dir(output_dir: Path, source: Path | None) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigurationError(f"--output {output_dir}: exists and is not a directory")
+    ancestor = output_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigurationError(
+            f"--output {output_dir}: cannot be created: {ancestor} is a file, not a directory"
+        )
     if source is not None and source.is_dir():
         out, src = output_dir.resolve(), source.resolve()
         if out == src or src in out.parents:
@@ -116,6 +129,36 @@ def _check_output_dir(output_dir: Path, source: Path | None) -> None:
                 f"--output {output_dir} is inside the input directory {source}: the outputs "
                 "would become input on the next run; choose a directory outside it"
             )
+    probe_writable(output_dir)
+
+
+def probe_writable(output_dir: Path) -> None:
+    """Create the output directory (and partitions/) and prove a file can be written there.
+
+    A write probe, not a permission check: it also catches read-only mounts and
+    the cases where root ignores permission bits.
+
+    Raises:
+        ConfigurationError: One line naming the path and the reason (exit code 2).
+    """
+    probe = output_dir / f".fanout-write-probe-{os.getpid()}"
+    try:
+        (output_dir / "partitions").mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = exc.filename or output_dir
+        raise ConfigurationError(f"--output {output_dir}: cannot write {where}: {reason}") from None
+
+
+def _check_decoding(encoding: str, errors: str) -> None:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigurationError(f"--encoding {encoding!r}: unknown encoding") from None
+    if errors not in ("strict", "replace", "ignore"):
+        raise ConfigurationError(f"--errors {errors!r}: expected strict, replace or ignore")
 
 
 def _check_options(max_workers: int, active: int, retries: int, delay: float, budget: int) -> None:
@@ -180,6 +223,8 @@ def prepare_map(
     cache: CacheOptions | None = None,
     partition_retries: int = DEFAULT_PARTITION_RETRIES,
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
+    encoding: str = "utf-8",
+    errors: str = "strict",
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -203,6 +248,9 @@ def prepare_map(
         cache: Full cache settings; overrides ``refresh``.
         partition_retries: Retries of a partition whose output cannot be written.
         partition_retry_delay: Seconds before the first retry, doubling after each.
+        encoding: How a directory corpus's files are decoded.
+        errors: ``strict`` (a file that does not decode is an error), ``replace`` or
+            ``ignore``.
 
     Returns:
         The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
@@ -213,7 +261,8 @@ def prepare_map(
         ConfigurationError: Unknown agent, no endpoint, bad option or template.
 
     """
-    items, source, source_path = _items(items_or_path)
+    _check_decoding(encoding, errors)
+    items, source, source_path = _items(items_or_path, encoding, errors)
     spec = parse_partition_spec(partition) if isinstance(partition, str) else partition
     spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
     out = Path(output_dir)

@@ -39,10 +39,10 @@ from prefect_fanout.mapping.reduce import Piece, TreeReduce, tree_reduce
 from prefect_fanout.mapping.stage import (
     PARTITIONS_DIR,
     MapStage,
+    earlier_partition_files,
     item_row,
     map_partitions,
     partition_file_names,
-    remove_stale_partition_files,
 )
 from prefect_fanout.mapping.summary import MapSummary, ReduceReport
 from prefect_fanout.ui.artifacts import publish_run_artifacts
@@ -175,7 +175,17 @@ def run_map(job: MapJob) -> MapSummary:
         records.extend(classified)
     groups = partition(job.items, job.spec, labels=labels)
     names = partition_file_names(groups)
-    remove_stale_partition_files(parts_dir, names)
+    kept = earlier_partition_files(parts_dir, names)
+    if kept:
+        logger.warning(
+            "map: %d partition file(s) of an earlier run are not written by this run and are "
+            "kept as they are: %s",
+            len(kept),
+            ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""),
+        )
+    targets = [FILES["final"], FILES["summary"], FILES["dead_letters"]]
+    targets += [f"{PARTITIONS_DIR}/{name}" for name in names.values()]
+    replaced = sorted(name for name in targets if (out / name).is_file())
     logger.info(
         "map: %d items in %d partitions (%s), agent %r, up to %d calls at once",
         len(job.items),
@@ -232,6 +242,8 @@ def run_map(job: MapJob) -> MapSummary:
         concurrency_reached=window.peak,
         reduce=reduce_report,
         files={k: v for k, v in FILES.items() if k != "reduce" or job.reducer is not None},
+        replaced=replaced,
+        kept=kept,
     )
     write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
     _publish(summary, records, out, logger)

@@ -45,7 +45,7 @@ __all__ = [
     "item_row",
     "map_partitions",
     "partition_file_names",
-    "remove_stale_partition_files",
+    "earlier_partition_files",
     "write_partition",
 ]
 
@@ -106,14 +106,16 @@ def interleave(groups: Mapping[str, list[Item]], active: int) -> Iterator[tuple[
                 opened.remove(slot)
 
 
-def remove_stale_partition_files(parts_dir: Path, names: Mapping[str, str]) -> None:
-    """Delete partition files of earlier runs that this run does not write."""
+def earlier_partition_files(parts_dir: Path, names: Mapping[str, str]) -> list[str]:
+    """Partition files of earlier runs that this run does not write (kept, never deleted)."""
     if not parts_dir.is_dir():
-        return
+        return []
     current = set(names.values())
-    for entry in parts_dir.glob("partition-*.jsonl"):
-        if entry.name not in current and entry.is_file():
-            entry.unlink(missing_ok=True)
+    return sorted(
+        f"{PARTITIONS_DIR}/{entry.name}"
+        for entry in parts_dir.glob("partition-*.jsonl")
+        if entry.name not in current and entry.is_file()
+    )
 
 
 @dataclass

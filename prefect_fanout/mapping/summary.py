@@ -94,6 +94,10 @@ class MapSummary(BaseModel):
         concurrency_reached: The most calls in flight at once, as measured.
         reduce: The tree reduce, when one was asked for.
         files: Output files by role, relative to the output directory.
+        replaced: Files of an earlier run this run replaced (atomically, with complete
+            new content), relative to the output directory.
+        kept: Partition files of an earlier run that this run did not write; a run never
+            deletes outputs of items it did not process.
 
     """
 
@@ -120,6 +124,8 @@ class MapSummary(BaseModel):
     concurrency_reached: int
     reduce: ReduceReport | None = None
     files: dict[str, str]
+    replaced: list[str] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -13,7 +13,9 @@ turns a list of them into the artifacts the UI shows on the flow run page:
 
 from __future__ import annotations
 
+import contextvars
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,14 +92,23 @@ def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
     ]
 
 
+#: The longest a run waits for the Prefect API to take its artifacts.
+PUBLISH_WAIT_SECONDS = 10.0
+
+
 def publish_run_artifacts(
     name: str,
     title: str,
     records: Sequence[CallRecord],
     extra: dict[str, Any] | None = None,
     links: dict[str, Path] | None = None,
+    wait: float = PUBLISH_WAIT_SECONDS,
 ) -> None:
-    """Create the summary, table and link artifacts of the current flow run.
+    """Create the summary, table and link artifacts of the current flow run, best effort.
+
+    The requests run on a daemon thread (in the caller's run context) and the
+    caller waits at most ``wait`` seconds: a Prefect API that went away delays a
+    finished run by that much, not by the client's retries of every request.
 
     Args:
         name: A short name for artifact keys (e.g. ``dispatch`` or ``map``).
@@ -105,7 +116,38 @@ def publish_run_artifacts(
         records: Every call of the run.
         extra: More summary lines (label -> value).
         links: Trace files to link (label -> path).
+        wait: Seconds to wait for the API.
+
+    Raises:
+        TimeoutError: The API did not take the artifacts in time.
+        Exception: The API refused them (the client's error).
     """
+    outcome: list[BaseException | None] = []
+    context = contextvars.copy_context()
+
+    def publish() -> None:
+        try:
+            context.run(_create_artifacts, name, title, records, extra, links)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=publish, name="fanout-artifacts", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if not outcome:
+        raise TimeoutError(f"the Prefect API did not take the run's artifacts within {wait:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _create_artifacts(
+    name: str,
+    title: str,
+    records: Sequence[CallRecord],
+    extra: dict[str, Any] | None,
+    links: dict[str, Path] | None,
+) -> None:
     from prefect.artifacts import (
         create_link_artifact,
         create_markdown_artifact,

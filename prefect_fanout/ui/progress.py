@@ -5,21 +5,23 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
-from uuid import UUID
+
+#: The longest :meth:`ProgressReporter.finish` waits for the API before giving up on it.
+FINISH_WAIT_SECONDS = 5.0
 
 
 class ProgressReporter:
     """Progress of a long run: a Prefect progress artifact and a bar on stderr.
 
-    Counting and the stderr bar happen at once in the caller's thread; the
-    artifact's API requests run in order on one helper thread (inside the
-    caller's run context), so a slow server never holds up the loop that
-    submits calls. The artifact is updated at most every ``interval`` seconds
-    (and at the end), so a 5,000-call run does not make 5,000 API requests for
-    it. The stderr bar is drawn only when stderr is a terminal.
+    Counting and the stderr bar happen at once in the caller's thread. The
+    artifact is reported best effort by one daemon thread that sends only the
+    latest figure, at most every ``interval`` seconds (and at the end), so a
+    5,000-call run makes a handful of API requests for it and a slow server never
+    holds up the loop that submits calls. The first failed request (the API went
+    away) stops the reporting for the rest of the run, and :meth:`finish` waits at
+    most :data:`FINISH_WAIT_SECONDS`: progress never delays a run's outputs. The
+    stderr bar is drawn only when stderr is a terminal.
     """
 
     def __init__(
@@ -37,57 +39,51 @@ class ProgressReporter:
         self.description = description
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
+        self.reported = artifact  # False once the API failed: no more requests
         self._lock = threading.Lock()
-        self._last_publish = 0.0
-        self._artifact_id: UUID | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._wake = threading.Event()
+        self._finished = False
+        self._sent: float | None = None
+        self._thread: threading.Thread | None = None
         if artifact:
             # The artifact belongs to the current flow run: carry its context over.
-            self._context = contextvars.copy_context()
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fanout-progress")
-            self._executor.submit(self._context.run, self._create, self._percent())
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(
+                target=context.run, args=(self._report,), name="fanout-progress", daemon=True
+            )
+            self._thread.start()
         self._draw()
 
     def _percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
-    def _create(self, progress: float) -> None:
-        from prefect.artifacts import create_progress_artifact
+    def _report(self) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         try:
-            self._artifact_id = create_progress_artifact(  # type: ignore[assignment]
-                progress=progress, description=self.description
+            artifact_id = create_progress_artifact(
+                progress=self._percent(), description=self.description
             )
+            self._sent = self._percent()
+            while True:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                with self._lock:
+                    progress, finished = self._percent(), self._finished
+                if progress != self._sent:
+                    update_progress_artifact(artifact_id=artifact_id, progress=progress)
+                    self._sent = progress
+                if finished:
+                    return
         except Exception:  # no flow run context or API: progress stays on stderr
-            self._artifact_id = None
+            self.reported = False
 
     def advance(self, n: int = 1, failed: bool = False) -> None:
         """Count ``n`` finished units (``failed`` ones are also counted as failed)."""
         with self._lock:
             self.done = min(self.total, self.done + n)
             self.failed += n if failed else 0
-            now = time.monotonic()
-            publish = now - self._last_publish >= self.interval or self.done >= self.total
-            if publish:
-                self._last_publish = now
-            progress = self._percent()
         self._draw()
-        if publish:
-            self._publish(progress)
-
-    def _publish(self, progress: float) -> None:
-        if self._executor is not None:
-            self._executor.submit(self._context.run, self._update, progress)
-
-    def _update(self, progress: float) -> None:
-        if self._artifact_id is None:
-            return
-        from prefect.artifacts import update_progress_artifact
-
-        try:
-            update_progress_artifact(artifact_id=self._artifact_id, progress=progress)
-        except Exception:  # progress is informative; never fail the run for it
-            pass
 
     def _draw(self) -> None:
         if not getattr(self.stream, "isatty", lambda: False)():
@@ -101,9 +97,13 @@ class ProgressReporter:
             self.stream.write("\n")
         self.stream.flush()
 
-    def finish(self) -> None:
-        """Publish the final figure and wait for every pending artifact update."""
-        self._publish(self._percent())
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+    def finish(self, wait: float = FINISH_WAIT_SECONDS) -> None:
+        """Report the final figure, waiting at most ``wait`` seconds for the API."""
+        with self._lock:
+            self._finished = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                self.reported = False
+            self._thread = None

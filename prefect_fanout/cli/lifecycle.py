@@ -1,0 +1,72 @@
+"""A ``fanout`` process always ends, and soon: signals and teardown with bounded waits.
+
+- SIGINT or SIGTERM at any point interrupts the command (a KeyboardInterrupt in the
+  main thread, so Prefect marks the flow run Crashed when its API answers) and the
+  process exits within :data:`SIGNAL_GRACE_SECONDS` with 130 (SIGINT) or 143 (SIGTERM),
+  whatever is still running; a second signal exits at once. Every answer that
+  finished before the signal is in the cache, so rerunning the command resumes.
+- After the command has written its outputs and printed its result, Prefect's
+  background workers (events, logs) and the embedded server get
+  :data:`EXIT_GRACE_SECONDS` to finish; a process whose Prefect API went away would
+  otherwise spend minutes retrying queued events at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+SIGNAL_GRACE_SECONDS = 5.0
+EXIT_GRACE_SECONDS = 5.0
+
+
+def _hard_exit_after(seconds: float, code: int) -> None:
+    def stop() -> None:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by SIGINT or SIGTERM.
+
+    Attributes:
+        exit_code: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def install_signal_handlers() -> None:
+    """Make SIGINT and SIGTERM interrupt the command, and bound how long it may take to end."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if received:
+            os._exit(128 + signum)  # a second signal: now
+        received.append(signum)
+        _hard_exit_after(SIGNAL_GRACE_SECONDS, 128 + signum)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+
+def bounded_exit(code: int) -> int:
+    """Give Prefect's teardown :data:`EXIT_GRACE_SECONDS`, then end the process with ``code``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _hard_exit_after(EXIT_GRACE_SECONDS, code)
+    return code
