@@ -18,9 +18,11 @@ flow run when there is one (``map_corpus``).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,36 +85,68 @@ def stash(text: str, suffix: str) -> str:
     return str(path)
 
 
-# The outcome of the last dispatch or map finished in each thread: when the Prefect API
-# goes away, the flow engine fails to record the run's end, yet the work is done and its
-# outputs are written; the caller then gets the outcome with a warning, not an error.
-_finished: dict[int, Any] = {}
+#: After a run's work is done (outputs written), the longest its caller waits for Prefect
+#: to record the end of the flow run; a Prefect API that went away is retried for minutes.
+REPORT_WAIT_SECONDS = 10.0
+
+# Where a dispatch or map flow body leaves its outcome, so the caller has it even when
+# the flow engine then fails to report the run's end to a Prefect API that went away.
+_outcome_box: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "fanout_outcome_box", default=None
+)
 
 
 def _keep(outcome: Any) -> Any:
-    _finished[threading.get_ident()] = outcome
+    box = _outcome_box.get()
+    if box is not None:
+        box.append(outcome)
     return outcome
 
 
+def _warn_unreported(reason: str) -> None:
+    print(
+        "fanout: warning: the run finished and its outputs are written, but it could not be "
+        f"reported to the Prefect API ({reason}); the UI may show it unfinished",
+        file=sys.stderr,
+    )
+
+
 def _reported_best_effort(run: Callable[[], Any]) -> Any:
-    """Run a flow; if only its reporting to the API failed, return its outcome anyway."""
-    key = threading.get_ident()
-    _finished.pop(key, None)
-    try:
-        return run()
-    except Exception as exc:
-        outcome = _finished.pop(key, None)
-        if outcome is None:
-            raise
-        text = " ".join(describe(exc).split())[:300]
-        print(
-            f"fanout: warning: the run finished and its outputs are written, but it could not "
-            f"be reported to the Prefect API ({text}); the UI may show it unfinished",
-            file=sys.stderr,
-        )
-        return outcome
-    finally:
-        _finished.pop(key, None)
+    """Run a flow; once its work is done, wait a bounded time for Prefect to record it.
+
+    The flow runs on a worker thread in the caller's context. When its body has
+    returned its outcome, the caller waits at most :data:`REPORT_WAIT_SECONDS` more
+    for the flow engine; if the engine fails or is still retrying a Prefect API that
+    went away, the caller gets the outcome with a warning instead of an error.
+    """
+    box: list[Any] = []
+    raised: list[BaseException] = []
+    returned: list[Any] = []
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        _outcome_box.set(box)
+        try:
+            returned.append(run())
+        except BaseException as exc:  # handed to the waiting caller
+            raised.append(exc)
+
+    worker = threading.Thread(target=context.run, args=(work,), name="fanout-flow", daemon=True)
+    worker.start()
+    done_at: float | None = None
+    while worker.is_alive():
+        worker.join(0.1)
+        if box and done_at is None:
+            done_at = time.monotonic()
+        if done_at is not None and time.monotonic() - done_at > REPORT_WAIT_SECONDS:
+            _warn_unreported(f"no answer within {REPORT_WAIT_SECONDS:g} s")
+            return box[0]
+    if returned:
+        return returned[0]
+    if box:
+        _warn_unreported(" ".join(describe(raised[0]).split())[:300])
+        return box[0]
+    raise raised[0]
 
 
 @flow(name="fanout-call", log_prints=False)

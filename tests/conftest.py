@@ -159,22 +159,17 @@ def _drain_prefect_workers() -> None:
             warnings.warn(f"could not drain {worker.__name__}: {exc!r}", stacklevel=1)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """Run one real Prefect server (API and UI) for the session and point Prefect at it."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_UI_URL,
-        temporary_settings,
-    )
+def start_prefect_server(root: Path, port: int | None = None) -> PrefectServer:
+    """Start a real ``prefect server start`` under ``root`` (not yet waited for).
 
-    root = tmp_path_factory.mktemp("prefect")
+    The same ``root`` and ``port`` start it again on the same database.
+    """
+    from prefect_fanout.cli.tuning import SERVER_SETTINGS
+
     home, client_home, storage_path = root / "server-home", root / "client-home", root / "storage"
     for path in (home, client_home, storage_path):
-        path.mkdir()
-    port = free_port()
+        path.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(
         PREFECT_HOME=str(home),
@@ -182,6 +177,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         # The UI asks the server where the API is; without this it looks on port 4200.
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
     )
+    env.update(SERVER_SETTINGS)  # batched task-run recording, as the README recommends
     # SQLite serialises writes: background services the tests never need only add lock
     # contention (and the occasional stalled request). The scheduler, the task-run recorder
     # and the event persister stay on: schedules, task runs and the UI need them.
@@ -197,7 +193,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     log_path = root / "server.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
             env=env,
@@ -208,7 +204,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    server = PrefectServer(
+    return PrefectServer(
         api_url=f"http://127.0.0.1:{port}/api",
         ui_url=f"http://127.0.0.1:{port}",
         home=home,
@@ -217,6 +213,25 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         log_path=log_path,
         process=process,
     )
+
+
+def wait_healthy(server: PrefectServer, timeout: float = PREFECT_START_TIMEOUT) -> None:
+    """Wait until the server answers /health (fails the test when it does not)."""
+    _wait_healthy(server, timeout)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """Run one real Prefect server (API and UI) for the session and point Prefect at it."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect"))
     try:
         _wait_healthy(server, PREFECT_START_TIMEOUT)
         settings = {

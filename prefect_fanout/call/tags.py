@@ -28,25 +28,49 @@ _PAGE = 200
 
 
 class LimitNames:
-    """The tag names that have a concurrency limit, read at most every REFRESH_SECONDS."""
+    """The tag names that have a concurrency limit, kept fresh without blocking calls.
+
+    The first read waits for the API; after that a read older than
+    :data:`REFRESH_SECONDS` is refreshed on a background thread while calls go on
+    with the names already known. A failed read keeps the names already known: a
+    Prefect API that went away mid-run must not stall the loop that submits calls.
+    """
 
     def __init__(self) -> None:
         self._names: frozenset[str] | None = None
         self._read_at = float("-inf")
+        self._ever_read = False
+        self._refreshing = False
         self._lock = threading.Lock()
 
     def get(self) -> frozenset[str] | None:
-        """The limited tag names (without ``tag:``), or None when no API answers."""
+        """The limited tag names (without ``tag:``), or None when they could never be read."""
         with self._lock:
-            if time.monotonic() - self._read_at >= REFRESH_SECONDS:
-                self._names = _read_limited_tags()
-                self._read_at = time.monotonic()
+            if not self._ever_read:
+                self._ever_read = True
+                self._store(_read_limited_tags())
+            elif time.monotonic() - self._read_at >= REFRESH_SECONDS and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="fanout-limits", daemon=True).start()
             return self._names
 
     def refresh(self) -> None:
-        """Read the names again on next use (a run calls this when it starts)."""
+        """Read the names now (a run calls this when it starts, so new limits apply to it)."""
+        names = _read_limited_tags()
         with self._lock:
-            self._read_at = float("-inf")
+            self._ever_read = True
+            self._store(names)
+
+    def _refresh(self) -> None:
+        names = _read_limited_tags()
+        with self._lock:
+            self._store(names)
+            self._refreshing = False
+
+    def _store(self, names: frozenset[str] | None) -> None:
+        self._read_at = time.monotonic()
+        if names is not None:
+            self._names = names
 
 
 def _read_limited_tags() -> frozenset[str] | None:

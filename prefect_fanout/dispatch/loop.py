@@ -8,6 +8,7 @@ files and, at the end, publishes the run's artifacts.
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from functools import partial
@@ -31,6 +32,7 @@ from prefect_fanout.dispatch.result import (
 from prefect_fanout.dispatch.taskrun import TaskRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import write_json_atomic
+from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.agents import fallback_chain
 from prefect_fanout.plan.model import Plan, TaskSpec
 from prefect_fanout.ui.artifacts import publish_run_artifacts
@@ -67,6 +69,13 @@ class Dispatcher:
         context = FlowRunContext.get()
         self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
         self.runs = {task.task_id: TaskRun(task) for task in plan.tasks}
+        # Ready tasks in plan order, kept as a heap of plan positions: each step costs
+        # O(log n), so a 10,000-task plan is not rescanned after every call.
+        self.position = {task.task_id: i for i, task in enumerate(plan.tasks)}
+        self.unmet = {task.task_id: len(set(task.dependencies)) for task in plan.tasks}
+        self.children = plan_graph.dependants_map(plan.dependency_graph())
+        self.ready = [self.position[t] for t, n in self.unmet.items() if n == 0]
+        heapq.heapify(self.ready)
         self.window: CallWindow[str] = CallWindow(plan.config.max_workers)
         self.stopped_by: str | None = None
         trace_dir = plan.config.trace_dir
@@ -178,13 +187,17 @@ class Dispatcher:
     def _submit_ready(self) -> None:
         if self.stopped_by is not None:
             return
-        for run in self.runs.values():
-            if not self.window.has_room:
-                return
-            if run.status != "pending":
-                continue
-            if all(self.runs[dep].status == "completed" for dep in run.spec.dependencies):
+        while self.ready and self.window.has_room:
+            run = self.runs[self.plan.tasks[heapq.heappop(self.ready)].task_id]
+            if run.status == "pending":
                 self._start(run)
+
+    def _unlock(self, run: TaskRun) -> None:
+        """A task completed: its dependants whose dependencies all completed become ready."""
+        for child in self.children[run.spec.task_id]:
+            self.unmet[child] -= 1
+            if self.unmet[child] == 0:
+                heapq.heappush(self.ready, self.position[child])
 
     def _start(self, run: TaskRun) -> None:
         run.status = "running"
@@ -264,6 +277,7 @@ class Dispatcher:
         self._record_attempt(run, agent, result.model, "completed", None, requests, result.cached)
         run.future, run.result, run.status = future, result, "completed"
         self._finish(run)
+        self._unlock(run)
         self.logger.info(
             "task %r completed by %r%s in %.2fs",
             run.spec.task_id,

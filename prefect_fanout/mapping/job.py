@@ -129,7 +129,6 @@ def _check_output_dir(output_dir: Path, source: Path | None) -> None:
                 f"--output {output_dir} is inside the input directory {source}: the outputs "
                 "would become input on the next run; choose a directory outside it"
             )
-    probe_writable(output_dir)
 
 
 def probe_writable(output_dir: Path) -> None:
@@ -290,6 +289,7 @@ def prepare_map(
             stage="classify",
         )
     mode = CacheMode.REFRESH if refresh else CacheMode.ON
+    probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
         items=items,
         source=source,
