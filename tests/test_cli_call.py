@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -95,3 +96,19 @@ def test_offline_test_model_with_stdin_prompt(prefect_server):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["model"] == "test" and "offline question" in result["output"]
+
+
+def test_no_prefect_api_is_one_line_and_exit_1(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "FANOUT_"))}
+    env.update(PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_fanout.cli", "call", "hello", "--model", "test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fanout call: failed:"), done.stderr

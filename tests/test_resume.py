@@ -208,3 +208,27 @@ def test_rerun_after_a_dead_lettered_partition_writes_it_from_the_cache(
     assert fake_openai.total == before  # the dead letters' answers were cached all along
     assert (out / "dead_letters.jsonl").read_text() == ""
     assert [r["id"] for r in read_jsonl(blocker)] == [f"{run}-0", f"{run}-1"]
+
+
+@pytest.mark.server
+def test_a_damaged_cache_entry_is_asked_again_once_rewritten_and_reported(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path, caplog: Any
+) -> None:
+    from prefect_fanout import build_request
+
+    run = tag()
+    records = [{"id": f"{run}-{n}", "text": f"{run} {n}"} for n in range(3)]
+    source = write_corpus(tmp_path / "in.jsonl", records)
+    endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key="sk-test")
+    options = {"agent": "default", "partition": "count:1", "output_dir": tmp_path / "out"}
+    map_corpus(source, endpoint=endpoint, **options)
+    assert fake_openai.count(run) == 3
+    key = build_request(f"{run} 1", endpoint=endpoint, item_id=f"{run}-1").cache_key()
+    (prefect_server.storage_path / key).write_bytes(b"\x00 not a record")
+    with caplog.at_level("WARNING", logger="prefect_fanout.cache"):
+        second = map_corpus(source, endpoint=endpoint, **options)
+    assert fake_openai.count(run) == 4  # only the damaged one was asked again
+    assert second.completed == 3 and second.cached == 2
+    assert any(key in record.getMessage() for record in caplog.records)
+    third = map_corpus(source, endpoint=endpoint, **options)
+    assert fake_openai.count(run) == 4 and third.cached == 3  # the entry was rewritten
