@@ -77,17 +77,18 @@ def judge_prompt(task_id: str, task_prompt: str, criteria: Sequence[str], answer
     Args:
         task_id: The task's id.
         task_prompt: The task's prompt as its agent got it (upstream results included).
-        criteria: The task's acceptance criteria.
+        criteria: The task's acceptance criteria (added unless the prompt lists them).
         answer: The answer to judge, as text.
 
     Returns:
         The prompt text.
 
     """
+    block = criteria_block(criteria)
+    task = task_prompt if block in task_prompt else f"{task_prompt}\n\n{block}"
     return (
         f"Review the answer to task {task_id!r} against its acceptance criteria.\n\n"
-        f"## Task\n{task_prompt}\n\n{criteria_block(criteria)}\n\n## Answer\n{answer}\n\n"
-        f"{JUDGE_INSTRUCTION}"
+        f"## Task\n{task}\n\n## Answer\n{answer}\n\n{JUDGE_INSTRUCTION}"
     )
 
 
