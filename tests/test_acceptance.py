@@ -263,3 +263,32 @@ def test_a_valid_plan_keeps_the_acceptance_fields_and_tasks_without_them_dump_as
         "input_data",
         "dependencies",
     }
+
+
+def test_subtasks_form_carries_acceptance_and_reports_it_at_its_place(tmp_path: Path) -> None:
+    plan = {
+        "task": "Analyse",
+        "subtasks": [
+            {
+                "id": "m",
+                "type": "analysis",
+                "content": "x",
+                "acceptance": ["cites"],
+                "judge": "rev",
+            },
+            {"id": "r", "type": "analysis", "content": "y", "acceptance": []},
+        ],
+        "types": {"analysis": {}, "rev": {}},
+    }
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    with pytest.raises(PlanValidationError) as caught:
+        load_dispatch_plan(path)
+    assert [p.location for p in caught.value.problems] == [
+        "subtasks[1].acceptance",
+        "subtasks[1].judge",
+    ]
+    del plan["subtasks"][1]["acceptance"]
+    path.write_text(json.dumps(plan))
+    first = load_dispatch_plan(path).tasks[0]
+    assert (first.acceptance, first.judge) == (["cites"], "rev")
