@@ -9,10 +9,12 @@ task under that heading; the longer key wins).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -68,6 +70,16 @@ def plan_for(
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return path
+
+
+def poll(fetch: Any, ready: Any, timeout: float = 20.0) -> Any:
+    """Read from the API until ``ready(value)``; the server records runs a little late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if ready(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def judge_key(key: str) -> str:
@@ -130,7 +142,7 @@ def test_a_rejected_answer_is_revised_exactly_max_revisions_times_then_fails(
 
 @pytest.mark.server
 def test_a_pass_on_revision_k_stops_the_loop_and_the_revision_names_the_unmet_criteria(
-    fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
 ) -> None:
     key = uuid.uuid4().hex[:12]
     fake_openai.script(f"T-{key}", Reply("draft 0"), Reply("draft 1"), Reply("draft 2"))
@@ -175,6 +187,31 @@ def test_a_pass_on_revision_k_stops_the_loop_and_the_revision_names_the_unmet_cr
     assert judged[0].body["response_format"]["type"] == "json_schema"
     (after,) = fake_openai.requests(f"N-{key}")
     assert "### poem\ndraft 2" in after.prompt  # dependants get the accepted answer
+
+    api = prefect_server.api_url
+    flow_filter = {"flow_runs": {"id": {"any_": [result.flow_run_id]}}, "limit": 50}
+
+    def task_runs() -> list[dict[str, Any]]:
+        return httpx.post(f"{api}/task_runs/filter", json=flow_filter).json()
+
+    names = {run["name"] for run in poll(task_runs, lambda found: len(found) == 7)}
+    assert names == {
+        "writer:poem",
+        "critic:poem#judge",
+        "writer:poem#r1",
+        "critic:poem#r1#judge",
+        "writer:poem#r2",
+        "critic:poem#r2#judge",
+        "writer:after",
+    }
+
+    def summary() -> list[dict[str, Any]]:
+        body = {"artifacts": {"flow_run_id": {"any_": [result.flow_run_id]}}, "limit": 50}
+        found = httpx.post(f"{api}/artifacts/filter", json=body).json()
+        return [a for a in found if a["key"] == "fanout-dispatch-summary"]
+
+    (artifact,) = poll(summary, lambda found: len(found) == 1)
+    assert "- **Revisions:** 2\n- **Judged tasks:** 1 (1 accepted)" in artifact["data"]
 
 
 @pytest.mark.server
