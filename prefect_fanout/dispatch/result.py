@@ -46,12 +46,17 @@ class Verdict(BaseModel):
 
     """
 
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     revision: int = 0
     passed: bool = Field(alias="pass")
     unmet: list[str] = Field(default_factory=list)
     notes: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_judged(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # JSON says "pass", like the judge (without serialize_by_alias)
+        return {("pass" if key == "passed" else key): value for key, value in data.items()}
 
 
 class Acceptance(BaseModel):
