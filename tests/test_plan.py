@@ -340,7 +340,8 @@ def test_two_distinct_cycles_are_both_reported() -> None:
             {"max_worker": 3},
             "config.max_worker",
             "unknown config key 'max_worker' (did you mean 'max_workers'?); valid keys: "
-            "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize",
+            "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize, "
+            "max_revisions",
         ),
         ([1], "config", "'config' must be an object, got a list"),
     ],

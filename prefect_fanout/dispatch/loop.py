@@ -22,6 +22,7 @@ from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.dispatch.acceptance import AcceptanceLoop, criteria_block
 from prefect_fanout.dispatch.result import (
     DispatchResult,
     TaskOutcome,
@@ -68,7 +69,11 @@ class Dispatcher:
         self.logger = get_run_logger()
         context = FlowRunContext.get()
         self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
-        self.runs = {task.task_id: TaskRun(task) for task in plan.tasks}
+        self.runs = {
+            task.task_id: TaskRun(task, revision_limit=task.revision_limit(plan.config))
+            for task in plan.tasks
+        }
+        self.acceptance = AcceptanceLoop(self, complete=self._complete, fail=self._fail)
         # Ready tasks in plan order, kept as a heap of plan positions: each step costs
         # O(log n), so a 10,000-task plan is not rescanned after every call.
         self.position = {task.task_id: i for i, task in enumerate(plan.tasks)}
@@ -261,6 +266,9 @@ class Dispatcher:
 
     def _collect(self, done: CallOutcome[str]) -> None:
         run = self.runs[done.key]
+        if run.phase != "answer":  # a judge or revision call of the acceptance loop
+            self.acceptance.collect(run, done)
+            return
         agent = run.chain[run.step]
         model = run.request.model if run.request else None
         if done.result is None:  # the call failed for good (after its own retries)
@@ -275,14 +283,23 @@ class Dispatcher:
         result, future = done.result, done.future
         requests = 0 if result.cached else result.attempts
         self._record_attempt(run, agent, result.model, "completed", None, requests, result.cached)
-        run.future, run.result, run.status = future, result, "completed"
+        run.future, run.result = future, result
+        if run.spec.acceptance is not None:  # the answer completes the task once judged
+            self.acceptance.judge(run)
+            return
+        self._complete(run)
+
+    def _complete(self, run: TaskRun) -> None:
+        """Complete a task with its answer (``run.result``, ``run.future``)."""
+        assert run.result is not None
+        run.status = "completed"
         self._finish(run)
         self._unlock(run)
         self.logger.info(
             "task %r completed by %r%s in %.2fs",
             run.spec.task_id,
-            agent,
-            " (from cache)" if result.cached else "",
+            run.agent,
+            " (from cache)" if run.result.cached else "",
             run.duration_s or 0.0,
         )
 
@@ -321,7 +338,9 @@ class Dispatcher:
 
     def _fail(self, run: TaskRun) -> None:
         failures = [a for a in run.attempts if a["status"] == "failed"]
-        if len(failures) == 1:
+        if run.phase != "answer":  # the acceptance loop set the error (a verdict, a failed call)
+            assert run.error is not None
+        elif len(failures) == 1:
             run.error = failures[0]["error"]
         else:
             run.error = "; ".join(f"agent {a['agent']!r}: {a['error']}" for a in failures)
@@ -383,11 +402,16 @@ class Dispatcher:
         if result.trace_index:
             links = {run.spec.task_id: Path(run.trace) for run in self.runs.values() if run.trace}
             links["dispatch-index"] = Path(result.trace_index)
-        extra = {
+        extra: dict[str, object] = {
             "Status": result.status,
             "Failure policy": self.plan.config.failure_policy,
             "Max workers": self.plan.config.max_workers,
         }
+        judged = [outcome.acceptance for outcome in result.tasks if outcome.acceptance]
+        if judged:
+            accepted = sum(1 for record in judged if record.accepted)
+            extra["Revisions"] = sum(record.revisions for record in judged)
+            extra["Judged tasks"] = f"{len(judged)} ({accepted} accepted)"
         try:
             publish_run_artifacts("dispatch", "Fanout dispatch", records, extra=extra, links=links)
         except Exception as exc:  # artifacts are informative; the result is what counts
@@ -408,6 +432,9 @@ def task_prompt(task: TaskSpec) -> str:
           "node_type": "Effect"
         }
 
+    A task with ``acceptance`` criteria gets them next, as a blank line,
+    ``## Acceptance criteria`` and one ``- criterion`` line each.
+
     The call then appends the dependencies' outputs, in the order of the
     task's ``dependencies``, as ``## Upstream results`` / ``### <task_id>`` /
     output (see :meth:`prefect_fanout.call.request.CallRequest.with_context`).
@@ -423,4 +450,7 @@ def task_prompt(task: TaskSpec) -> str:
     if task.input_data:
         data = json.dumps(task.input_data, indent=2, sort_keys=True, ensure_ascii=False)
         prompt = f"{prompt}\n\n## Input data\n{data}" if prompt else f"## Input data\n{data}"
+    if task.acceptance:
+        block = criteria_block(task.acceptance)
+        prompt = f"{prompt}\n\n{block}" if prompt else block
     return prompt

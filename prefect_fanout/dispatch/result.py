@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
 from prefect_fanout.usage import CallRecord, Ledger, Usage, add_costs
@@ -27,6 +33,51 @@ TaskStatus = Literal["completed", "failed", "skipped"]
 
 DispatchStatus = Literal["completed", "partial", "failed"]
 """The status of a whole dispatch."""
+
+
+class Verdict(BaseModel):
+    """One judge's verdict on one answer of a task with acceptance criteria.
+
+    Attributes:
+        revision: Which answer was judged: 0 for the first, ``k`` for revision ``k``.
+        passed: The answer meets every criterion (``"pass"`` in JSON).
+        unmet: The criteria the judge found unmet (empty when it passed).
+        notes: The judge's remarks, if any.
+
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    revision: int = 0
+    passed: bool = Field(alias="pass")
+    unmet: list[str] = Field(default_factory=list)
+    notes: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_judged(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # JSON says "pass", like the judge (without serialize_by_alias)
+        return {("pass" if key == "passed" else key): value for key, value in data.items()}
+
+
+class Acceptance(BaseModel):
+    """The acceptance loop of one task: its criteria, judge and every verdict.
+
+    Attributes:
+        judge: The judge agent.
+        criteria: The task's acceptance criteria.
+        max_revisions: The most revisions the task could get.
+        revisions: Revisions asked for (re-asks after a rejected answer).
+        accepted: The last verdict passed (the task's answer is accepted).
+        verdicts: Every verdict, in order (the last one decides).
+
+    """
+
+    judge: str
+    criteria: list[str]
+    max_revisions: int
+    revisions: int = 0
+    accepted: bool = False
+    verdicts: list[Verdict] = Field(default_factory=list)
 
 
 class TaskOutcome(BaseModel):
@@ -46,6 +97,10 @@ class TaskOutcome(BaseModel):
         usage: Tokens and cost of the answer (cost 0 for a cache hit).
         duration_s: Seconds from the task's submission to its end in this run;
             ``None`` for skipped tasks.
+        acceptance: For a task with ``acceptance`` criteria, its judge's
+            verdicts and revision count; absent from JSON for other tasks. Such
+            a task's ``attempts`` and ``usage`` add up every call of its loop
+            (answers, judge calls, revisions), also when it failed.
 
     """
 
@@ -58,6 +113,14 @@ class TaskOutcome(BaseModel):
     attempts: int = 0
     usage: Usage = Field(default_factory=Usage)
     duration_s: float | None = None
+    acceptance: Acceptance | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_no_acceptance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("acceptance", 0) is None:
+            del data["acceptance"]
+        return data
 
 
 class Summary(BaseModel):

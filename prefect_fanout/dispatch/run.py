@@ -119,6 +119,8 @@ def check_plan(
     names: dict[str, None] = {}
     for task in plan.tasks:
         names.update(dict.fromkeys(fallback_chain(task.agent, resolver)))
+        if task.judge:
+            names[task.judge] = None
     if plan.config.synthesize:
         names[plan.config.synthesize] = None
     resolver.check(names)

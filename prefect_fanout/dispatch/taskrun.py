@@ -9,10 +9,10 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
-from prefect_fanout.dispatch.result import TaskOutcome
+from prefect_fanout.dispatch.result import Acceptance, TaskOutcome, Verdict
 from prefect_fanout.plan.model import TaskSpec
 from prefect_fanout.ui.traces import iso
-from prefect_fanout.usage import Usage
+from prefect_fanout.usage import Usage, add_costs
 
 
 @dataclass
@@ -34,6 +34,16 @@ class TaskRun:
     finished: float | None = None
     duration_s: float | None = None
     trace: str | None = None
+    # The acceptance loop (tasks with ``acceptance``; see dispatch/acceptance.py):
+    revision_limit: int = 0  # the task's max_revisions, else config.max_revisions
+    phase: str = "answer"  # answer | judge | revise: what the call in flight is
+    revisions: int = 0
+    verdicts: list[Verdict] = field(default_factory=list)
+    spent: list[AgentResult] = field(default_factory=list)  # paid calls besides ``result``
+    loop_calls: list[dict[str, Any]] = field(default_factory=list)  # judge and revision calls
+    acceptance_prompt: str | None = None  # the first answer's prompt, shown to the judge
+    phase_request: CallRequest | None = None
+    call_started: float | None = None
 
     @property
     def agent(self) -> str:
@@ -45,6 +55,12 @@ class TaskRun:
     def outcome(self) -> TaskOutcome:
         """The task's outcome for the dispatch result."""
         result = self.result if self.status == "completed" else None
+        paid = [result] if result else []
+        if self.spec.acceptance is not None:  # every call of the loop, accepted or not
+            paid = ([self.result] if self.result else []) + self.spent
+        cost: float | None = 0.0
+        for call in paid:
+            cost = add_costs(cost, call.run_cost_usd)
         return TaskOutcome(
             task_id=self.spec.task_id,
             agent=self.agent,
@@ -52,13 +68,28 @@ class TaskRun:
             output=result.output if result else None,
             error=self.error,
             cached=bool(result and result.cached),
-            attempts=sum(int(a["requests"]) for a in self.attempts),
+            attempts=sum(int(a["requests"]) for a in [*self.attempts, *self.loop_calls]),
             usage=Usage(
-                prompt_tokens=result.prompt_tokens if result else 0,
-                completion_tokens=result.completion_tokens if result else 0,
-                cost_usd=result.run_cost_usd if result else 0.0,
+                prompt_tokens=sum(call.prompt_tokens for call in paid),
+                completion_tokens=sum(call.completion_tokens for call in paid),
+                cost_usd=cost,
             ),
             duration_s=self.duration_s,
+            acceptance=self.acceptance(),
+        )
+
+    def acceptance(self) -> Acceptance | None:
+        """The task's acceptance record, or ``None`` for a task without criteria."""
+        spec = self.spec
+        if spec.acceptance is None or spec.judge is None:
+            return None
+        return Acceptance(
+            judge=spec.judge,
+            criteria=list(spec.acceptance),
+            max_revisions=self.revision_limit,
+            revisions=self.revisions,
+            accepted=bool(self.verdicts and self.verdicts[-1].passed),
+            verdicts=list(self.verdicts),
         )
 
     def trace_record(self, flow_run_id: str | None) -> dict[str, Any]:
@@ -91,7 +122,14 @@ class TaskRun:
             },
             "usage": outcome["usage"],
             "attempts": self.attempts,
+            **self._acceptance_trace(outcome),
         }
+
+    def _acceptance_trace(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """The trace's acceptance keys: the record and every judge and revision call."""
+        if outcome.get("acceptance") is None:
+            return {}
+        return {"acceptance": outcome["acceptance"], "acceptance_calls": self.loop_calls}
 
     def index_entry(self) -> dict[str, Any]:
         """The task's entry in the run's trace index: definition, status, trace path."""
@@ -101,4 +139,5 @@ class TaskRun:
             "answered_by": self.agent if self.status == "completed" else None,
             "error": self.error,
             "trace": self.trace,
+            **({"revisions": self.revisions} if self.spec.acceptance is not None else {}),
         }

@@ -1,7 +1,7 @@
 """Agents of a dispatch: resolving a plan's agent names, and validating them before a run.
 
-A task's ``agent`` (and every name in a profile's ``fallbacks``) resolves, in
-this order, to:
+A task's ``agent`` and ``judge`` (and every name in a profile's ``fallbacks``)
+resolve, in this order, to:
 
 1. a profile in the plan's ``agents`` section (``AgentProfile(name=key, **fields)``;
    ``output_schema`` is a JSON schema object there);
@@ -165,8 +165,11 @@ def _task_agent_names(raw: Any) -> set[str]:
     if isinstance(config, dict) and isinstance(config.get("synthesize"), str):
         names.add(config["synthesize"])
     for task in raw["tasks"]:
-        if isinstance(task, dict) and isinstance(task.get("agent"), str) and task["agent"].strip():
-            names.add(task["agent"])
+        if not isinstance(task, dict):
+            continue
+        for field in ("agent", "judge"):  # a judge resolves like a task's agent
+            if isinstance(task.get(field), str) and task[field].strip():
+                names.add(task[field])
     return names
 
 

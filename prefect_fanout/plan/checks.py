@@ -24,7 +24,9 @@ AgentCheck = Callable[[str, dict[str, Any]], list[str]]
 
 
 TOP_LEVEL_KEYS = ("tasks", "config", "agents", "goal")
-TASK_FIELDS = ("task_id", "agent", "description", "input_data", "dependencies")
+ACCEPTANCE_FIELDS = ("acceptance", "judge", "max_revisions")
+"""The task fields of the acceptance loop (see :mod:`prefect_fanout.dispatch.acceptance`)."""
+TASK_FIELDS = ("task_id", "agent", "description", "input_data", "dependencies", *ACCEPTANCE_FIELDS)
 CONFIG_FIELDS = (
     "max_workers",
     "timeout_seconds",
@@ -32,6 +34,7 @@ CONFIG_FIELDS = (
     "failure_policy",
     "endpoint",
     "synthesize",
+    "max_revisions",
 )
 
 _MISSING: Any = object()
@@ -237,13 +240,68 @@ def _check_task(index: int, item: Any, problems: _Problems) -> dict[str, Any] | 
             at = f"{where}.dependencies[{position}]"
             wrong(f"dependencies[{position}]", "a non-empty task id string", dep, at)
 
-    return {
+    clean = {
         "task_id": tid,
         "agent": agent,
         "description": description,
         "input_data": input_data,
         "_deps": deps,
     }
+    clean.update(_check_acceptance(item, where, label, tid, problems))
+    return clean
+
+
+def _check_acceptance(
+    item: dict[str, Any], where: str, label: str, tid: str | None, problems: _Problems
+) -> dict[str, Any]:
+    """Check a task's ``acceptance``, ``judge`` and ``max_revisions``; return the set ones."""
+    clean: dict[str, Any] = {}
+    acceptance = item.get("acceptance")
+    if acceptance is not None:
+        if not isinstance(acceptance, list) or not acceptance:
+            got = "an empty list" if acceptance == [] else _type_name(acceptance)
+            message = f"{label}: acceptance must be a non-empty list of criteria, got {got}"
+            problems.add("field", message, f"{where}.acceptance", tid)
+        else:
+            for position, criterion in enumerate(acceptance):
+                if not isinstance(criterion, str) or not criterion.strip():
+                    got = repr(criterion) if isinstance(criterion, str) else _type_name(criterion)
+                    message = (
+                        f"{label}: acceptance[{position}] must be a non-empty criterion string, "
+                        f"got {got}"
+                    )
+                    problems.add("field", message, f"{where}.acceptance[{position}]", tid)
+        clean["acceptance"] = acceptance
+    judge = item.get("judge")
+    if judge is not None:
+        if not isinstance(judge, str) or not judge.strip():
+            message = f"{label}: judge must be a non-empty agent name, got {judge!r}"
+            problems.add("field", message, f"{where}.judge", tid)
+        clean["judge"] = judge
+    revisions = item.get("max_revisions")
+    if revisions is not None:
+        message = _revisions_problem(revisions)
+        if message:
+            problems.add("field", f"{label}: {message}", f"{where}.max_revisions", tid)
+        clean["max_revisions"] = revisions
+    if acceptance is not None and judge is None:
+        message = f"{label}: acceptance criteria need a judge agent to check them ('judge')"
+        problems.add("field", message, f"{where}.judge", tid)
+    if acceptance is None:
+        for key in ("judge", "max_revisions"):
+            if key in clean:
+                message = f"{label}: {key} has no effect without 'acceptance' criteria"
+                problems.add("field", message, f"{where}.{key}", tid)
+    return clean
+
+
+def _revisions_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid ``max_revisions`` (``None`` when it is)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"max_revisions must be an integer, got {value!r}"
+    if value < 0:
+        return f"max_revisions must be 0 or more, got {value}"
+    return None
 
 
 def graph_problems(
@@ -316,6 +374,10 @@ def _check_config(value: Any, problems: _Problems) -> dict[str, Any]:
             if item is not None and (not isinstance(item, str) or not item.strip()):
                 message = f"{key} must be a non-empty string or null, got {item!r}"
                 problems.add("config", message, where)
+        elif key == "max_revisions":
+            message = _revisions_problem(item)
+            if message:
+                problems.add("config", message, where)
         elif key == "failure_policy":
             if item not in FAILURE_POLICIES:
                 valid = ", ".join(repr(policy) for policy in FAILURE_POLICIES)
@@ -366,14 +428,14 @@ def _check_agent_names(
 ) -> None:
     listed = ", ".join(sorted(known))
     for index, task in tasks:
-        agent = task["agent"]
-        if not isinstance(agent, str) or not agent.strip() or agent in known:
-            continue
         label = f"task {task['task_id']!r}" if task["task_id"] else f"tasks[{index}]"
-        message = (
-            f"{label} uses unknown agent {agent!r}{_hint(agent, known)}; known agents: {listed}"
-        )
-        problems.add("unknown_agent", message, f"tasks[{index}].agent", task["task_id"])
+        for field, role in (("agent", "agent"), ("judge", "judge agent")):
+            agent = task.get(field)
+            if not isinstance(agent, str) or not agent.strip() or agent in known:
+                continue
+            hint = _hint(agent, known)
+            message = f"{label} uses unknown {role} {agent!r}{hint}; known agents: {listed}"
+            problems.add("unknown_agent", message, f"tasks[{index}].{field}", task["task_id"])
 
 
 def problems_from_pydantic(exc: ValidationError) -> list[PlanProblem]:

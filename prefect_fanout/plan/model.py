@@ -31,14 +31,23 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from prefect_fanout.errors import PlanValidationError
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.checks import (
+    ACCEPTANCE_FIELDS,
     AgentCheck,
     PlanProblem,
     check_document,
@@ -81,6 +90,15 @@ class TaskSpec(BaseModel):
         description: What the agent is asked to do.
         input_data: Free-form data passed to the agent.
         dependencies: Ids of the tasks that must finish before this one starts.
+        acceptance: Criteria the answer must meet, checked by ``judge``; ``None``
+            (the default) means the first answer is accepted as is.
+        judge: The agent that checks the answer against ``acceptance`` (required
+            with it); its verdict decides whether the task is revised.
+        max_revisions: How many times a rejected answer is re-asked with the
+            unmet criteria; ``None`` uses ``config.max_revisions``.
+
+    A task without ``acceptance`` serializes without the three acceptance keys,
+    so plans, trace indexes and results of such tasks look as they always did.
 
     """
 
@@ -91,6 +109,29 @@ class TaskSpec(BaseModel):
     description: str = ""
     input_data: dict[str, Any] = Field(default_factory=dict)
     dependencies: list[str] = Field(default_factory=list)
+    acceptance: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    judge: str | None = Field(default=None, min_length=1)
+    max_revisions: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check_acceptance(self) -> TaskSpec:
+        if self.acceptance is not None and self.judge is None:
+            raise ValueError("a task with acceptance criteria needs a judge agent")
+        if self.acceptance is None and (self.judge is not None or self.max_revisions is not None):
+            raise ValueError("judge and max_revisions need acceptance criteria")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unused_acceptance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in ACCEPTANCE_FIELDS:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+    def revision_limit(self, config: PlanConfig) -> int:
+        """How many revisions this task may get: its ``max_revisions``, else the config's."""
+        return config.max_revisions if self.max_revisions is None else self.max_revisions
 
 
 class PlanConfig(BaseModel):
@@ -105,6 +146,8 @@ class PlanConfig(BaseModel):
         endpoint: Name of the endpoint block to call, or ``None`` for the default.
         synthesize: An agent that gets every task's output after the tasks end
             and writes the final answer (the plan's ``synthesis``), or ``None``.
+        max_revisions: How many times a task whose answer its judge rejects is
+            re-asked, unless the task sets its own ``max_revisions`` (default 2).
 
     """
 
@@ -116,6 +159,7 @@ class PlanConfig(BaseModel):
     failure_policy: FailurePolicy = "partial"
     endpoint: str | None = None
     synthesize: str | None = None
+    max_revisions: int = Field(default=2, ge=0)
 
 
 class Plan(BaseModel):

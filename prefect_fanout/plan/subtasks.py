@@ -10,7 +10,8 @@
      "config": {...}, "agents": {...}}
 
 becomes ``tasks`` (one per subtask: ``task_id`` = ``id``, ``agent`` = ``type``,
-``description`` = ``content``, ``input_data`` = ``{"task": TASK}``), ``agents``
+``description`` = ``content``, ``input_data`` = ``{"task": TASK}``; ``acceptance``,
+``judge`` and ``max_revisions`` as they are), ``agents``
 (each type is an agent profile named after it, with its settings), ``goal``
 (the ``task``: the synthesis call's instruction) and ``config.synthesize``.
 Every subtask's type must be a key of ``types``. Problems are reported at
@@ -23,7 +24,7 @@ from typing import Any
 
 from prefect_fanout.plan.checks import PlanProblem
 
-SUBTASK_FIELDS = ("id", "type", "content", "dependencies")
+SUBTASK_FIELDS = ("id", "type", "content", "dependencies", "acceptance", "judge", "max_revisions")
 SUBTASK_TOP_LEVEL = ("task", "subtasks", "types", "synthesize", "config", "agents")
 
 
@@ -97,6 +98,9 @@ def expand_subtasks(raw: dict[str, Any]) -> tuple[dict[str, Any], list[PlanProbl
             "description": item.get("content"),
             "dependencies": item.get("dependencies"),
         }
+        for key in ("acceptance", "judge", "max_revisions"):  # as in the tasks form
+            if key in item:
+                task[key] = item[key]
         if isinstance(raw.get("task"), str):
             task["input_data"] = {"task": raw["task"]}
         tasks.append(task)
