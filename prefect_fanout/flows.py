@@ -66,6 +66,8 @@ def call_flow(
     system: str | None = None,
     endpoint: str | None = None,
     cache: str = "on",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> AgentResult:
     """Make one agent call as a task run of this flow.
 
@@ -76,12 +78,21 @@ def call_flow(
         system: A system prompt overriding the agent's.
         endpoint: A saved LLMEndpoint block's name; None uses OPENAI_* variables.
         cache: ``on``, ``refresh`` or ``off``.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The call's result.
     """
     return call_agent(
-        prompt, agent=agent, model=model, system=system, endpoint=endpoint, cache=cache
+        prompt,
+        agent=agent,
+        model=model,
+        system=system,
+        endpoint=endpoint,
+        cache=cache,
+        max_tokens=max_tokens,
+        temperature=temperature,
     )
 
 
@@ -94,6 +105,8 @@ def dispatch_flow(
     trace_dir: str | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | str = "on",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
@@ -114,6 +127,8 @@ def dispatch_flow(
         endpoint: An ``LLMEndpoint`` block name or object; ``None`` uses the
             plan's ``config.endpoint``, then ``OPENAI_*`` variables.
         cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The final state, carrying the :class:`DispatchResult`.
@@ -122,7 +137,7 @@ def dispatch_flow(
     loaded = with_overrides(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    resolver = check_plan(loaded, model, endpoint)
+    resolver = check_plan(loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature)
     return final_state(run_plan(loaded, cache=cache, resolver=resolver))
 
 
@@ -132,6 +147,8 @@ def run_dispatch_flow(
     model: str | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> DispatchResult:
     """Run an already validated plan as a ``fanout-dispatch`` flow run.
 
@@ -144,7 +161,13 @@ def run_dispatch_flow(
     """
     runner = ThreadPoolTaskRunner(max_workers=plan.config.max_workers)
     state = dispatch_flow.with_options(task_runner=runner)(
-        plan=plan, model=model, endpoint=endpoint, cache=CacheOptions.of(cache), return_state=True
+        plan=plan,
+        model=model,
+        endpoint=endpoint,
+        cache=CacheOptions.of(cache),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        return_state=True,
     )
     return result_of(state)
 
@@ -158,6 +181,8 @@ def dispatch_plan(
     trace_dir: str | Path | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> DispatchResult:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
 
@@ -170,6 +195,8 @@ def dispatch_plan(
         endpoint: An ``LLMEndpoint`` block name or object; overrides
             ``config.endpoint``. ``None`` falls back to ``OPENAI_*`` variables.
         cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The result; its ``status`` says whether every task completed.
@@ -183,8 +210,15 @@ def dispatch_plan(
     checked = with_overrides(
         checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    check_plan(checked, model, endpoint)
-    return run_dispatch_flow(checked, model=model, endpoint=endpoint, cache=cache)
+    check_plan(checked, model, endpoint, max_tokens=max_tokens, temperature=temperature)
+    return run_dispatch_flow(
+        checked,
+        model=model,
+        endpoint=endpoint,
+        cache=cache,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
 
 
 # A job prepared (and checked) by the caller in this process, handed to the flow run
@@ -221,6 +255,8 @@ def map_flow(
     refresh: bool = False,
     partition_retries: int = DEFAULT_PARTITION_RETRIES,
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -241,6 +277,8 @@ def map_flow(
         refresh: Ignore cached answers and call again.
         partition_retries: Retries of a partition whose output cannot be written.
         partition_retry_delay: Seconds before the first partition retry (then doubling).
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The run's summary (also written to ``summary.json``).
@@ -264,6 +302,8 @@ def map_flow(
             refresh=refresh,
             partition_retries=partition_retries,
             partition_retry_delay=partition_retry_delay,
+            max_tokens=max_tokens,
+            temperature=temperature,
         )
     return run_map(job)
 
@@ -294,6 +334,8 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
         "max_workers": job.max_workers,
         "active_partitions": job.active_partitions,
         "model": job.resolver.model_override,
+        "max_tokens": job.resolver.max_tokens_override,
+        "temperature": job.resolver.temperature_override,
         "endpoint": job.resolver.endpoint_ref,
         "refresh": job.cache.mode is CacheMode.REFRESH,
         "partition_retries": job.partition_retries,

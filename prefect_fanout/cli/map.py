@@ -12,7 +12,12 @@ import argparse
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from prefect_fanout.cli.argtypes import (
+    add_sampling_arguments,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -99,6 +104,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", help="model overriding every agent's ('test' runs offline)")
     parser.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     parser.add_argument("--endpoint", metavar="BLOCK", help="name of a saved LLMEndpoint block")
+    add_sampling_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -127,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             refresh=args.refresh,
             partition_retries=args.partition_retries,
             partition_retry_delay=args.retry_delay,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from prefect_fanout.call.result import AgentResult
 from prefect_fanout.dispatch.result import TaskOutcome
 from prefect_fanout.plan.model import TaskSpec
 from prefect_fanout.ui.traces import iso
-from prefect_fanout.usage import Usage
+from prefect_fanout.usage import Usage, add_costs
 
 
 @dataclass
@@ -45,6 +45,14 @@ class TaskRun:
     def outcome(self) -> TaskOutcome:
         """The task's outcome for the dispatch result."""
         result = self.result if self.status == "completed" else None
+        failed = [a for a in self.attempts if a["status"] == "failed"]
+        prompt = sum(int(a.get("prompt_tokens") or 0) for a in failed)
+        completion = sum(int(a.get("completion_tokens") or 0) for a in failed)
+        cost: float | None = 0.0
+        for attempt in failed:
+            if attempt.get("prompt_tokens") or attempt.get("completion_tokens"):
+                cost = add_costs(cost, attempt.get("cost_usd"))
+        last = self.attempts[-1] if self.attempts else {}
         return TaskOutcome(
             task_id=self.spec.task_id,
             agent=self.agent,
@@ -53,10 +61,12 @@ class TaskRun:
             error=self.error,
             cached=bool(result and result.cached),
             attempts=sum(int(a["requests"]) for a in self.attempts),
+            model=result.model if result else last.get("model"),
+            finish_reason=result.finish_reason if result else last.get("finish_reason"),
             usage=Usage(
-                prompt_tokens=result.prompt_tokens if result else 0,
-                completion_tokens=result.completion_tokens if result else 0,
-                cost_usd=result.run_cost_usd if result else 0.0,
+                prompt_tokens=prompt + (result.prompt_tokens if result else 0),
+                completion_tokens=completion + (result.completion_tokens if result else 0),
+                cost_usd=add_costs(cost, result.run_cost_usd if result else 0.0),
             ),
             duration_s=self.duration_s,
         )
@@ -71,7 +81,8 @@ class TaskRun:
             "flow_run_id": flow_run_id,
             "agent": self.agent,
             "requested_agent": self.spec.agent,
-            "model": result.model if result else (request.model if request else None),
+            "model": outcome["model"] or (request.model if request else None),
+            "finish_reason": outcome["finish_reason"],
             "input": {
                 "description": self.spec.description,
                 "input_data": self.spec.input_data,
