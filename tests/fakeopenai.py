@@ -567,9 +567,10 @@ class FakeOpenAI:
             valid: dict[str, Any] = body if problem is None else {}
             prompt = last_user_message(valid.get("messages"))
             conversation = user_text(valid.get("messages"))
+            refused = problem is None and format_style(valid) in self.refused_formats
             with self._lock:
                 key = self._match(conversation) if problem is None else None
-                queue = self._scripts.get(key) if key is not None else None
+                queue = self._scripts.get(key) if key is not None and not refused else None
                 step = queue.popleft() if queue else None
                 record = RecordedRequest(
                     key=key,
@@ -583,7 +584,7 @@ class FakeOpenAI:
             if problem is not None:
                 message, param = problem
                 return JSONResponse(error_body(400, message, None, param or None), 400)
-            if format_style(valid) in self.refused_formats:
+            if refused:  # before any scripted step: a refused request consumes none
                 status = self.refusal_status
                 content = error_body(status, RESPONSE_FORMAT_REFUSAL, None, "response_format")
                 return JSONResponse(content, status)

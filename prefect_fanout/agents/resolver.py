@@ -251,6 +251,12 @@ _served: dict[str, str] = {}
 _served_lock = threading.Lock()
 
 
+def forget_served_models() -> None:
+    """Forget the models servers were found to serve (a new run, or a test)."""
+    with _served_lock:
+        _served.clear()
+
+
 def _served_model(endpoint: LLMEndpoint) -> str:
     """The only model id a server lists, "" when the list cannot be read."""
     with _served_lock:
