@@ -36,16 +36,17 @@ def gguf_path() -> Path:
     return cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
 
 
-def missing() -> str | None:
-    """Why the tier cannot run (what is not built), or None when everything is there."""
+def missing(kind: str | None = None) -> str | None:
+    """Why server ``kind`` (None: both) cannot run, or None when everything it needs is built."""
     cache = cache_dir()
-    needed = {
-        "the model": cache / "gguf" / ".ok",
-        "llama-server": cache / "bin" / "llama-server",
-        "llama-cpp-python": cache / "llama-cpp-python" / "bin" / "python",
-    }
+    needed = {"the model": cache / "gguf" / ".ok"}
+    if kind in (None, "llama-server"):
+        needed["llama-server"] = cache / "bin" / "llama-server"
+    if kind in (None, "llama-cpp-python"):
+        needed["llama-cpp-python"] = cache / "llama-cpp-python" / "bin" / "python"
     absent = [name for name, path in needed.items() if not path.exists()]
-    if not list((cache / "llama-cpp-python").glob(".ok-*")):
+    done = list((cache / "llama-cpp-python").glob(".ok-*"))
+    if kind in (None, "llama-cpp-python") and not done and "llama-cpp-python" not in absent:
         absent.append("llama-cpp-python (its build did not finish)")
     if not absent:
         return None
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     kind = args[0] if args else "llama-server"
     port = int(args[1]) if len(args) > 1 else 8080
-    problem = missing()
+    problem = missing(kind)
     if problem:
         raise SystemExit(problem)
     os.execv(command(kind, port)[0], command(kind, port))

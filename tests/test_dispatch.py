@@ -327,7 +327,7 @@ def test_diamond_runs_middle_tasks_together_and_feeds_upstream_outputs(
         "skipped": 0,
         "cached": 0,
     }
-    assert result.usage.prompt_tokens > 0 and result.usage.cost_usd is not None
+    assert result.usage.prompt_tokens > 0 and result.usage.cost_usd is None  # not OpenAI
     assert result.exit_code == 0
 
     (b,), (c,) = fake_openai.requests(f"B-{key}"), fake_openai.requests(f"C-{key}")

@@ -49,10 +49,10 @@ CITIES = [
 def local_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[realmodel.LocalServer]:
-    problem = realmodel.missing()
+    kind = request.param
+    problem = realmodel.missing(kind)
     if problem:
         pytest.skip(problem)
-    kind = request.param
     log = tmp_path_factory.mktemp(f"server-{kind}") / "server.log"
     server = realmodel.start(kind, free_port(), log)
     try:
