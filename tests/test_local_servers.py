@@ -312,3 +312,12 @@ def test_the_usage_of_failed_asks_is_counted(fake_openai):
     record = CallRecord.from_error("i", "x", "local-model", error, message=str(error))
     ledger = Ledger.of_records([record])
     assert ledger.failed == 1 and ledger.completion_tokens == 11 and ledger.prompt_tokens == 30
+
+
+def test_local_servers_get_a_longer_default_timeout_and_explicit_ones_win(fake_openai):
+    local = Resolver(endpoint=endpoint_for(fake_openai), model="m")
+    assert local.request("hi", agent=profile(output_schema=None)).timeout_seconds == 600.0
+    assert local.request("hi", agent=profile(timeout_seconds=5.0)).timeout_seconds == 5.0
+    openai_endpoint = LLMEndpoint(api_key=SecretStr("sk-x"))
+    remote = Resolver(endpoint=openai_endpoint, model="gpt-4o-mini")
+    assert remote.request("hi", agent=profile(output_schema=None)).timeout_seconds == 120.0

@@ -222,12 +222,24 @@ class Resolver:
             output_type=profile.output_type,
             prompt_parts={**profile.prompt_parts(), "system_prompt": system_prompt},
             max_validation_retries=profile.max_validation_retries,
-            timeout_seconds=timeout_seconds or endpoint_timeout or profile.timeout_seconds,
+            timeout_seconds=timeout_seconds or endpoint_timeout or _timeout(profile, endpoint),
             retry=profile.retry_options(),
             input_price_per_million=profile.input_price_per_million,
             output_price_per_million=profile.output_price_per_million,
             tags=(f"agent:{profile.name}", f"model:{model}", *tags),
         )
+
+
+LOCAL_TIMEOUT_SECONDS = 600.0
+"""The per-request timeout for servers that are not OpenAI's when none is set: a local server
+answers a few requests at a time and queues the rest, and the wait in its queue counts."""
+
+
+def _timeout(profile: AgentProfile, endpoint: LLMEndpoint | None) -> float:
+    """The profile's timeout, or :data:`LOCAL_TIMEOUT_SECONDS` for a local server when unset."""
+    explicit = "timeout_seconds" in profile.model_fields_set
+    local = endpoint is not None and endpoint.base_url.rstrip("/") != OPENAI_BASE_URL
+    return LOCAL_TIMEOUT_SECONDS if local and not explicit else profile.timeout_seconds
 
 
 def merge_system_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
