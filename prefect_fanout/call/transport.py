@@ -35,7 +35,7 @@ from prefect_fanout.call.retry import (
     describe_api_error,
     is_response_format_error,
 )
-from prefect_fanout.errors import NonRetryableAPIError
+from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -248,9 +248,12 @@ class OpenAITransport:
         for position, style in enumerate(styles):
             try:
                 body, attempts = self._send(client, request, messages, style, logger)
-            except NonRetryableAPIError as exc:
+            except AgentCallError as exc:
                 spent += exc.attempts
-                if position + 1 < len(styles) and is_response_format_error(exc.__cause__):
+                refused = isinstance(exc, NonRetryableAPIError) and is_response_format_error(
+                    exc.__cause__
+                )
+                if refused and position + 1 < len(styles):
                     logger.warning(
                         "[%s] the server refused structured-output style %r (%s); trying %r "
                         "and remembering what works for %s",
