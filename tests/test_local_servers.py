@@ -101,6 +101,18 @@ def test_auto_falls_back_once_on_a_500_naming_response_format_and_remembers(fake
     assert [format_style(r.body) for r in fake_openai.requests(second)] == ["json_object+schema"]
 
 
+def test_concurrent_first_calls_send_the_refused_style_once(fake_openai):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake_openai.emulate(refused_formats={"json_schema"})
+    run = key()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: ask(fake_openai, f"{run} {n}", profile()), range(8)))
+    assert len(results) == 8
+    styles = [format_style(r.body) for r in fake_openai.requests(run)]
+    assert styles.count("json_schema") == 1 and styles.count("json_object+schema") == 8
+
+
 def test_auto_walks_down_to_prompt_only_when_every_format_is_refused(fake_openai):
     fake_openai.emulate(refused_formats={"json_schema", "json_object+schema"}, refusal_status=400)
     k = key()

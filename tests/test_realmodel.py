@@ -197,7 +197,7 @@ def test_a_structured_map_of_20_items_is_valid_with_no_format_retries(
     if local_server.kind == "llama-server":
         assert fallbacks == 0  # json_schema works as it is
     else:
-        assert 1 <= fallbacks <= 2  # only the first calls in flight (2 workers) fell back
+        assert fallbacks == 1  # the first call found the style; the others used it
     print(
         f"\n{local_server.kind}: {valid}/20 valid, {fallbacks} style fallback(s), "
         f"model {local_server.model!r}, started in {local_server.started_s:.1f}s"

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import openai
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.endpoints import OPENAI_BASE_URL, LLMEndpoint
 from prefect_fanout.agents.profiles import STRUCTURED_STYLES
 from prefect_fanout.call import testmodel
 from prefect_fanout.call.request import CallRequest
@@ -135,7 +135,9 @@ or a profile):
 - ``none``: no ``response_format``, the schema in the prompt only;
 - ``auto`` (the default): the styles of :data:`AUTO_ORDER` in turn, moving on only when the
   server answers a 4xx/5xx naming ``response_format``; the style that worked is remembered
-  for the endpoint (its base URL) for the rest of the process.
+  for the endpoint (its base URL) for the rest of the process. Until it is known, one
+  structured call at a time asks a server that is not OpenAI's (the others wait), so a run
+  sends each refused style once.
 
 Whatever the style, the answer is validated against the schema.
 """
@@ -162,6 +164,24 @@ def forget_learned_styles() -> None:
 def _remember_style(base_url: str, style: str) -> None:
     with _learned_lock:
         _learned_styles[base_url] = style
+
+
+_probe_locks: dict[str, threading.Lock] = {}
+
+
+def _probe_lock(base_url: str) -> threading.Lock:
+    with _learned_lock:
+        return _probe_locks.setdefault(base_url, threading.Lock())
+
+
+def _needs_probe(request: CallRequest, base_url: str) -> bool:
+    """True for an ``auto`` structured call to a server whose style is not known yet.
+
+    OpenAI's own API takes ``json_schema``: its calls never wait for a probe.
+    """
+    if request.output_schema is None or (request.structured_output or "auto") != "auto":
+        return False
+    return base_url.rstrip("/") != OPENAI_BASE_URL and learned_style(base_url) is None
 
 
 def styles_to_try(request: CallRequest, base_url: str) -> tuple[str | None, ...]:
@@ -242,6 +262,16 @@ class OpenAITransport:
             AgentCallError: A permanent error, a too-long Retry-After, or the
                 budget used up; or an answer without choices.
         """
+        if _needs_probe(request, self.base_url):
+            # The first structured call to a server finds its style while the others wait,
+            # so a run sends at most one request in a refused style per style and endpoint.
+            with _probe_lock(self.base_url):
+                return self._complete(request, messages, logger)
+        return self._complete(request, messages, logger)
+
+    def _complete(
+        self, request: CallRequest, messages: list[dict[str, str]], logger: Logger
+    ) -> Completion:
         client = openai_client(self.endpoint)
         styles = styles_to_try(request, self.base_url)
         spent = 0
