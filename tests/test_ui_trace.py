@@ -49,7 +49,7 @@ def test_task_runs_are_named_agent_item_without_unlimited_tags(traced_run) -> No
     by_name = {run["name"]: run for run in traced_run["task_runs"]}
     expected = {f"{t['agent']}:{t['task_id']}": t for t in _plan_tasks()}
     assert set(by_name) == set(expected)
-    for name, task in expected.items():
+    for name in expected:
         run = by_name[name]
         assert run["state_type"] == "COMPLETED"
         # Tags ride along only when a concurrency limit uses them (each tag costs a slot
