@@ -125,6 +125,11 @@ class AgentCallError(FanoutError):
     Attributes:
         message: What went wrong, naming the call (``agent:item``).
         attempts: HTTP requests made for the call.
+        prompt_tokens: Prompt tokens the call's answered asks spent (failed ones included).
+        completion_tokens: Completion tokens those asks spent.
+        cost_usd: Their cost, None when unknown.
+        model: The model the server reported, if it answered at all.
+        finish_reason: The last answer's finish reason, if any.
     """
 
     exit_code = EXIT_FAILED
@@ -133,6 +138,11 @@ class AgentCallError(FanoutError):
         super().__init__(message, attempts)
         self.message = message
         self.attempts = attempts
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd: float | None = 0.0
+        self.model: str | None = None
+        self.finish_reason: str | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -156,6 +166,10 @@ class RetryAfterTooLongError(AgentCallError):
 
 class OutputValidationError(AgentCallError):
     """The answer did not match the output schema after the allowed re-asks."""
+
+
+class TruncatedOutputError(OutputValidationError):
+    """A structured answer was cut at ``max_tokens`` and no larger budget was allowed."""
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -159,6 +159,8 @@ def call_flow(
     cache: str = "on",
     prompt_path: str | None = None,
     timeout_seconds: float | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> AgentResult:
     """Make one agent call as a task run of this flow.
 
@@ -171,6 +173,8 @@ def call_flow(
         cache: ``on``, ``refresh`` or ``off``.
         prompt_path: A file holding the prompt (large prompts travel this way).
         timeout_seconds: Timeout of each HTTP request, overriding the agent's.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The call's result.
@@ -187,6 +191,8 @@ def call_flow(
         endpoint=endpoint,
         cache=cache,
         timeout_seconds=timeout_seconds,
+        max_tokens=max_tokens,
+        temperature=temperature,
     )
 
 
@@ -199,6 +205,8 @@ def dispatch_flow(
     trace_dir: str | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | str = "on",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
@@ -219,6 +227,8 @@ def dispatch_flow(
         endpoint: An ``LLMEndpoint`` block name or object; ``None`` uses the
             plan's ``config.endpoint``, then ``OPENAI_*`` variables.
         cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The final state, carrying the :class:`DispatchResult`.
@@ -227,7 +237,7 @@ def dispatch_flow(
     loaded = with_overrides(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    resolver = check_plan(loaded, model, endpoint)
+    resolver = check_plan(loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature)
     return final_state(_keep(run_plan(loaded, cache=cache, resolver=resolver)))
 
 
@@ -237,6 +247,8 @@ def run_dispatch_flow(
     model: str | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> DispatchResult:
     """Run an already validated plan as a ``fanout-dispatch`` flow run.
 
@@ -253,7 +265,13 @@ def run_dispatch_flow(
     if len(text.encode("utf-8")) > INLINE_PARAMETER_BYTES:
         reference = stash(text, ".plan.json")  # too big for a flow-run parameter
     flow_ = dispatch_flow.with_options(task_runner=runner)
-    options = {"model": model, "endpoint": endpoint, "cache": CacheOptions.of(cache)}
+    options = {
+        "model": model,
+        "endpoint": endpoint,
+        "cache": CacheOptions.of(cache),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
     return _reported_best_effort(
         lambda: result_of(flow_(plan=reference, **options, return_state=True))
     )
@@ -268,6 +286,8 @@ def dispatch_plan(
     trace_dir: str | Path | None = None,
     endpoint: str | LLMEndpoint | None = None,
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> DispatchResult:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
 
@@ -280,6 +300,8 @@ def dispatch_plan(
         endpoint: An ``LLMEndpoint`` block name or object; overrides
             ``config.endpoint``. ``None`` falls back to ``OPENAI_*`` variables.
         cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The result; its ``status`` says whether every task completed.
@@ -293,8 +315,15 @@ def dispatch_plan(
     checked = with_overrides(
         checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    check_plan(checked, model, endpoint)
-    return run_dispatch_flow(checked, model=model, endpoint=endpoint, cache=cache)
+    check_plan(checked, model, endpoint, max_tokens=max_tokens, temperature=temperature)
+    return run_dispatch_flow(
+        checked,
+        model=model,
+        endpoint=endpoint,
+        cache=cache,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
 
 
 # A job prepared (and checked) by the caller in this process, handed to the flow run
@@ -333,6 +362,8 @@ def map_flow(
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
     encoding: str = "utf-8",
     errors: str = "strict",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -356,6 +387,8 @@ def map_flow(
         encoding: How a directory corpus's files are decoded.
         errors: ``strict`` (a file that does not decode fails the run before any call),
             ``replace`` or ``ignore``.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The run's summary (also written to ``summary.json``).
@@ -381,6 +414,8 @@ def map_flow(
             partition_retry_delay=partition_retry_delay,
             encoding=encoding,
             errors=errors,
+            max_tokens=max_tokens,
+            temperature=temperature,
         )
     return _keep(run_map(job))
 
@@ -411,6 +446,8 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
         "max_workers": job.max_workers,
         "active_partitions": job.active_partitions,
         "model": job.resolver.model_override,
+        "max_tokens": job.resolver.max_tokens_override,
+        "temperature": job.resolver.temperature_override,
         "endpoint": job.resolver.endpoint_ref,
         "refresh": job.cache.mode is CacheMode.REFRESH,
         "partition_retries": job.partition_retries,

@@ -4,7 +4,8 @@ Every shape reports usage through :class:`Ledger`: dispatch results, map
 summaries (per stage), the tree reduce and the UI's summary artifact. Its rule,
 in one place: a ledger counts what *this run* spent. Tokens and cost add up
 over the calls the model answered in this run; a cache hit counts as a call and
-a hit but spends nothing; a failed call counts as a failure. Cost is ``None``
+a hit but spends nothing; a failed call counts as a failure, and the tokens
+its answered asks spent (invalid or cut answers) count too. Cost is ``None``
 as soon as one paid call has an unknown price, never a made-up zero.
 
 :class:`CallRecord` is one call as records, tables and ledgers see it; the
@@ -49,7 +50,8 @@ class CallRecord(BaseModel):
     Attributes:
         id: The item, task or group id.
         agent: The agent that answered (or was asked).
-        model: The model, when known.
+        model: The model, when known (as the server reported it).
+        finish_reason: Why the answer ended (``stop``, ``length``...), when known.
         status: ``completed``, ``failed``, ``skipped`` or ``dead_letter``.
         attempts: HTTP requests this run made for it (0 for a cache hit).
         cached: Answered from the cache.
@@ -64,6 +66,7 @@ class CallRecord(BaseModel):
     id: str
     agent: str
     model: str | None = None
+    finish_reason: str | None = None
     status: str
     attempts: int = 0
     cached: bool = False
@@ -75,6 +78,32 @@ class CallRecord(BaseModel):
     partition: str | None = None
 
     @classmethod
+    def from_error(
+        cls,
+        call_id: str,
+        agent: str,
+        model: str | None,
+        error: BaseException | None,
+        status: str = "failed",
+        message: str | None = None,
+        partition: str | None = None,
+    ) -> CallRecord:
+        """A failed call's record, with what its asks spent (see ``AgentCallError``)."""
+        return cls(
+            id=call_id,
+            agent=agent,
+            model=getattr(error, "model", None) or model,
+            finish_reason=getattr(error, "finish_reason", None),
+            status=status,
+            attempts=getattr(error, "attempts", 1),
+            prompt_tokens=getattr(error, "prompt_tokens", 0),
+            completion_tokens=getattr(error, "completion_tokens", 0),
+            cost_usd=getattr(error, "cost_usd", None),
+            error=message,
+            partition=partition,
+        )
+
+    @classmethod
     def from_result(
         cls, call_id: str, result: AgentResult, partition: str | None = None
     ) -> CallRecord:
@@ -83,6 +112,7 @@ class CallRecord(BaseModel):
             id=call_id,
             agent=result.agent,
             model=result.model,
+            finish_reason=result.finish_reason,
             status="completed",
             attempts=0 if result.cached else result.attempts,
             cached=result.cached,
@@ -107,10 +137,24 @@ class Ledger(Usage):
     cached: int = 0
     failed: int = 0
 
-    def add(self, result: AgentResult | None, failed: bool = False) -> None:
-        """Count one finished call from its result (None or ``failed`` for a failure)."""
+    def add(
+        self,
+        result: AgentResult | None,
+        failed: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        """Count one finished call from its result (None or ``failed`` for a failure).
+
+        A failure's ``error`` (an ``AgentCallError``) brings what its asks spent.
+        """
         if failed or result is None:
-            self._count("failed", False, 0, 0, None)
+            self._count(
+                "failed",
+                False,
+                getattr(error, "prompt_tokens", 0),
+                getattr(error, "completion_tokens", 0),
+                getattr(error, "cost_usd", None),
+            )
         else:
             self._count(
                 "completed",
@@ -136,6 +180,10 @@ class Ledger(Usage):
         self.calls += 1
         if status != "completed":
             self.failed += 1
+            if prompt or completion:  # a failed call's asks were answered: they count
+                self.prompt_tokens += prompt
+                self.completion_tokens += completion
+                self.cost_usd = add_costs(self.cost_usd, cost)
             return
         if cached:
             self.cached += 1

@@ -11,6 +11,13 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# The realmodel tier's model and servers, built once into a cache outside the repository
+# (${FANOUT_MODEL_CACHE:-~/.cache/prefect-fanout-models}; about 15 minutes on 2 cores the first
+# time, seconds after). If they cannot be built, the realmodel tests skip and say why.
+if [ "${FANOUT_SKIP_MODEL_BUILD:-0}" != 1 ]; then
+  bash scripts/local-model.sh all >/dev/null \
+    || echo "warning: the real-model servers could not be built; realmodel tests will skip" >&2
+fi
 export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180

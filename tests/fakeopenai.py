@@ -35,8 +35,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-MODELS = ("gpt-4o-mini", "gpt-4o", "fake-model")
-"""Model ids listed by ``GET /v1/models`` (any model name is accepted for completions)."""
+MODELS = ("gpt-4o-mini",)
+"""Model ids listed by ``GET /v1/models`` by default (any model name is accepted for
+completions); set ``fake.models`` to list others (a local server lists its one model)."""
+
+RESPONSE_FORMAT_REFUSAL = (
+    "1 validation error: ('body', 'response_format', 'type') Input should be 'text' or "
+    "'json_object'"
+)
+"""What a server that refuses a ``response_format`` style answers (llama-cpp-python's words)."""
 
 _POLL_SECONDS = 0.02
 _MAX_DEPTH = 16
@@ -299,6 +306,18 @@ def example_for_schema(schema: Any, root: Any = None, depth: int = 0) -> Any:
     return None
 
 
+def format_style(body: dict[str, Any]) -> str | None:
+    """The structured-output style of a request body: ``json_schema``,
+    ``json_object+schema``, ``json_object`` or None (no ``response_format``)."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object" and response_format.get("schema") is not None:
+        return "json_object+schema"
+    return str(kind) if kind else None
+
+
 def default_answer(body: dict[str, Any]) -> str:
     """Return the default completion content for a (valid) request body."""
     response_format = body.get("response_format")
@@ -307,6 +326,8 @@ def default_answer(body: dict[str, Any]) -> str:
             spec = response_format.get("json_schema") or {}
             return json.dumps(example_for_schema(spec.get("schema") or {}))
         if response_format.get("type") == "json_object":
+            if isinstance(response_format.get("schema"), dict):
+                return json.dumps(example_for_schema(response_format["schema"]))
             return "{}"
     return "echo: " + last_user_message(body.get("messages"))
 
@@ -367,6 +388,10 @@ class FakeOpenAI:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+        self.models: tuple[str, ...] = MODELS
+        self.reported_model: str | None = None
+        self.refused_formats: frozenset[str] = frozenset()
+        self.refusal_status = 500
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -483,6 +508,31 @@ class FakeOpenAI:
         with self._lock:
             self._records = []
             self._max_in_flight = self._in_flight
+        self.emulate()
+
+    def emulate(
+        self,
+        *,
+        models: tuple[str, ...] = MODELS,
+        reported_model: str | None = None,
+        refused_formats: frozenset[str] | set[str] = frozenset(),
+        refusal_status: int = 500,
+    ) -> None:
+        """Behave like another server (``reset`` goes back to OpenAI's ways).
+
+        Args:
+            models: Model ids ``GET /v1/models`` lists.
+            reported_model: The ``model`` every answer names (None: the one asked for,
+                as OpenAI does); a local server names its own.
+            refused_formats: ``response_format`` styles answered with an error naming
+                ``response_format`` (``json_schema``, ``json_object+schema``,
+                ``json_object``), as llama-cpp-python refuses ``json_schema``.
+            refusal_status: The status of that error (llama-cpp-python: 500).
+        """
+        self.models = tuple(models)
+        self.reported_model = reported_model
+        self.refused_formats = frozenset(refused_formats)
+        self.refusal_status = refusal_status
 
     # ----------------------------------------------------------------- handlers
 
@@ -492,7 +542,7 @@ class FakeOpenAI:
     async def _models(self, request: Request) -> Response:
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": "fakeopenai"}
-            for model in MODELS
+            for model in self.models
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -517,9 +567,10 @@ class FakeOpenAI:
             valid: dict[str, Any] = body if problem is None else {}
             prompt = last_user_message(valid.get("messages"))
             conversation = user_text(valid.get("messages"))
+            refused = problem is None and format_style(valid) in self.refused_formats
             with self._lock:
                 key = self._match(conversation) if problem is None else None
-                queue = self._scripts.get(key) if key is not None else None
+                queue = self._scripts.get(key) if key is not None and not refused else None
                 step = queue.popleft() if queue else None
                 record = RecordedRequest(
                     key=key,
@@ -533,6 +584,10 @@ class FakeOpenAI:
             if problem is not None:
                 message, param = problem
                 return JSONResponse(error_body(400, message, None, param or None), 400)
+            if refused:  # before any scripted step: a refused request consumes none
+                status = self.refusal_status
+                content = error_body(status, RESPONSE_FORMAT_REFUSAL, None, "response_format")
+                return JSONResponse(content, status)
             return await self._respond(step, valid, request, generation)
         finally:
             if record is not None:
@@ -580,6 +635,8 @@ class FakeOpenAI:
         await self._pause(reply.latency, request, generation)
         content = default_answer(body) if reply.content is None else reply.content
         completion = self._completion(body, reply, content)
+        if self.reported_model:
+            completion["model"] = self.reported_model
         headers = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
         if body.get("stream"):
             options = body.get("stream_options") or {}

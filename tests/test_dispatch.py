@@ -327,7 +327,7 @@ def test_diamond_runs_middle_tasks_together_and_feeds_upstream_outputs(
         "skipped": 0,
         "cached": 0,
     }
-    assert result.usage.prompt_tokens > 0 and result.usage.cost_usd is not None
+    assert result.usage.prompt_tokens > 0 and result.usage.cost_usd is None  # not OpenAI
     assert result.exit_code == 0
 
     (b,), (c,) = fake_openai.requests(f"B-{key}"), fake_openai.requests(f"C-{key}")
@@ -505,7 +505,8 @@ def test_traces_record_every_task_and_the_run(
     assert a["messages"] == request.body["messages"]
     assert a["output"] == f"a-out-{key}" and a["error"] is None and a["cached"] is False
     assert a["usage"]["prompt_tokens"] == 10 and a["usage"]["completion_tokens"] == 4
-    assert a["usage"]["cost_usd"] == pytest.approx((10 * 0.15 + 4 * 0.60) / 1e6)
+    assert a["usage"]["cost_usd"] is None  # the fake is not OpenAI: no price from the table
+    assert a["finish_reason"] == "stop"
     assert a["timing"]["duration_s"] > 0 and a["timing"]["started_at"] <= a["timing"]["finished_at"]
     assert [(t["agent"], t["status"], t["requests"]) for t in a["attempts"]] == [
         ("coder", "completed", 1)

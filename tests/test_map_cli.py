@@ -51,7 +51,7 @@ def test_cli_prints_only_the_summary_and_exits_0(
     assert (summary["total"], summary["completed"], summary["failed"]) == (10, 10, 0)
     assert summary["max_workers"] == 4 and 1 <= summary["concurrency_reached"] <= 4
     assert summary["partition_spec"] == "count:3" and len(summary["partitions"]) == 3
-    assert summary["usage"]["map"]["calls"] == 10 and summary["cost_usd"] > 0
+    assert summary["usage"]["map"]["calls"] == 10 and summary["cost_usd"] is None
     assert "fanout-map" in done.stderr  # Prefect's logs go to stderr
     assert [r["id"] for r in read_jsonl(out / "final.jsonl")] == [r["id"] for r in records]
 

@@ -88,7 +88,7 @@ def test_thousand_items_give_one_line_each(
     assert fake_openai.max_in_flight <= 16
     assert summary.usage["map"].calls == 1000
     assert summary.usage["map"].prompt_tokens > 0
-    assert summary.cost_usd is not None and summary.cost_usd > 0  # gpt-4o-mini has a price
+    assert summary.cost_usd is None  # the fake is not OpenAI: no price from the table
 
     files = sorted((out / "partitions").iterdir())
     assert [f.name for f in files] == [f"partition-{n:04d}.jsonl" for n in range(8)]

@@ -17,6 +17,7 @@ from prefect_fanout import build_request
 from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.execute import execute_request
+from prefect_fanout.call.pricing import cost_usd
 from prefect_fanout.call.transport import OpenAITransport
 from prefect_fanout.errors import (
     CallTimeoutError,
@@ -219,12 +220,15 @@ def test_json_schema_from_a_file_validates_into_a_dict(fake_openai):
     assert "tags" in fake_openai.requests(key)[1].body["messages"][-1]["content"]
 
 
-def test_usage_and_cost_come_from_the_server_and_the_price_table(fake_openai):
+def test_usage_comes_from_the_server_and_the_table_prices_only_openai(fake_openai):
     key = token()
     fake_openai.script(key, Reply("x", prompt_tokens=1000, completion_tokens=500))
     result = run(fake_openai, f"{key} hi", model="gpt-4o-mini")
     assert (result.prompt_tokens, result.completion_tokens) == (1000, 500)
-    assert result.cost_usd == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
+    # a server that is not OpenAI's is not priced from OpenAI's table, whatever the name
+    assert result.cost_usd is None
+    at_openai = cost_usd("gpt-4o-mini", 1000, 500, base_url="https://api.openai.com/v1")
+    assert at_openai == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
     assert result.latency_s > 0 and result.cached is False
 
 

@@ -7,9 +7,9 @@ import threading
 from typing import ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from prefect_fanout.agents.profiles import DOCS_URL, LOGO_URL
+from prefect_fanout.agents.profiles import DOCS_URL, LOGO_URL, check_style
 from prefect_fanout.errors import ConfigurationError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -53,8 +53,22 @@ class LLMEndpoint(Block):
     max_concurrency: int | None = Field(
         default=None, description="Most requests in flight at once to this endpoint."
     )
+    structured_output: str = Field(
+        default="auto",
+        description=(
+            "How structured answers are asked for: auto (json_schema, falling back once on "
+            "a 4xx/5xx naming response_format), json_schema (OpenAI, vLLM, llama-server), "
+            "json_object+schema (llama-cpp-python), json_object, or none (prompt only)."
+        ),
+    )
+    merge_system_prompt: bool = Field(
+        default=False,
+        description="Merge the system prompt into the first user message (no system role).",
+    )
     requests_per_minute: int | None = Field(default=None, description="Request rate limit.")
     tokens_per_minute: int | None = Field(default=None, description="Token rate limit.")
+
+    _check_style = field_validator("structured_output")(check_style)
 
     def key_value(self) -> str:
         """The API key in clear, or a placeholder for keyless servers."""

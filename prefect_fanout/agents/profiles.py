@@ -11,10 +11,23 @@ import json
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 
 from prefect_fanout.call.retry import RetryOptions
 from prefect_fanout.errors import ConfigurationError
+
+STRUCTURED_STYLES = ("auto", "json_schema", "json_object+schema", "json_object", "none")
+"""The structured-output styles (see :mod:`prefect_fanout.call.transport`)."""
+
+
+def check_style(value: str | None) -> str | None:
+    """Validate a structured-output style name (None passes)."""
+    if value is not None and value not in STRUCTURED_STYLES:
+        raise ValueError(
+            f"structured_output must be one of {', '.join(STRUCTURED_STYLES)}, not {value!r}"
+        )
+    return value
+
 
 LOGO_URL = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
 DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
@@ -59,6 +72,34 @@ class AgentProfile(Block):
     )
     temperature: float | None = Field(default=None, description="Sampling temperature.")
     max_tokens: int | None = Field(default=None, description="Maximum completion tokens.")
+    max_tokens_limit: int | None = Field(
+        default=None,
+        description=(
+            "Largest max_tokens a structured answer cut at max_tokens may be re-asked with "
+            "(the budget doubles per re-ask up to it); None: a cut answer fails at once."
+        ),
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Server-specific request parameters sent as is, e.g. {repeat_penalty: 1.3, "
+            "top_k: 40, seed: 1}; part of the cache key."
+        ),
+    )
+    structured_output: str | None = Field(
+        default=None,
+        description=(
+            "How a structured answer is asked for: auto, json_schema, json_object+schema, "
+            "json_object or none; None uses the endpoint's (auto by default)."
+        ),
+    )
+    merge_system_prompt: bool | None = Field(
+        default=None,
+        description=(
+            "Send the system prompt at the top of the first user message, for chat "
+            "templates without a system role; None uses the endpoint's setting."
+        ),
+    )
     output_schema: dict[str, Any] | None = Field(
         default=None,
         description="JSON schema the answer must validate against, or None for plain text.",
@@ -96,6 +137,8 @@ class AgentProfile(Block):
     )
 
     _output_type: type[BaseModel] | None = PrivateAttr(default=None)
+
+    _check_style = field_validator("structured_output")(check_style)
 
     def __init__(self, *args: Any, **data: Any) -> None:
         schema = data.get("output_schema")
@@ -161,10 +204,15 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
+DEFAULT_MAX_TOKENS = 1024
+"""The built-in agents' completion budget: enough for a full answer, and a local model
+that never stops cannot fill the server's whole context (raise it with --max-tokens)."""
+
 BUILTIN_PROFILES: dict[str, AgentProfile] = {
     "default": AgentProfile(
         name="default",
         system_prompt="You are a helpful, precise assistant. Answer the task you are given.",
+        max_tokens=DEFAULT_MAX_TOKENS,
     ),
     "coder": AgentProfile(
         name="coder",
@@ -174,6 +222,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             "include type hints and docstrings, and answer with the code and a brief note."
         ),
         temperature=0.2,
+        max_tokens=DEFAULT_MAX_TOKENS,
     ),
     "debug": AgentProfile(
         name="debug",
@@ -183,6 +232,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             "with the root cause, the fix and how to verify it."
         ),
         temperature=0.0,
+        max_tokens=DEFAULT_MAX_TOKENS,
     ),
 }
 

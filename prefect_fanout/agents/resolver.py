@@ -7,7 +7,9 @@ map) and answers the questions every call asks, caching the answers:
   own profiles (a plan's ``agents``, ``--agents FILE``); else a built-in; else a
   saved ``AgentProfile`` block, loaded from the API once per resolver;
 - which model? explicit (``--model``) > ``FANOUT_MODEL`` > the profile's >
-  the endpoint's ``default_model`` > ``gpt-4o-mini``;
+  the endpoint's ``default_model`` > for a server that is not OpenAI's, the only
+  model its ``GET /v1/models`` lists (several: a ``ConfigurationError`` naming
+  ``--model`` and ``default_model``) > ``gpt-4o-mini``;
 - which endpoint? resolved once, and only when a model needs one (see
   :func:`~prefect_fanout.agents.endpoints.resolve_endpoint` for the order);
 - which transport answers a model? the offline ``test`` model's, else the
@@ -26,10 +28,22 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect_fanout.agents.endpoints import DEFAULT_MODEL, LLMEndpoint, resolve_endpoint
+from prefect_fanout.agents.endpoints import (
+    DEFAULT_MODEL,
+    OPENAI_BASE_URL,
+    LLMEndpoint,
+    resolve_endpoint,
+)
 from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
 from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.transport import TEST_MODEL, OpenAITransport, TestTransport, Transport
+from prefect_fanout.call.transport import (
+    TEST_MODEL,
+    OpenAITransport,
+    TestTransport,
+    Transport,
+    openai_client,
+)
+from prefect_fanout.errors import ConfigurationError
 
 Prompt = str | list[dict[str, str]]
 
@@ -44,6 +58,8 @@ class Resolver:
         endpoint: A saved ``LLMEndpoint`` block name, an endpoint, or None for
             the ``OPENAI_*`` environment variables.
         model: A model overriding every agent's (``test`` runs offline).
+        max_tokens: A completion budget overriding every agent's (``--max-tokens``).
+        temperature: A temperature overriding every agent's (``--temperature``).
     """
 
     def __init__(
@@ -52,10 +68,15 @@ class Resolver:
         agents: Mapping[str, AgentProfile] | None = None,
         endpoint: str | LLMEndpoint | None = None,
         model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> None:
         self.profiles: dict[str, AgentProfile] = dict(agents or {})
         self.endpoint_ref = endpoint
         self.model_override = model
+        self.max_tokens_override = max_tokens
+        self.temperature_override = temperature
+        self._served_model: str | None = None
         self._endpoint: LLMEndpoint | None = endpoint if isinstance(endpoint, LLMEndpoint) else None
         self._transport: OpenAITransport | None = None
         self._lock = threading.RLock()
@@ -92,7 +113,26 @@ class Resolver:
         named = self.model_override or os.environ.get("FANOUT_MODEL") or profile.model
         if named == TEST_MODEL:
             return named
-        return named or self.endpoint().default_model or DEFAULT_MODEL
+        if named:
+            return named
+        endpoint = self.endpoint()
+        return endpoint.default_model or self.served_model(endpoint) or DEFAULT_MODEL
+
+    def served_model(self, endpoint: LLMEndpoint) -> str | None:
+        """The only model a non-OpenAI server lists at ``GET /v1/models`` (asked once).
+
+        None for OpenAI's own base URL, or when the list cannot be read (the
+        call then names ``gpt-4o-mini`` as before).
+
+        Raises:
+            ConfigurationError: The server lists several models.
+        """
+        if endpoint.base_url.rstrip("/") == OPENAI_BASE_URL:
+            return None
+        with self._lock:
+            if self._served_model is None:
+                self._served_model = _served_model(endpoint)
+            return self._served_model or None
 
     def transport(self, model: str) -> Transport:
         """The transport that answers ``model``: offline for ``test``, else the endpoint's."""
@@ -146,6 +186,10 @@ class Resolver:
         model = self.model(profile)
         transport = self.transport(model)
         system_prompt = system if system is not None else profile.system_prompt
+        endpoint = self._endpoint if isinstance(transport, OpenAITransport) else None
+        merge = profile.merge_system_prompt
+        if merge is None:
+            merge = bool(endpoint and endpoint.merge_system_prompt)
         if isinstance(prompt, str):
             content = profile.render_user_message(prompt, dict(variables or {}))
             messages = [{"role": "user", "content": content}]
@@ -153,10 +197,15 @@ class Resolver:
                 messages.insert(0, {"role": "system", "content": system_prompt})
         else:
             messages = [dict(m) for m in prompt]
-        endpoint_timeout = (
-            self._endpoint.request_timeout_seconds
-            if isinstance(transport, OpenAITransport)
-            else None
+        if merge:
+            messages = merge_system_messages(messages)
+        endpoint_timeout = endpoint.request_timeout_seconds if endpoint else None
+        style = profile.structured_output or (endpoint.structured_output if endpoint else "auto")
+        max_tokens = self.max_tokens_override or profile.max_tokens
+        temperature = (
+            self.temperature_override
+            if self.temperature_override is not None
+            else profile.temperature
         )
         return CallRequest(
             agent=profile.name,
@@ -164,15 +213,79 @@ class Resolver:
             base_url=transport.base_url,
             model=model,
             messages=messages,
-            temperature=profile.temperature,
-            max_tokens=profile.max_tokens,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            max_tokens_limit=profile.max_tokens_limit,
+            extra_body=dict(profile.extra_body),
+            structured_output=style,
             output_schema=profile.output_schema,
             output_type=profile.output_type,
             prompt_parts={**profile.prompt_parts(), "system_prompt": system_prompt},
             max_validation_retries=profile.max_validation_retries,
-            timeout_seconds=timeout_seconds or endpoint_timeout or profile.timeout_seconds,
+            timeout_seconds=timeout_seconds or endpoint_timeout or _timeout(profile, endpoint),
             retry=profile.retry_options(),
             input_price_per_million=profile.input_price_per_million,
             output_price_per_million=profile.output_price_per_million,
             tags=(f"agent:{profile.name}", f"model:{model}", *tags),
         )
+
+
+LOCAL_TIMEOUT_SECONDS = 600.0
+"""The per-request timeout for servers that are not OpenAI's when none is set: a local server
+answers a few requests at a time and queues the rest, and the wait in its queue counts."""
+
+
+def _timeout(profile: AgentProfile, endpoint: LLMEndpoint | None) -> float:
+    """The profile's timeout, or :data:`LOCAL_TIMEOUT_SECONDS` for a local server when unset."""
+    explicit = "timeout_seconds" in profile.model_fields_set
+    local = endpoint is not None and endpoint.base_url.rstrip("/") != OPENAI_BASE_URL
+    return LOCAL_TIMEOUT_SECONDS if local and not explicit else profile.timeout_seconds
+
+
+def merge_system_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages with system messages folded into the top of the first user message.
+
+    For chat templates without a system role (Gemma's, for one): the system
+    text comes first, then a blank line, then the user's text.
+    """
+    system = "\n\n".join(m.get("content", "") for m in messages if m.get("role") == "system")
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    if not system:
+        return rest
+    for message in rest:
+        if message.get("role") == "user":
+            message["content"] = f"{system}\n\n{message.get('content', '')}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+_served: dict[str, str] = {}
+_served_lock = threading.Lock()
+
+
+def forget_served_models() -> None:
+    """Forget the models servers were found to serve (a new run, or a test)."""
+    with _served_lock:
+        _served.clear()
+
+
+def _served_model(endpoint: LLMEndpoint) -> str:
+    """The only model id a server lists, "" when the list cannot be read."""
+    with _served_lock:
+        if endpoint.base_url in _served:
+            return _served[endpoint.base_url]
+    try:
+        page = openai_client(endpoint).models.list(timeout=15.0)
+        ids = [str(m.id) for m in page.data]
+    except Exception:  # no /v1/models, or the server is not up yet: keep the old default
+        return ""
+    if len(ids) > 1:
+        raise ConfigurationError(
+            f"the server at {endpoint.base_url} serves several models ({', '.join(ids)}); "
+            "name one with --model (or FANOUT_MODEL, the agent's model, or the endpoint's "
+            "default_model)"
+        )
+    found = ids[0] if ids else ""
+    with _served_lock:
+        _served[endpoint.base_url] = found
+    return found

@@ -20,7 +20,7 @@ from prefect_fanout.call.pricing import cost_usd
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.transport import Transport
-from prefect_fanout.errors import OutputValidationError
+from prefect_fanout.errors import AgentCallError, OutputValidationError, TruncatedOutputError
 
 
 def _validate_output(request: CallRequest, raw: str) -> Any:
@@ -32,24 +32,75 @@ def _validate_output(request: CallRequest, raw: str) -> Any:
     return data
 
 
+def _bigger_budget(request: CallRequest) -> int | None:
+    """The next ``max_tokens`` for a cut answer: double, up to ``max_tokens_limit``; else None."""
+    limit, current = request.max_tokens_limit, request.max_tokens
+    if limit is None or current is None or current >= limit:
+        return None
+    return min(limit, current * 2)
+
+
 def execute_request(request: CallRequest, transport: Transport, logger: Any) -> AgentResult:
     """Make the call (no Prefect machinery): ask through the transport, validate, re-ask, account.
 
+    Every ask's tokens are counted, the failed ones included. A structured answer
+    cut at ``max_tokens`` (``finish_reason == "length"``) is never re-asked
+    unchanged: it is asked again with a doubled budget while the request's
+    ``max_tokens_limit`` allows, else the call fails with "truncated at
+    max_tokens=N".
+
     Raises:
         AgentCallError: The call failed for good (see :mod:`prefect_fanout.errors`).
+            Its ``prompt_tokens``, ``completion_tokens`` and ``cost_usd`` are what
+            the failed call spent.
 
     """
     started = time.perf_counter()
     messages = [dict(m) for m in request.messages]
     asks = 1 + (request.max_validation_retries if request.output_schema is not None else 0)
     prompt_tokens = completion_tokens = attempts = 0
+    spent: float | None = 0.0
     raw, finish, output, problem = "", None, None, None
+    model = request.model
+    asked = request
+    truncated = False
+
+    def fail(error: AgentCallError) -> AgentCallError:
+        error.prompt_tokens += prompt_tokens
+        error.completion_tokens += completion_tokens
+        error.cost_usd = add_costs(spent, error.cost_usd)
+        error.model = error.model or model
+        error.finish_reason = error.finish_reason or finish
+        return error
+
     for _ in range(asks):
-        answer = transport.complete(request, messages, logger)
+        try:
+            answer = transport.complete(asked, messages, logger)
+        except AgentCallError as exc:
+            raise fail(exc) from exc.__cause__
         raw, finish = answer.text, answer.finish_reason
+        model = answer.model or request.model
         prompt_tokens += answer.prompt_tokens
         completion_tokens += answer.completion_tokens
         attempts += answer.attempts
+        spent = add_costs(
+            spent,
+            cost_usd(
+                model,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                request.input_price_per_million,
+                request.output_price_per_million,
+                base_url=request.base_url,
+            ),
+        )
+        if finish == "length":
+            logger.warning(
+                "[%s] the answer was cut at max_tokens=%s (finish_reason=length); raise "
+                "max_tokens (--max-tokens, the profile's max_tokens) for a complete answer",
+                request.label,
+                asked.max_tokens,
+            )
         if request.output_schema is None:
             output, problem = raw, None
             break
@@ -58,6 +109,22 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
             break
         except (ValidationError, ValueError, jsonschema.ValidationError) as exc:
             problem = _short_error(exc)
+            if finish == "length":
+                problem = f"truncated at max_tokens={asked.max_tokens} ({problem})"
+                bigger = _bigger_budget(asked)
+                if bigger is None:
+                    truncated = True
+                    break
+                logger.warning(
+                    "[%s] structured answer %s; asking again with max_tokens=%d "
+                    "(max_tokens_limit=%s)",
+                    request.label,
+                    problem,
+                    bigger,
+                    request.max_tokens_limit,
+                )
+                asked = asked.model_copy(update={"max_tokens": bigger})
+                continue
             logger.warning(
                 "[%s] answer did not match the output schema: %s", request.label, problem
             )
@@ -71,10 +138,22 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
                 },
             ]
     if problem is not None:
-        raise OutputValidationError(
-            f"{request.label}: the answer did not match the output schema after "
-            f"{request.max_validation_retries} re-ask(s): {problem}. Last answer: {raw[:500]!r}",
-            attempts,
+        if truncated or finish == "length":
+            raise fail(
+                TruncatedOutputError(
+                    f"{request.label}: the structured answer was {problem}; a larger "
+                    "max_tokens (or the profile's max_tokens_limit) lets it finish. "
+                    f"Last answer: {raw[:300]!r}",
+                    attempts,
+                )
+            )
+        raise fail(
+            OutputValidationError(
+                f"{request.label}: the answer did not match the output schema after "
+                f"{request.max_validation_retries} re-ask(s): {problem}. "
+                f"Last answer: {raw[:500]!r}",
+                attempts,
+            )
         )
     latency = time.perf_counter() - started
     result = AgentResult(
@@ -82,34 +161,36 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         item_id=request.item_id,
         output=output,
         raw_text=raw,
-        model=request.model,
+        model=model,
         finish_reason=finish,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        cost_usd=cost_usd(
-            request.model,
-            prompt_tokens,
-            completion_tokens,
-            request.input_price_per_million,
-            request.output_price_per_million,
-        ),
+        cost_usd=spent,
         latency_s=round(latency, 6),
         attempts=attempts,
         cache_key=request.cache_key(),
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
     logger.info(
-        "[%s] %s answered in %.2fs, %d attempt(s), tokens %d/%d, cost %s",
+        "[%s] %s answered in %.2fs, %d attempt(s), tokens %d/%d, finish %s, cost %s",
         request.label,
-        request.model,
+        model,
         latency,
         attempts,
         prompt_tokens,
         completion_tokens,
+        finish,
         cost,
     )
     logger.debug("[%s] prompt=%r answer=%r", request.label, request.prompt, raw)
     return result
+
+
+def add_costs(total: float | None, cost: float | None) -> float | None:
+    """Add a cost to a total; unknown (None) stays unknown."""
+    if total is None or cost is None:
+        return None
+    return round(total + cost, 10)
 
 
 def _short_error(exc: Exception) -> str:

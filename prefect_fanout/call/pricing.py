@@ -1,11 +1,24 @@
 """Token prices and the cost of a call.
 
 Prices are USD per million tokens (input, output) from OpenAI's public price
-list for common models. An unknown model has no price: its cost is ``None``,
-never a made-up zero. A profile's own prices override the table.
+list for common models. The table prices only calls answered at OpenAI's own
+base URL (a local server that answers to ``gpt-4o-mini`` is not OpenAI); any other
+endpoint's calls have a cost only with explicit prices. An unknown model has no
+price: its cost is ``None``, never a made-up zero. A profile's own prices
+override the table.
 """
 
 from __future__ import annotations
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+TABLE_BASE_URLS = frozenset({OPENAI_BASE_URL, "test://offline"})
+"""Base URLs whose calls the price table prices (OpenAI's, and the offline ``test`` model)."""
+
+
+def table_applies(base_url: str | None) -> bool:
+    """True when the price table prices calls made at ``base_url`` (None: unknown, yes)."""
+    return base_url is None or base_url.rstrip("/") in TABLE_BASE_URLS
+
 
 PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
     "gpt-5": (1.25, 10.00),
@@ -51,6 +64,7 @@ def cost_usd(
     completion_tokens: int,
     input_price: float | None = None,
     output_price: float | None = None,
+    base_url: str | None = None,
 ) -> float | None:
     """The cost of a call in USD, or None when the model's price is unknown.
 
@@ -60,9 +74,11 @@ def cost_usd(
         completion_tokens: Tokens received.
         input_price: USD per million prompt tokens, overriding the table.
         output_price: USD per million completion tokens, overriding the table.
+        base_url: Where the call was made; the table prices only OpenAI's
+            (see :func:`table_applies`), None means no check.
 
     """
-    table = price_for(model)
+    table = price_for(model) if table_applies(base_url) else None
     if input_price is None or output_price is None:
         if table is None:
             return None

@@ -32,6 +32,8 @@ KEY_FIELDS = frozenset(
         "output_schema",
         "prompt_parts",
         "max_validation_retries",
+        "extra_body",  # server-specific parameters sent as is (seed, top_k, repeat_penalty...)
+        "max_tokens_limit",  # a cut structured answer is re-asked with up to this budget
     }
 )
 
@@ -46,6 +48,9 @@ NOT_KEY_FIELDS = frozenset(
         "input_price_per_million",  # accounting only
         "output_price_per_million",  # accounting only
         "tags",  # UI labels
+        # how the schema is asked for (response_format style); the answer is validated
+        # against output_schema whatever the style, and `auto` may change it mid-run
+        "structured_output",
     }
 )
 
@@ -66,6 +71,9 @@ class CallRequest(BaseModel):
     messages: list[dict[str, str]]
     temperature: float | None = None
     max_tokens: int | None = None
+    max_tokens_limit: int | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    structured_output: str = "auto"
     output_schema: dict[str, Any] | None = None
     output_type: type[BaseModel] | None = Field(default=None, exclude=True)
     prompt_parts: dict[str, Any] = Field(default_factory=dict)

@@ -69,9 +69,30 @@ def error_code(exc: BaseException) -> str | None:
     return str(code) if code else None
 
 
+def is_response_format_error(exc: BaseException) -> bool:
+    """True for a 4xx/5xx whose message or body names ``response_format``.
+
+    Such an error means the server does not take the structured-output style it
+    was sent (llama-cpp-python answers ``json_schema`` with a 500). Retrying the
+    same request cannot help: it is never transient, and the ``auto`` style falls
+    back to the next style instead (see :mod:`prefect_fanout.call.transport`).
+    """
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code < 400:
+        return False
+    parts = [str(getattr(exc, "message", "") or ""), str(getattr(exc, "body", "") or "")]
+    try:
+        parts.append(exc.response.text)
+    except Exception:  # a streamed or closed body: the message and body are enough
+        pass
+    return any("response_format" in part for part in parts)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: connection, timeout, 408, 409, 429, >= 500."""
-    if error_code(exc) in PERMANENT_CODES:
+    """True for errors worth retrying: connection, timeout, 408, 409, 429, >= 500.
+
+    A 5xx naming ``response_format`` is not transient (see :func:`is_response_format_error`).
+    """
+    if error_code(exc) in PERMANENT_CODES or is_response_format_error(exc):
         return False
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True

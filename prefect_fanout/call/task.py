@@ -201,6 +201,8 @@ def build_request(
     endpoint: str | LLMEndpoint | None = None,
     model: str | None = None,
     system: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
     variables: Mapping[str, Any] | None = None,
     item_id: str | None = None,
     tags: Iterable[str] = (),
@@ -217,6 +219,8 @@ def build_request(
         agents: Extra profiles by name (e.g. a plan's ``agents``).
         endpoint: The endpoint (name or object); needed unless the model is ``test``.
         model: A model overriding everything else.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
         system: A system prompt overriding the profile's.
         variables: Values for the profile's prompt template.
         item_id: The item or task id, for the run name.
@@ -230,7 +234,13 @@ def build_request(
         ConfigurationError: Unknown agent, no endpoint, or a bad template.
 
     """
-    resolver = Resolver(agents=agents, endpoint=endpoint, model=model)
+    resolver = Resolver(
+        agents=agents,
+        endpoint=endpoint,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
     return resolver.request(
         prompt,
         agent=agent,
@@ -249,6 +259,8 @@ def call_agent(
     endpoint: str | LLMEndpoint | None = None,
     model: str | None = None,
     system: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
     item_id: str | None = None,
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
     agents: Mapping[str, AgentProfile] | None = None,
@@ -267,6 +279,8 @@ def call_agent(
             environment (``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``).
         model: A model overriding the profile's (``test`` runs offline).
         system: A system prompt overriding the profile's.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
         item_id: The item or task id, shown in the run name.
         cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
         agents: Extra profiles by name.
@@ -282,7 +296,13 @@ def call_agent(
         AgentCallError: The call failed for good.
 
     """
-    resolver = Resolver(agents=agents, endpoint=endpoint, model=model)
+    resolver = Resolver(
+        agents=agents,
+        endpoint=endpoint,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
     request = resolver.request(
         prompt,
         agent=agent,

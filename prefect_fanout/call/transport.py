@@ -26,11 +26,16 @@ from typing import Any, Protocol
 
 import openai
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.agents.endpoints import OPENAI_BASE_URL, LLMEndpoint
+from prefect_fanout.agents.profiles import STRUCTURED_STYLES
 from prefect_fanout.call import testmodel
 from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.retry import call_with_retries
-from prefect_fanout.errors import NonRetryableAPIError
+from prefect_fanout.call.retry import (
+    call_with_retries,
+    describe_api_error,
+    is_response_format_error,
+)
+from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -50,7 +55,9 @@ class Completion:
         finish_reason: Why the model stopped (``stop``, ``length``, ...), if given.
         prompt_tokens: Prompt tokens the server reported.
         completion_tokens: Completion tokens the server reported.
-        attempts: HTTP requests made for this answer (retries included).
+        attempts: HTTP requests made for this answer (retries and style fallbacks included).
+        model: The model the server says answered (None when it names none).
+        style: The structured-output style that was sent (None for plain text).
     """
 
     text: str
@@ -58,6 +65,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    model: str | None = None
+    style: str | None = None
 
 
 class Transport(Protocol):
@@ -93,7 +102,7 @@ class TestTransport:
         text, prompt_tokens, completion_tokens = testmodel.answer(
             request.model_copy(update={"messages": messages})
         )
-        return Completion(text, "stop", prompt_tokens, completion_tokens, 1)
+        return Completion(text, "stop", prompt_tokens, completion_tokens, 1, TEST_MODEL)
 
 
 _clients: dict[tuple[str, str, str | None], openai.OpenAI] = {}
@@ -116,13 +125,117 @@ def openai_client(endpoint: LLMEndpoint) -> openai.OpenAI:
         return client
 
 
-def response_format(request: CallRequest) -> dict[str, Any] | None:
-    """The ``response_format`` of a structured request (None for plain text)."""
+STYLES = STRUCTURED_STYLES
+"""How a structured request asks the server for JSON (``structured_output`` of an endpoint
+or a profile):
+
+- ``json_schema``: ``response_format={"type": "json_schema", ...}`` (OpenAI, vLLM, llama-server);
+- ``json_object+schema``: ``{"type": "json_object", "schema": ...}`` (llama-cpp-python's server);
+- ``json_object``: ``{"type": "json_object"}`` plus the schema in the prompt;
+- ``none``: no ``response_format``, the schema in the prompt only;
+- ``auto`` (the default): the styles of :data:`AUTO_ORDER` in turn, moving on only when the
+  server answers a 4xx/5xx naming ``response_format``; the style that worked is remembered
+  for the endpoint (its base URL) for the rest of the process. Until it is known, one
+  structured call at a time asks a server that is not OpenAI's (the others wait), so a run
+  sends each refused style once.
+
+Whatever the style, the answer is validated against the schema.
+"""
+
+AUTO_ORDER = ("json_schema", "json_object+schema", "none")
+"""The styles ``auto`` tries, in order, each at most once per request."""
+
+_learned_styles: dict[str, str] = {}
+_learned_lock = threading.Lock()
+
+
+def learned_style(base_url: str) -> str | None:
+    """The style ``auto`` found working for an endpoint in this process, if any."""
+    with _learned_lock:
+        return _learned_styles.get(base_url)
+
+
+def forget_learned_styles() -> None:
+    """Forget every remembered style (a new run, or a test)."""
+    with _learned_lock:
+        _learned_styles.clear()
+
+
+def _remember_style(base_url: str, style: str) -> None:
+    with _learned_lock:
+        _learned_styles[base_url] = style
+
+
+_probe_locks: dict[str, threading.Lock] = {}
+
+
+def _probe_lock(base_url: str) -> threading.Lock:
+    with _learned_lock:
+        return _probe_locks.setdefault(base_url, threading.Lock())
+
+
+def _needs_probe(request: CallRequest, base_url: str) -> bool:
+    """True for an ``auto`` structured call to a server whose style is not known yet.
+
+    OpenAI's own API takes ``json_schema``: its calls never wait for a probe.
+    """
+    if request.output_schema is None or (request.structured_output or "auto") != "auto":
+        return False
+    return base_url.rstrip("/") != OPENAI_BASE_URL and learned_style(base_url) is None
+
+
+def styles_to_try(request: CallRequest, base_url: str) -> tuple[str | None, ...]:
+    """The structured-output styles a request may be sent with, in order."""
     if request.output_schema is None:
+        return (None,)
+    style = request.structured_output or "auto"
+    if style != "auto":
+        return (style,)
+    known = learned_style(base_url)
+    return AUTO_ORDER[AUTO_ORDER.index(known) :] if known in AUTO_ORDER else AUTO_ORDER
+
+
+def response_format(
+    request: CallRequest, style: str | None = "json_schema"
+) -> dict[str, Any] | None:
+    """The ``response_format`` of a structured request in a style (None for plain text)."""
+    if request.output_schema is None or style in (None, "none"):
         return None
+    if style == "json_object":
+        return {"type": "json_object"}
+    if style == "json_object+schema":
+        return {"type": "json_object", "schema": request.output_schema}
     title = str(request.output_schema.get("title") or request.agent or "output")
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in title)[:64]
     return {"type": "json_schema", "json_schema": {"name": name, "schema": request.output_schema}}
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    """The prompt text that carries the schema for styles that do not send it."""
+    return (
+        "Answer with only a JSON document (no prose, no code fences) that matches this "
+        "JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+    )
+
+
+def messages_for_style(
+    request: CallRequest, messages: list[dict[str, str]], style: str | None
+) -> list[dict[str, str]]:
+    """The messages as sent.
+
+    The schema is added to the last user message for ``json_object`` and ``none``,
+    the styles that do not give the server the schema.
+    """
+    if request.output_schema is None or style not in ("json_object", "none"):
+        return messages
+    sent = [dict(m) for m in messages]
+    for message in reversed(sent):
+        if message.get("role") == "user":
+            message["content"] = f"{message.get('content', '')}\n\n" + schema_instruction(
+                request.output_schema
+            )
+            return sent
+    return [*sent, {"role": "user", "content": schema_instruction(request.output_schema)}]
 
 
 @dataclass(frozen=True)
@@ -149,15 +262,68 @@ class OpenAITransport:
             AgentCallError: A permanent error, a too-long Retry-After, or the
                 budget used up; or an answer without choices.
         """
+        if _needs_probe(request, self.base_url):
+            # The first structured call to a server finds its style while the others wait,
+            # so a run sends at most one request in a refused style per style and endpoint.
+            with _probe_lock(self.base_url):
+                return self._complete(request, messages, logger)
+        return self._complete(request, messages, logger)
+
+    def _complete(
+        self, request: CallRequest, messages: list[dict[str, str]], logger: Logger
+    ) -> Completion:
         client = openai_client(self.endpoint)
-        kwargs: dict[str, Any] = {"model": request.model, "messages": messages}
+        styles = styles_to_try(request, self.base_url)
+        spent = 0
+        for position, style in enumerate(styles):
+            try:
+                body, attempts = self._send(client, request, messages, style, logger)
+            except AgentCallError as exc:
+                spent += exc.attempts
+                refused = isinstance(exc, NonRetryableAPIError) and is_response_format_error(
+                    exc.__cause__
+                )
+                if refused and position + 1 < len(styles):
+                    logger.warning(
+                        "[%s] the server refused structured-output style %r (%s); trying %r "
+                        "and remembering what works for %s",
+                        request.label,
+                        style,
+                        describe_api_error(exc.__cause__),  # type: ignore[arg-type]
+                        styles[position + 1],
+                        self.base_url,
+                    )
+                    continue
+                exc.attempts = spent
+                raise
+            spent += attempts
+            auto = (request.structured_output or "auto") == "auto"
+            if request.output_schema is not None and auto:
+                _remember_style(self.base_url, str(style))
+            return _completion(request, body, spent, style)
+        raise AssertionError("unreachable: the last style either answers or raises")
+
+    def _send(
+        self,
+        client: openai.OpenAI,
+        request: CallRequest,
+        messages: list[dict[str, str]],
+        style: str | None,
+        logger: Logger,
+    ) -> tuple[Any, int]:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages_for_style(request, messages, style),
+        }
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         if request.max_tokens is not None:
             kwargs["max_tokens"] = request.max_tokens
-        wanted_format = response_format(request)
+        wanted_format = response_format(request, style)
         if wanted_format is not None:
             kwargs["response_format"] = wanted_format
+        if request.extra_body:
+            kwargs["extra_body"] = dict(request.extra_body)
 
         def send() -> Any:
             # The raw response: the body is read as JSON here instead of being built
@@ -167,27 +333,34 @@ class OpenAITransport:
             )
             return json.loads(raw.content)
 
-        body, attempts = call_with_retries(
+        return call_with_retries(
             send,
             request.retry,
             request.label,
             logger=logger,
             timeout_seconds=request.timeout_seconds,
         )
-        try:
-            choice = body["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise NonRetryableAPIError(
-                f"{request.label}: the server's answer has no choices/message ({exc!r})", attempts
-            ) from None
-        usage = body.get("usage") if isinstance(body, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
-        return Completion(
-            text=str(text),
-            finish_reason=finish,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            attempts=attempts,
-        )
+
+
+def _completion(request: CallRequest, body: Any, attempts: int, style: str | None) -> Completion:
+    """A completion from a chat-completions body."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise NonRetryableAPIError(
+            f"{request.label}: the server's answer has no choices/message ({exc!r})", attempts
+        ) from None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    reported = body.get("model") if isinstance(body, dict) else None
+    return Completion(
+        text=str(text),
+        finish_reason=finish,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        attempts=attempts,
+        model=str(reported) if reported else None,
+        style=style,
+    )

@@ -48,3 +48,19 @@ def one_line(text: str, limit: int = 500) -> str:
 positive_int = at_least(int, 1)
 non_negative_int = at_least(int, 0)
 non_negative_float = at_least(float, 0.0)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-tokens`` and ``--temperature`` (overriding every agent's) to a command."""
+    parser.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        metavar="N",
+        help="completion budget overriding every agent's (built-in agents: 1024)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        metavar="T",
+        help="sampling temperature overriding every agent's",
+    )

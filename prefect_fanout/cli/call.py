@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import one_line, positive_float
+from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_float
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -23,6 +23,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", help="model overriding the agent's ('test' runs offline)")
     parser.add_argument("--system", help="system prompt overriding the agent's")
     parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
+    add_sampling_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
     parser.add_argument("--refresh", action="store_true", help="ignore the cache, call again")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -43,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
-        Resolver(endpoint=args.endpoint, model=args.model).check([args.agent])
+        Resolver(
+            endpoint=args.endpoint,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+        ).check([args.agent])
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             cache=cache,
             timeout_seconds=args.timeout,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
             return_state=True,
         )
         result = state.result(raise_on_failure=True)

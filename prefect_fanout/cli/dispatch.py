@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import one_line, positive_int
+from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_int
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 from prefect_fanout.plan.policies import FAILURE_POLICIES
 
@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--trace-dir", help="write trace files here (overrides the plan)")
     parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
+    add_sampling_arguments(parser)
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -64,13 +65,26 @@ def run(args: argparse.Namespace) -> int:
             failure_policy=args.failure_policy,
             trace_dir=args.trace_dir,
         )
-        check_plan(plan, args.model, args.endpoint)
+        check_plan(
+            plan,
+            args.model,
+            args.endpoint,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+        )
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     cache = "off" if args.no_cache else ("refresh" if args.refresh else "on")
     try:
-        result = run_dispatch_flow(plan, model=args.model, endpoint=args.endpoint, cache=cache)
+        result = run_dispatch_flow(
+            plan,
+            model=args.model,
+            endpoint=args.endpoint,
+            cache=cache,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+        )
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE

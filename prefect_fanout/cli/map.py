@@ -12,7 +12,13 @@ import argparse
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, one_line, positive_int
+from prefect_fanout.cli.argtypes import (
+    add_sampling_arguments,
+    non_negative_float,
+    non_negative_int,
+    one_line,
+    positive_int,
+)
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -109,6 +115,7 @@ def add_parser(subparsers: Any) -> None:
         help="a file that does not decode: strict = exit 2 naming it (default), "
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
+    add_sampling_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -139,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             partition_retry_delay=args.retry_delay,
             encoding=args.encoding,
             errors=args.errors,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -274,7 +274,20 @@ class Dispatcher:
         if done.result is None:  # the call failed for good (after its own retries)
             error = done.error
             requests = error.attempts if isinstance(error, AgentCallError) else 0
-            self._record_attempt(run, agent, model, "failed", describe(error), requests)
+            self._record_attempt(
+                run,
+                agent,
+                getattr(error, "model", None) or model,
+                "failed",
+                describe(error),
+                requests,
+                usage=(
+                    getattr(error, "prompt_tokens", 0),
+                    getattr(error, "completion_tokens", 0),
+                    getattr(error, "cost_usd", 0.0),
+                ),
+                finish_reason=getattr(error, "finish_reason", None),
+            )
             if self._may_fall_back(run):
                 self._try_agent(run)
             else:
@@ -282,7 +295,21 @@ class Dispatcher:
             return
         result, future = done.result, done.future
         requests = 0 if result.cached else result.attempts
-        self._record_attempt(run, agent, result.model, "completed", None, requests, result.cached)
+        self._record_attempt(
+            run,
+            agent,
+            result.model,
+            "completed",
+            None,
+            requests,
+            result.cached,
+            finish_reason=result.finish_reason,
+        )
+        if result.finish_reason == "length":
+            self.logger.warning(
+                "task %r: the answer was cut at max_tokens (finish_reason=length)",
+                run.spec.task_id,
+            )
         run.future, run.result = future, result
         if run.spec.acceptance is not None:  # the answer completes the task once judged
             self.acceptance.judge(run)
@@ -312,8 +339,11 @@ class Dispatcher:
         error: str | None,
         requests: int,
         cached: bool = False,
+        usage: tuple[int, int, float | None] | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         began = run.attempt_started or run.started_mono or time.monotonic()
+        prompt_tokens, completion_tokens, cost = usage or (0, 0, 0.0)
         run.attempts.append(
             {
                 "agent": agent,
@@ -322,6 +352,10 @@ class Dispatcher:
                 "error": error,
                 "requests": requests,
                 "cached": cached,
+                "finish_reason": finish_reason,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_usd": cost,
                 "duration_s": round(time.monotonic() - began, 6),
             }
         )

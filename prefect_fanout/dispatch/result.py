@@ -94,7 +94,10 @@ class TaskOutcome(BaseModel):
         cached: The answer came from the cache.
         attempts: HTTP requests this run sent for the task, over every agent
             tried (0 for a cache hit or a skipped task).
-        usage: Tokens and cost of the answer (cost 0 for a cache hit).
+        model: The model that answered, as the server reported it (or the last one asked).
+        finish_reason: Why the answer ended (``stop``, ``length``...), if it came.
+        usage: Tokens and cost this run spent on the task: the answer's (cost 0 for
+            a cache hit) plus every failed ask's.
         duration_s: Seconds from the task's submission to its end in this run;
             ``None`` for skipped tasks.
         acceptance: For a task with ``acceptance`` criteria, its judge's
@@ -111,6 +114,8 @@ class TaskOutcome(BaseModel):
     error: str | None = None
     cached: bool = False
     attempts: int = 0
+    model: str | None = None
+    finish_reason: str | None = None
     usage: Usage = Field(default_factory=Usage)
     duration_s: float | None = None
     acceptance: Acceptance | None = None
@@ -203,7 +208,8 @@ def call_record(outcome: TaskOutcome, model: str | None = None) -> CallRecord:
     return CallRecord(
         id=outcome.task_id,
         agent=outcome.agent,
-        model=model,
+        model=outcome.model or model,
+        finish_reason=outcome.finish_reason,
         status=outcome.status,
         attempts=outcome.attempts,
         cached=outcome.cached,

@@ -94,7 +94,12 @@ def with_overrides(
 
 
 def check_plan(
-    plan: Plan, model: str | None = None, endpoint: str | LLMEndpoint | None = None
+    plan: Plan,
+    model: str | None = None,
+    endpoint: str | LLMEndpoint | None = None,
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> Resolver:
     """Resolve every agent, fallback and (when a model needs one) the endpoint of a plan.
 
@@ -102,6 +107,8 @@ def check_plan(
         plan: A validated plan.
         model: The model override of the run, if any.
         endpoint: An endpoint object or block name overriding ``config.endpoint``.
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
 
     Returns:
         The run's resolver, with everything resolved (reuse it for the run).
@@ -115,6 +122,8 @@ def check_plan(
         agents=plan_profiles(plan),
         endpoint=endpoint if endpoint is not None else plan.config.endpoint,
         model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
     )
     names: dict[str, None] = {}
     for task in plan.tasks:

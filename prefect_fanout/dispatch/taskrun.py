@@ -58,9 +58,18 @@ class TaskRun:
         paid = [result] if result else []
         if self.spec.acceptance is not None:  # every call of the loop, accepted or not
             paid = ([self.result] if self.result else []) + self.spent
+        failed = [a for a in self.attempts if a["status"] == "failed"]  # failed asks spend too
+        prompt = sum(int(a.get("prompt_tokens") or 0) for a in failed)
+        prompt += sum(call.prompt_tokens for call in paid)
+        completion = sum(int(a.get("completion_tokens") or 0) for a in failed)
+        completion += sum(call.completion_tokens for call in paid)
         cost: float | None = 0.0
+        for attempt in failed:
+            if attempt.get("prompt_tokens") or attempt.get("completion_tokens"):
+                cost = add_costs(cost, attempt.get("cost_usd"))
         for call in paid:
             cost = add_costs(cost, call.run_cost_usd)
+        last = self.attempts[-1] if self.attempts else {}
         return TaskOutcome(
             task_id=self.spec.task_id,
             agent=self.agent,
@@ -69,9 +78,11 @@ class TaskRun:
             error=self.error,
             cached=bool(result and result.cached),
             attempts=sum(int(a["requests"]) for a in [*self.attempts, *self.loop_calls]),
+            model=result.model if result else last.get("model"),
+            finish_reason=result.finish_reason if result else last.get("finish_reason"),
             usage=Usage(
-                prompt_tokens=sum(call.prompt_tokens for call in paid),
-                completion_tokens=sum(call.completion_tokens for call in paid),
+                prompt_tokens=prompt,
+                completion_tokens=completion,
                 cost_usd=cost,
             ),
             duration_s=self.duration_s,
@@ -102,7 +113,8 @@ class TaskRun:
             "flow_run_id": flow_run_id,
             "agent": self.agent,
             "requested_agent": self.spec.agent,
-            "model": result.model if result else (request.model if request else None),
+            "model": outcome["model"] or (request.model if request else None),
+            "finish_reason": outcome["finish_reason"],
             "input": {
                 "description": self.spec.description,
                 "input_data": self.spec.input_data,

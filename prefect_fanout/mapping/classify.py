@@ -92,7 +92,7 @@ def classify_items(
     progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
     for done in window.run(_jobs(requests, resolver, cache)):
         request = requests[done.key]
-        usage.add(done.result, failed=not done.ok)
+        usage.add(done.result, failed=not done.ok, error=done.error)
         progress.advance(failed=not done.ok)
         if done.ok:
             result: AgentResult = done.result  # type: ignore[assignment]
@@ -102,13 +102,12 @@ def classify_items(
         labels[done.key] = UNKNOWN
         logger.warning("classify %s failed, labelled %r: %s", done.key, UNKNOWN, done.error)
         records.append(
-            CallRecord(
-                id=f"classify:{done.key}",
-                agent=request.agent,
-                model=request.model,
-                status="failed",
-                attempts=getattr(done.error, "attempts", 1),
-                error=describe(done.error),
+            CallRecord.from_error(
+                f"classify:{done.key}",
+                request.agent,
+                request.model,
+                done.error,
+                message=describe(done.error),
             )
         )
     progress.finish()

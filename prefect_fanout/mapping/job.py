@@ -224,6 +224,8 @@ def prepare_map(
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
     encoding: str = "utf-8",
     errors: str = "strict",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -241,6 +243,8 @@ def prepare_map(
         active_partitions: Partitions mapped at once; the next opens when one
             has handed out all its items.
         model: A model overriding every agent's (``test`` runs offline).
+        max_tokens: A completion budget overriding every agent's.
+        temperature: A sampling temperature overriding every agent's.
         endpoint: A saved LLMEndpoint block's name or an endpoint; None uses
             ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
         refresh: Ignore stored answers and call again (storing the new ones).
@@ -270,7 +274,13 @@ def prepare_map(
         max_workers, active_partitions, partition_retries, partition_retry_delay, reduce_budget
     )
     check_template(items, prompt)  # input errors first, before agents and endpoints
-    resolver = Resolver(agents=agents, endpoint=endpoint, model=model)
+    resolver = Resolver(
+        agents=agents,
+        endpoint=endpoint,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
     profile = resolver.agent(agent)
     classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None
     classifier = resolver.agent(classifier_name) if classifier_name else None

@@ -230,7 +230,7 @@ def tree_reduce(
         jobs = ((g.id, _submitter(g, agent, resolver, cache)) for g in groups)
         for done in window.run(jobs):
             finished[done.key] = done
-            outcome.usage.add(done.result, failed=not done.ok)
+            outcome.usage.add(done.result, failed=not done.ok, error=done.error)
         outcome.levels = level
         outcome.calls += len(groups)
         outcome.cached += sum(1 for d in finished.values() if d.result and d.result.cached)

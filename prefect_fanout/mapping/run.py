@@ -75,14 +75,8 @@ def _record(
         record = CallRecord.from_result(item.id, done.result, partition=key)
         return record.model_copy(update={"status": status, "error": error})
     request = job.requests[item.id]
-    return CallRecord(
-        id=item.id,
-        agent=request.agent,
-        model=request.model,
-        status=status,
-        attempts=getattr(done.error, "attempts", 1),
-        error=error,
-        partition=key,
+    return CallRecord.from_error(
+        item.id, request.agent, request.model, done.error, status, error, partition=key
     )
 
 

@@ -75,9 +75,19 @@ def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
     """An item's line in its partition file and in final.jsonl."""
     row: dict[str, Any] = {"id": item.id, "partition": key}
     if done.ok and done.result is not None:
-        row.update(status="completed", output=jsonable(done.result.output))
+        row.update(
+            status="completed",
+            output=jsonable(done.result.output),
+            model=done.result.model,
+            finish_reason=done.result.finish_reason,
+        )
     else:
-        row.update(status="failed", error=describe(done.error))
+        row.update(
+            status="failed",
+            error=describe(done.error),
+            model=getattr(done.error, "model", None),
+            finish_reason=getattr(done.error, "finish_reason", None),
+        )
     return row
 
 
@@ -239,7 +249,7 @@ def map_partitions(
     for count, done in enumerate(window.run(jobs), start=1):
         key, item = done.key
         stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
-        stage.usage.add(done.result, failed=not done.ok)
+        stage.usage.add(done.result, failed=not done.ok, error=done.error)
         progress.advance(failed=not done.ok)
         if not done.ok:
             logger.warning("item %s (partition %s) failed: %s", item.id, key, done.error)

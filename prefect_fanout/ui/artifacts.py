@@ -79,6 +79,7 @@ def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
             "agent": r.agent,
             "model": r.model or "",
             "status": r.status,
+            "finish_reason": r.finish_reason or "",
             "attempts": r.attempts,
             "cached": r.cached,
             "prompt_tokens": r.prompt_tokens,
