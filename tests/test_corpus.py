@@ -56,10 +56,11 @@ def test_jsonl_accepts_str_path_bom_and_crlf(tmp_path: Path) -> None:
     assert [i.id for i in load_items(str(src))] == ["x", "y"]
 
 
-def test_empty_jsonl(tmp_path: Path) -> None:
+def test_empty_jsonl_is_an_error(tmp_path: Path) -> None:
     src = tmp_path / "empty.jsonl"
     src.write_text("\n\n", encoding="utf-8")
-    assert load_items(src) == []
+    with pytest.raises(CorpusError, match="has no items; nothing to map"):
+        load_items(src)
 
 
 def test_item_is_frozen() -> None:
@@ -152,7 +153,9 @@ def make_tree(root: Path) -> Path:
 
 def test_directory_items(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "corpus")
-    items = load_items(root)
+    with pytest.raises(CorpusError, match=r"bad\.bin: not valid utf-8 at byte 3"):
+        load_items(root)  # strict by default: never send mangled text
+    items = load_items(root, errors="replace")
     ids = [i.id for i in items]
     assert ids == sorted(ids)
     assert ids == ["2024/01/notes.md", "a-c.txt", "a/b/c.txt", "a/z.md", "b.txt", "bad.bin"]
@@ -174,13 +177,14 @@ def test_directory_items(tmp_path: Path) -> None:
 
 def test_directory_order_is_deterministic(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "corpus")
-    assert load_items(root) == load_items(str(root))
+    assert load_items(root, errors="replace") == load_items(str(root), errors="replace")
 
 
-def test_empty_directory(tmp_path: Path) -> None:
+def test_a_directory_of_hidden_files_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".only-hidden").write_text("x", encoding="utf-8")
-    assert load_items(tmp_path / "empty") == []
+    with pytest.raises(CorpusError, match="no \\(non-hidden\\) files"):
+        load_items(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------- read-only
@@ -194,7 +198,7 @@ def test_sources_unchanged_after_loading(tmp_path: Path) -> None:
         if path.is_file():
             os.utime(path, (past, past))
     before = snapshot(root) | snapshot(src)
-    load_items(root)
+    load_items(root, errors="replace")
     load_items(src)
     after = snapshot(root) | snapshot(src)
     assert after == before
