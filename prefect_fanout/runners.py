@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-
 from prefect_fanout.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 __all__ = ["TASK_RUNNERS", "build_task_runner", "check_task_runner", "runner_matches"]
 
@@ -175,6 +176,8 @@ def build_task_runner(
         )
     if task_runner != "thread":
         raise ConfigurationError(f"unknown task runner {task_runner!r}")
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 

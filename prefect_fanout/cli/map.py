@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import non_negative_float, non_negative_int, one_line, positive_int
+from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -109,17 +110,20 @@ def add_parser(subparsers: Any) -> None:
         help="a file that does not decode: strict = exit 2 naming it (default), "
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
+    add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
     from prefect_fanout.agents.agentsfile import load_agents_file
+    from prefect_fanout.cli.runner_args import runner_options
     from prefect_fanout.errors import FanoutError, describe, exit_code_for
     from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
 
     try:
+        runner = runner_options(args)
         agents = load_agents_file(args.agents) if args.agents else {}
         job = prepare_map(
             args.input,
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             encoding=args.encoding,
             errors=args.errors,
+            **runner,
         )
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:
