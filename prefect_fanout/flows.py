@@ -373,6 +373,13 @@ _prepared: dict[tuple[str, str, str, str], MapJob] = {}
 _prepared_lock = threading.Lock()
 
 
+def _take_prepared(key: tuple[str, str, str, str]) -> MapJob | None:
+    # A function, not inline in map_flow: the flow object travels to Dask and Ray
+    # workers in the run's context, and its body must not reference the lock itself.
+    with _prepared_lock:
+        return _prepared.pop(key, None)
+
+
 def _job_key(input: str, agent: str, partition: str, output_dir: str) -> tuple[str, str, str, str]:
     return (input, agent, partition, str(Path(output_dir)))
 
@@ -434,8 +441,7 @@ def map_flow(
     Returns:
         The run's summary (also written to ``summary.json``).
     """
-    with _prepared_lock:
-        job = _prepared.pop(_job_key(input, agent, partition, output_dir), None)
+    job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
         job = prepare_map(
             input,

@@ -131,7 +131,7 @@ def dask_cluster_kwargs(max_workers: int) -> dict[str, Any]:
         "threads_per_worker": max(1, math.ceil(max_workers / processes)),
         "processes": True,
         "host": "127.0.0.1",
-        "dashboard_address": None,
+        "dashboard_address": "127.0.0.1:0",
     }
 
 
@@ -154,11 +154,11 @@ def build_task_runner(
         An unstarted task runner.
     """
     if task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
+        from prefect_fanout.dask_runner import FanoutDaskTaskRunner
 
         if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(
+            return FanoutDaskTaskRunner(address=dask_address)
+        return FanoutDaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs=dask_cluster_kwargs(max_workers),
         )
@@ -183,7 +183,6 @@ def build_task_runner(
 
 def runner_matches(runner: Any, task_runner: str) -> bool:
     """True when ``runner`` (a flow run's task runner) is of the chosen kind."""
-    name = type(runner).__name__
-    return {"thread": "ThreadPoolTaskRunner", "dask": "DaskTaskRunner", "ray": "RayTaskRunner"}.get(
-        task_runner
-    ) == name
+    names = {cls.__name__ for cls in type(runner).__mro__}
+    wanted = {"thread": "ThreadPoolTaskRunner", "dask": "DaskTaskRunner", "ray": "RayTaskRunner"}
+    return wanted.get(task_runner) in names
