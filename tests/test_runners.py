@@ -198,7 +198,8 @@ def test_dispatch_on_a_dask_local_cluster_matches_the_thread_runner(
     prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
 ) -> None:
     key = uuid.uuid4().hex[:12]
-    fake_openai.script(f"SAME-{key}", Reply(f"same-out-{key}", latency=1.0))
+    same = Reply(f"same-out-{key}", latency=1.0)
+    fake_openai.script(f"SAME-{key}", same, same, same)  # this run's, then the reruns
     plan = plan_of(
         task("a", f"A-{key}"),
         task("b", f"B-{key}", "a"),
