@@ -163,11 +163,11 @@ def build_task_runner(
             cluster_kwargs=dask_cluster_kwargs(max_workers),
         )
     if task_runner == "ray":
-        from prefect_ray import RayTaskRunner
+        from prefect_fanout.ray_runner import FanoutRayTaskRunner
 
         if ray_address:
-            return RayTaskRunner(address=ray_address)
-        return RayTaskRunner(
+            return FanoutRayTaskRunner(address=ray_address)
+        return FanoutRayTaskRunner(
             init_kwargs={
                 "num_cpus": max_workers,
                 "include_dashboard": False,
@@ -179,6 +179,22 @@ def build_task_runner(
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+def unquoted(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Task parameters with top-level ``quote`` annotations unwrapped, for Dask and Ray.
+
+    The agent-call task quotes its request and transport so that Prefect does not
+    walk them in the flow's process. Sent to a Dask or Ray worker, a ``quote`` (a
+    named tuple) arrives rebuilt as ``quote(((value,),))`` and the task would get
+    a tuple; the remote runners therefore send the values themselves.
+    """
+    from prefect.utilities.annotations import BaseAnnotation
+
+    return {
+        name: value.unwrap() if isinstance(value, BaseAnnotation) else value
+        for name, value in parameters.items()
+    }
 
 
 def runner_matches(runner: Any, task_runner: str) -> bool:

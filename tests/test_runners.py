@@ -1,4 +1,4 @@
-"""Task runners: map and dispatch on a real Dask ``LocalCluster``, and bad runner input.
+"""Task runners: map and dispatch on a real Dask ``LocalCluster`` and a local Ray; bad input.
 
 The end-to-end tests run against the session's real Prefect server and the fake
 OpenAI server; the Dask cluster is started for each run by the runner itself
@@ -8,6 +8,7 @@ the cache and both servers live for the whole session.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import socket
@@ -31,6 +32,17 @@ from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
+
+RUNNERS = [
+    "dask",
+    pytest.param(
+        "ray",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("prefect_ray") is None,
+            reason="the ray extra is not installed (pip install 'prefect-fanout[ray]')",
+        ),
+    ),
+]
 
 pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
 
@@ -163,8 +175,13 @@ def test_cli_bad_runner_input_exits_2_before_any_call(
 
 @pytest.mark.server
 @pytest.mark.timeout(600)
-def test_map_on_a_dask_local_cluster_matches_the_thread_runner(
-    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_map_on_worker_processes_matches_the_thread_runner(
+    runner: str,
+    prefect_server: Any,
+    fake_openai: FakeOpenAI,
+    endpoint: LLMEndpoint,
+    tmp_path: Path,
 ) -> None:
     run = tag()
     records = [{"id": f"{run}-{n:02d}", "text": f"{run} item {n}"} for n in range(12)]
@@ -176,7 +193,7 @@ def test_map_on_a_dask_local_cluster_matches_the_thread_runner(
         "max_workers": 4,
     }
 
-    on_dask = map_corpus(source, output_dir=tmp_path / "dask", task_runner="dask", **options)
+    on_dask = map_corpus(source, output_dir=tmp_path / "dask", task_runner=runner, **options)
     assert (on_dask.total, on_dask.completed, on_dask.failed) == (12, 12, 0)
     assert on_dask.cached == 0 and fake_openai.count(run) == 12
     assert len(list((tmp_path / "dask" / "partitions").glob("partition-*.jsonl"))) == 3
@@ -194,8 +211,9 @@ def test_map_on_a_dask_local_cluster_matches_the_thread_runner(
 
 @pytest.mark.server
 @pytest.mark.timeout(600)
-def test_dispatch_on_a_dask_local_cluster_matches_the_thread_runner(
-    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_dispatch_on_worker_processes_matches_the_thread_runner(
+    runner: str, prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
 ) -> None:
     key = uuid.uuid4().hex[:12]
     same = Reply(f"same-out-{key}", latency=1.0)
@@ -208,7 +226,7 @@ def test_dispatch_on_a_dask_local_cluster_matches_the_thread_runner(
         task("same1", f"SAME-{key}"),
         task("same2", f"SAME-{key}"),
     )
-    on_dask = dispatch_plan(plan, endpoint=endpoint, task_runner="dask", max_workers=4)
+    on_dask = dispatch_plan(plan, endpoint=endpoint, task_runner=runner, max_workers=4)
     assert on_dask.status == "completed", on_dask.model_dump_json(indent=2)
     assert on_dask.summary.completed == 6
     # Two identical calls at once: the call lock (flock files beside result storage,
