@@ -271,3 +271,26 @@ def test_cli_map_with_task_runner_dask(
     assert (summary["total"], summary["completed"]) == (6, 6)
     assert [r["id"] for r in read_jsonl(out / "final.jsonl")] == [r["id"] for r in records]
     assert fake_openai.count(run) == 6
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_the_shipped_flow_honours_its_task_runner_parameter(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
+) -> None:
+    """As a run from the UI or a deployment does: the flow's default runner, a parameter."""
+    from prefect_fanout.dispatch.run import result_of
+    from prefect_fanout.flows import dispatch_flow
+
+    key = uuid.uuid4().hex[:12]
+    plan = plan_of(task("a", f"A-{key}"), task("b", f"B-{key}", "a"))
+    state = dispatch_flow(plan=plan, endpoint=endpoint, task_runner="dask", return_state=True)
+    result = result_of(state)
+    assert result.status == "completed" and fake_openai.count(key) == 2
+    (b,) = fake_openai.requests(f"B-{key}")
+    assert f"### a\n{result.task('a').output}" in b.prompt
+
+    bad = dispatch_flow(plan=plan, endpoint=endpoint, task_runner="spark", return_state=True)
+    assert bad.is_failed() and fake_openai.count(key) == 2
+    with pytest.raises(ConfigurationError, match="unknown task runner 'spark'"):
+        bad.result()
