@@ -21,7 +21,19 @@ esac
 DIR=${1:-$(mktemp -d -t fanout-pg.XXXXXX)}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
-DATA="$DIR/data"
+# As root, the cluster runs as `postgres`, which may not reach DIR (e.g. under a 0700 parent):
+# it then lives in a /tmp directory of its own, recorded in DIR/pgroot.
+if [ "$(id -u)" = 0 ]; then
+  if [ ! -s "$DIR/pgroot" ]; then
+    PGROOT=$(mktemp -d -t fanout-pgroot.XXXXXX)
+    chown postgres "$PGROOT"
+    echo "$PGROOT" >"$DIR/pgroot"
+  fi
+  PGROOT=$(cat "$DIR/pgroot")
+else
+  PGROOT=$DIR
+fi
+DATA="$PGROOT/data"
 
 pg_bin() {
   local found
@@ -44,7 +56,7 @@ BIN=$(pg_bin)
 # initdb and postgres refuse to run as root: run them as the `postgres` user then.
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -63,16 +75,16 @@ stop_pg() {
 
 if [ "$mode" = stop ]; then
   stop_pg
+  if [ "$PGROOT" != "$DIR" ]; then rm -rf "$PGROOT" "$DIR/pgroot"; fi
   exit 0
 fi
 
 if [ ! -f "$DATA/PG_VERSION" ]; then
-  [ "$(id -u)" = 0 ] && chown postgres "$DIR"
   as_pg "$BIN/initdb" -D "$DATA" -U prefect --auth=trust -E UTF8 >"$DIR/initdb.log"
 fi
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=200" start >/dev/null
+as_pg "$BIN/pg_ctl" -D "$DATA" -l "$PGROOT/postgres.log" -w -t 60 \
+  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PGROOT -c max_connections=200" start >/dev/null
 as_pg "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U prefect prefect 2>/dev/null || true
 URL="postgresql+asyncpg://prefect@127.0.0.1:$PORT/prefect"
 echo "$PORT" >"$DIR/port"
