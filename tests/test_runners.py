@@ -294,3 +294,36 @@ def test_the_shipped_flow_honours_its_task_runner_parameter(
     assert bad.is_failed() and fake_openai.count(key) == 2
     with pytest.raises(ConfigurationError, match="unknown task runner 'spark'"):
         bad.result()
+
+
+def test_an_unreachable_ray_address_is_refused_with_the_fix() -> None:
+    port = closed_port()
+    with pytest.raises(ConfigurationError) as caught:
+        check_task_runner("ray", ray_address=f"ray://127.0.0.1:{port}", cli=True)
+    assert f"--ray-address ray://127.0.0.1:{port}: nothing answers" in str(caught.value)
+    assert "ray start --head" in str(caught.value)
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_a_tag_concurrency_limit_bounds_calls_on_dask_workers(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
+) -> None:
+    agent = f"limited-{uuid.uuid4().hex[:8]}"
+    created = subprocess.run(
+        [sys.executable, "-m", "prefect", "concurrency-limit", "create", f"agent:{agent}", "1"],
+        env=prefect_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    key = uuid.uuid4().hex[:12]
+    for n in range(3):
+        fake_openai.script(f"L{n}-{key}", Reply("ok", latency=0.5))
+    plan = plan_of(
+        *(task(f"t{n}", f"L{n}-{key}", agent=agent) for n in range(3)), agents={agent: {}}
+    )
+    result = dispatch_plan(plan, endpoint=endpoint, task_runner="dask", max_workers=3)
+    assert result.status == "completed" and fake_openai.count(key) == 3
+    assert fake_openai.max_in_flight == 1  # the limit held across worker processes
