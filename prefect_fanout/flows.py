@@ -18,18 +18,18 @@ flow run when there is one (``map_corpus``).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.endpoints import LLMEndpoint
@@ -52,6 +52,7 @@ from prefect_fanout.mapping.run import run_map
 from prefect_fanout.mapping.summary import MapSummary
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
 from prefect_fanout.plan.model import Plan
+from prefect_fanout.runners import build_task_runner, check_task_runner, runner_matches
 
 __all__ = [
     "call_flow",
@@ -149,6 +150,29 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
     raise raised[0]
 
 
+@contextlib.contextmanager
+def _on_task_runner(
+    task_runner: str, max_workers: int, dask_address: str | None, ray_address: str | None
+) -> Iterator[None]:
+    """Submit this flow body's task runs to the chosen runner.
+
+    A flow run started by :func:`run_map_flow` or :func:`run_dispatch_flow` has the
+    runner already; one started from the UI or a deployment (with the flow's
+    default thread pool) gets the runner its ``task_runner`` parameter names,
+    started here and shut down when the body ends.
+    """
+    context = FlowRunContext.get()
+    if context is None or runner_matches(context.task_runner, task_runner):
+        yield
+        return
+    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
+    runner = build_task_runner(
+        task_runner, max_workers=max_workers, dask_address=dask_address, ray_address=ray_address
+    )
+    with runner, context.model_copy(update={"task_runner": runner}):
+        yield
+
+
 @flow(name="fanout-call", log_prints=False)
 def call_flow(
     prompt: str | None = None,
@@ -207,6 +231,9 @@ def dispatch_flow(
     cache: CacheOptions | str = "on",
     max_tokens: int | None = None,
     temperature: float | None = None,
+    task_runner: str = "thread",
+    dask_address: str | None = None,
+    ray_address: str | None = None,
 ) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
@@ -229,6 +256,9 @@ def dispatch_flow(
         cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
+        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
+        ray_address: An existing Ray cluster; None starts a local Ray.
 
     Returns:
         The final state, carrying the :class:`DispatchResult`.
@@ -238,7 +268,10 @@ def dispatch_flow(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
     resolver = check_plan(loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature)
-    return final_state(_keep(run_plan(loaded, cache=cache, resolver=resolver)))
+    workers = loaded.config.max_workers
+    with _on_task_runner(task_runner, workers, dask_address, ray_address):
+        outcome = run_plan(loaded, cache=cache, resolver=resolver)
+    return final_state(_keep(outcome))
 
 
 def run_dispatch_flow(
@@ -249,17 +282,30 @@ def run_dispatch_flow(
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    task_runner: str = "thread",
+    dask_address: str | None = None,
+    ray_address: str | None = None,
 ) -> DispatchResult:
     """Run an already validated plan as a ``fanout-dispatch`` flow run.
 
-    The flow gets a ``ThreadPoolTaskRunner(max_workers=config.max_workers)``.
-    Use :func:`dispatch_plan` unless the plan was validated (and its agents
+    The flow gets the chosen task runner (``thread``: a
+    ``ThreadPoolTaskRunner(max_workers=config.max_workers)``). Use
+    :func:`dispatch_plan` unless the plan was validated (and its agents
     checked) already, as ``fanout dispatch`` does.
 
     Returns:
         The dispatch result, whatever the flow run's final state.
+
+    Raises:
+        ConfigurationError: The task runner choice is wrong (before the flow run starts).
     """
-    runner = ThreadPoolTaskRunner(max_workers=plan.config.max_workers)
+    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
+    runner = build_task_runner(
+        task_runner,
+        max_workers=plan.config.max_workers,
+        dask_address=dask_address,
+        ray_address=ray_address,
+    )
     text = plan.model_dump_json(exclude_none=True)
     reference: Plan | str = plan
     if len(text.encode("utf-8")) > INLINE_PARAMETER_BYTES:
@@ -271,6 +317,9 @@ def run_dispatch_flow(
         "cache": CacheOptions.of(cache),
         "max_tokens": max_tokens,
         "temperature": temperature,
+        "task_runner": task_runner,
+        "dask_address": dask_address,
+        "ray_address": ray_address,
     }
     return _reported_best_effort(
         lambda: result_of(flow_(plan=reference, **options, return_state=True))
@@ -288,6 +337,9 @@ def dispatch_plan(
     cache: CacheOptions | CacheMode | str = CacheMode.ON,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    task_runner: str = "thread",
+    dask_address: str | None = None,
+    ray_address: str | None = None,
 ) -> DispatchResult:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
 
@@ -302,15 +354,19 @@ def dispatch_plan(
         cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        task_runner: ``thread`` (default), ``dask`` or ``ray``: where the calls run.
+        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
+        ray_address: An existing Ray cluster; None starts a local Ray.
 
     Returns:
         The result; its ``status`` says whether every task completed.
 
     Raises:
         PlanValidationError: The plan is invalid (nothing was run).
-        ConfigurationError: An option is invalid or no endpoint is configured
-            (checked before the flow run starts).
+        ConfigurationError: An option is invalid, no endpoint is configured, or
+            the task runner choice is wrong (checked before the flow run starts).
     """
+    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
     checked = validate_dispatch_data(plan) if isinstance(plan, Plan) else load_dispatch_plan(plan)
     checked = with_overrides(
         checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
@@ -323,6 +379,9 @@ def dispatch_plan(
         cache=cache,
         max_tokens=max_tokens,
         temperature=temperature,
+        task_runner=task_runner,
+        dask_address=dask_address,
+        ray_address=ray_address,
     )
 
 
@@ -332,6 +391,13 @@ def dispatch_plan(
 # nothing here and prepares its job from its parameters.
 _prepared: dict[tuple[str, str, str, str], MapJob] = {}
 _prepared_lock = threading.Lock()
+
+
+def _take_prepared(key: tuple[str, str, str, str]) -> MapJob | None:
+    # A function, not inline in map_flow: the flow object travels to Dask and Ray
+    # workers in the run's context, and its body must not reference the lock itself.
+    with _prepared_lock:
+        return _prepared.pop(key, None)
 
 
 def _job_key(input: str, agent: str, partition: str, output_dir: str) -> tuple[str, str, str, str]:
@@ -364,6 +430,9 @@ def map_flow(
     errors: str = "strict",
     max_tokens: int | None = None,
     temperature: float | None = None,
+    task_runner: str = "thread",
+    dask_address: str | None = None,
+    ray_address: str | None = None,
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -389,12 +458,14 @@ def map_flow(
             ``replace`` or ``ignore``.
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
+        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
+        ray_address: An existing Ray cluster; None starts a local Ray.
 
     Returns:
         The run's summary (also written to ``summary.json``).
     """
-    with _prepared_lock:
-        job = _prepared.pop(_job_key(input, agent, partition, output_dir), None)
+    job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
         job = prepare_map(
             input,
@@ -417,7 +488,9 @@ def map_flow(
             max_tokens=max_tokens,
             temperature=temperature,
         )
-    return _keep(run_map(job))
+    with _on_task_runner(task_runner, job.max_workers, dask_address, ray_address):
+        summary = run_map(job)
+    return _keep(summary)
 
 
 def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
@@ -426,16 +499,29 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
     Args:
         job: From :func:`~prefect_fanout.mapping.job.prepare_map`.
         **parameters: The flow run's parameters as :func:`map_flow` takes them;
-            the job's own settings fill in the ones not given.
+            the job's own settings fill in the ones not given. ``task_runner``,
+            ``dask_address`` and ``ray_address`` choose the flow's task runner
+            (ignored inside a flow run, which keeps its own).
 
     Returns:
         The run's summary.
 
     Raises:
+        ConfigurationError: The task runner choice is wrong (before the flow run starts).
         Exception: Whatever ended the flow run early (items failing never do).
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
+    choice = {
+        "task_runner": parameters.pop("task_runner", None) or "thread",
+        "dask_address": parameters.pop("dask_address", None),
+        "ray_address": parameters.pop("ray_address", None),
+    }
+    check_task_runner(
+        choice["task_runner"],
+        dask_address=choice["dask_address"],
+        ray_address=choice["ray_address"],
+    )
     parameters = {
         "input": job.source,
         "agent": job.agent.name,
@@ -453,6 +539,7 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
         "partition_retries": job.partition_retries,
         "partition_retry_delay": job.partition_retry_delay,
         **parameters,
+        **choice,
     }
     key = _job_key(
         parameters["input"], parameters["agent"], parameters["partition"], parameters["output_dir"]
@@ -460,7 +547,12 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
     with _prepared_lock:
         _prepared[key] = job
     try:
-        runner = ThreadPoolTaskRunner(max_workers=job.max_workers)
+        runner = build_task_runner(
+            choice["task_runner"],
+            max_workers=job.max_workers,
+            dask_address=choice["dask_address"],
+            ray_address=choice["ray_address"],
+        )
         flow_ = map_flow.with_options(task_runner=runner)
         return _reported_best_effort(lambda: flow_(**parameters))
     finally:
@@ -472,7 +564,8 @@ def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Inside a flow it runs in that flow run (on its task runner); outside one it
-    runs the ``fanout-map`` flow with ``ThreadPoolTaskRunner(max_workers)``.
+    runs the ``fanout-map`` flow on the task runner ``task_runner`` names
+    (``thread`` by default: ``ThreadPoolTaskRunner(max_workers)``).
 
     Args:
         items_or_path: A JSONL file or a directory, or a list of ``Item``
@@ -481,7 +574,8 @@ def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
             ``partition``, ``output_dir`` (required), ``agents``, ``prompt``,
             ``reduce``, ``reduce_budget``, ``max_workers``, ``model``,
             ``endpoint``, ``refresh``, ``cache``, ``partition_retries``,
-            ``partition_retry_delay``, ``active_partitions``.
+            ``partition_retry_delay``, ``active_partitions``; and ``task_runner``
+            (``thread``, ``dask`` or ``ray``), ``dask_address``, ``ray_address``.
 
     Returns:
         The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
@@ -491,7 +585,19 @@ def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
         CorpusError: The corpus cannot be read.
         PartitionSpecError: The partition spec is malformed.
         ConfigurationError: An agent, the endpoint, an option or the prompt
-            template is wrong (raised before any call is made).
+            template is wrong, or the task runner choice is (raised before any call
+            is made).
     """
+    choice = {
+        "task_runner": options.pop("task_runner", None) or "thread",
+        "dask_address": options.pop("dask_address", None),
+        "ray_address": options.pop("ray_address", None),
+    }
+    if FlowRunContext.get() is None:
+        check_task_runner(
+            choice["task_runner"],
+            dask_address=choice["dask_address"],
+            ray_address=choice["ray_address"],
+        )
     job = prepare_map(items_or_path, **options)
-    return run_map_flow(job, prompt=options.get("prompt"))
+    return run_map_flow(job, prompt=options.get("prompt"), **choice)

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from prefect.locking.protocol import LockManager
@@ -36,6 +37,14 @@ class FlockLockManager(LockManager):
         self.directory = Path(directory).expanduser().resolve()
         self._held: dict[str, tuple[str, int]] = {}
         self._guard = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickle as the directory: a Dask or Ray worker gets its process's manager for it.
+
+        Locks held are never sent (a file descriptor means nothing in another
+        process); task runs acquire and release within one process.
+        """
+        return (shared_lock_manager, (str(self.directory),))
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.lock"
@@ -149,3 +158,17 @@ class FlockLockManager(LockManager):
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Async :meth:`wait_for_lock`."""
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
+
+
+_shared: dict[Path, FlockLockManager] = {}
+_shared_guard = threading.Lock()
+
+
+def shared_lock_manager(directory: str | Path) -> FlockLockManager:
+    """The lock manager of ``directory`` in this process (one per directory and process)."""
+    path = Path(directory).expanduser().resolve()
+    with _shared_guard:
+        manager = _shared.get(path)
+        if manager is None:
+            manager = _shared[path] = FlockLockManager(path)
+        return manager

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_int
+from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 from prefect_fanout.plan.policies import FAILURE_POLICIES
 
@@ -45,11 +46,13 @@ def add_parser(subparsers: Any) -> None:
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout dispatch``."""
+    from prefect_fanout.cli.runner_args import runner_options
     from prefect_fanout.cli.validate import load_or_report
     from prefect_fanout.dispatch.run import check_plan, with_overrides
     from prefect_fanout.errors import ConfigurationError, describe
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             temperature=args.temperature,
         )
+        runner = runner_options(args)
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             cache=cache,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            **runner,
         )
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from prefect_fanout.cli.argtypes import (
     one_line,
     positive_int,
 )
+from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -116,17 +117,20 @@ def add_parser(subparsers: Any) -> None:
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
     add_sampling_arguments(parser)
+    add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
     from prefect_fanout.agents.agentsfile import load_agents_file
+    from prefect_fanout.cli.runner_args import runner_options
     from prefect_fanout.errors import FanoutError, describe, exit_code_for
     from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
 
     try:
+        runner = runner_options(args)
         agents = load_agents_file(args.agents) if args.agents else {}
         job = prepare_map(
             args.input,
@@ -159,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             encoding=args.encoding,
             errors=args.errors,
+            **runner,
         )
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:
