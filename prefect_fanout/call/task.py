@@ -171,6 +171,7 @@ def submit_or_reuse(
     context: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
     cache: CacheOptions | CacheMode | str | None = None,
+    answered: CallRequest | None = None,
 ) -> PrefectFuture[AgentResult] | AgentResult:
     """The call's stored answer when the cache has one, else the call submitted as a task.
 
@@ -178,16 +179,26 @@ def submit_or_reuse(
     stored record and no task run (see :func:`~prefect_fanout.call.cache.stored_answer`).
     Upstream futures in ``context`` must be finished (a dependant starts after them).
 
+    Args:
+        request: The call's request, before its context.
+        context: Upstream results or futures by id (futures draw the run graph's edges).
+        transport: What sends the request.
+        cache: The call's cache options.
+        answered: The request with its context already applied, when the caller has
+            it (then the upstream futures are not read again for the lookup).
+
     Returns:
         The stored result (``cached`` is true), or the future of the submitted call.
     """
     options = CacheOptions.of(cache)
     if options.mode is CacheMode.ON:
-        resolved = {
-            key: value.result() if isinstance(value, PrefectFuture) else value
-            for key, value in (context or {}).items()
-        }
-        stored = stored_answer(request.with_context(resolved), options)
+        if answered is None:
+            resolved = {
+                key: value.result() if isinstance(value, PrefectFuture) else value
+                for key, value in (context or {}).items()
+            }
+            answered = request.with_context(resolved)
+        stored = stored_answer(answered, options)
         if stored is not None:
             return stored
     return submit_agent_call(request, context=context, transport=transport, cache=options)

@@ -235,7 +235,12 @@ class Dispatcher:
             # Upstream futures draw the edges in the UI; a reused (cached) upstream has none.
             context = {d: u.future or u.result for d, u in upstream.items()} or None
             submit = partial(
-                submit_or_reuse, request, context=context, transport=transport, cache=self.cache
+                submit_or_reuse,
+                request,
+                context=context,
+                transport=transport,
+                cache=self.cache,
+                answered=run.request,
             )
             self.window.submit(run.spec.task_id, submit)
             return
