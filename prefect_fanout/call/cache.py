@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore, get_default_result_storage, resolve_result_storage
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
@@ -156,6 +157,20 @@ def _result_store(options: CacheOptions) -> ResultStore:
         return store
 
 
+def _surely_missing(store: ResultStore, key: str) -> bool:
+    """True when the record is certainly absent from a local result storage.
+
+    A miss is the common case of a first run; one ``stat`` tells it, where a read
+    goes through the storage block and an exception.
+    """
+    storage = store.result_storage
+    if store.metadata_storage is not None or not isinstance(storage, LocalFileSystem):
+        return False
+    if not storage.basepath:
+        return False
+    return not (Path(storage.basepath).expanduser() / key).exists()
+
+
 def stored_answer(request: CallRequest, options: CacheOptions) -> AgentResult | None:
     """The stored answer of a call, read straight from result storage, or None.
 
@@ -176,6 +191,8 @@ def stored_answer(request: CallRequest, options: CacheOptions) -> AgentResult | 
         return None
     store = _result_store(options)
     key = request.cache_key()
+    if _surely_missing(store, key):
+        return None
     try:
         record = store.read(key)
     except Exception as exc:  # missing, or damaged: the task asks again and rewrites it

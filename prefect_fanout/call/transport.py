@@ -311,27 +311,21 @@ class OpenAITransport:
         style: str | None,
         logger: Logger,
     ) -> tuple[Any, int]:
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "messages": messages_for_style(request, messages, style),
-        }
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
-        wanted_format = response_format(request, style)
-        if wanted_format is not None:
-            kwargs["response_format"] = wanted_format
-        if request.extra_body:
-            kwargs["extra_body"] = dict(request.extra_body)
+        body = chat_body(request, messages, style)
 
         def send() -> Any:
-            # The raw response: the body is read as JSON here instead of being built
-            # into the client's pydantic models, a measurable share of a call's CPU.
-            raw = client.chat.completions.with_raw_response.create(
-                timeout=request.timeout_seconds, **kwargs
+            # The client's documented way to POST a body as it is (``client.post``, here
+            # read as bytes): its auth, headers, timeout, status errors and exceptions,
+            # without rebuilding the request through the typed ``create`` parameters
+            # and the response into pydantic models (measured: about a tenth of the
+            # process's CPU in a run of many short calls).
+            content = client.post(
+                CHAT_COMPLETIONS_PATH,
+                cast_to=bytes,
+                body=body,
+                options={"timeout": request.timeout_seconds},
             )
-            return json.loads(raw.content)
+            return json.loads(content)
 
         return call_with_retries(
             send,
@@ -340,6 +334,32 @@ class OpenAITransport:
             logger=logger,
             timeout_seconds=request.timeout_seconds,
         )
+
+
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+
+
+def chat_body(
+    request: CallRequest, messages: list[dict[str, str]], style: str | None
+) -> dict[str, Any]:
+    """The JSON body of a chat-completions request in a structured-output style.
+
+    ``extra_body`` fields are merged in last, as the ``openai`` client merges them.
+    """
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages_for_style(request, messages, style),
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    wanted_format = response_format(request, style)
+    if wanted_format is not None:
+        body["response_format"] = wanted_format
+    if request.extra_body:
+        body.update(request.extra_body)
+    return body
 
 
 def _completion(request: CallRequest, body: Any, attempts: int, style: str | None) -> Completion:
