@@ -92,7 +92,8 @@ def overrides(
         max_concurrency: Requests in flight at once.
         requests_per_minute: Requests per minute.
         tokens_per_minute: Tokens per minute.
-        source: ``cli`` (messages name the flags) or ``plan`` (they name ``config.FIELD``).
+        source: ``cli`` (messages name the flags), ``plan`` (they name ``config.FIELD``)
+            or ``parameter`` (they name the field: a flow's or a function's parameter).
 
     Raises:
         ConfigurationError: A value is zero, negative or not whole; the message names
@@ -105,7 +106,8 @@ def overrides(
     }
     checked: dict[str, int] = {}
     for field, value in given.items():
-        where = LIMIT_NAMES[field][1 if source == "cli" else 0]
+        plan_name, flag = LIMIT_NAMES[field]
+        where = {"cli": flag, "plan": plan_name}.get(source, field)
         limit = check_limit(value, where)
         if limit is not None:
             checked[field] = limit
