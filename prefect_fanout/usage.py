@@ -61,6 +61,8 @@ class CallRecord(BaseModel):
         latency_s: Seconds the call took.
         error: Why it did not complete.
         partition: The map partition, if any.
+        limit_wait_s: Seconds its requests waited for the endpoint's limits in this run.
+        endpoint: The endpoint (base URL) the call went to, when known.
     """
 
     id: str
@@ -76,6 +78,8 @@ class CallRecord(BaseModel):
     latency_s: float | None = None
     error: str | None = None
     partition: str | None = None
+    limit_wait_s: float = 0.0
+    endpoint: str | None = None
 
     @classmethod
     def from_error(
@@ -101,6 +105,7 @@ class CallRecord(BaseModel):
             cost_usd=getattr(error, "cost_usd", None),
             error=message,
             partition=partition,
+            limit_wait_s=getattr(error, "limit_wait_s", 0.0),
         )
 
     @classmethod
@@ -121,6 +126,8 @@ class CallRecord(BaseModel):
             cost_usd=result.run_cost_usd,
             latency_s=result.latency_s,
             partition=partition,
+            limit_wait_s=0.0 if result.cached else result.limit_wait_s,
+            endpoint=result.endpoint,
         )
 
 

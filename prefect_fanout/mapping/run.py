@@ -75,9 +75,11 @@ def _record(
         record = CallRecord.from_result(item.id, done.result, partition=key)
         return record.model_copy(update={"status": status, "error": error})
     request = job.requests[item.id]
-    return CallRecord.from_error(
+    record = CallRecord.from_error(
         item.id, request.agent, request.model, done.error, status, error, partition=key
     )
+    endpoint = None if request.base_url.startswith("test://") else request.base_url
+    return record.model_copy(update={"endpoint": endpoint})
 
 
 def _merge(

@@ -3,7 +3,8 @@
 Dispatch and map runs describe each call as a :class:`CallRecord`; this module
 turns a list of them into the artifacts the UI shows on the flow run page:
 
-- a markdown summary: status counts, usage, cost, cache hits, slowest calls,
+- a markdown summary: status counts, usage, cost, cache hits, the time spent
+  waiting for capacity per endpoint (:mod:`prefect_fanout.limits`), slowest calls,
   failures with their errors;
 - a table: one row per call (id, agent, model, status, attempts, cached,
   tokens, cost, latency, error);
@@ -55,6 +56,7 @@ def summary_markdown(
     ]
     for name, value in (extra or {}).items():
         lines.append(f"- **{name}:** {value}")
+    lines += limit_wait_lines(records)
     timed = [r for r in records if r.latency_s is not None and not r.cached]
     if timed:
         lines += ["", "## Slowest calls", "", "| id | agent | latency (s) |", "|---|---|---|"]
@@ -69,6 +71,35 @@ def summary_markdown(
         if len(failures) > FAILURES_SHOWN:
             lines.append(f"\n... and {len(failures) - FAILURES_SHOWN} more")
     return "\n".join(lines) + "\n"
+
+
+def limit_wait_by_endpoint(records: Sequence[CallRecord]) -> dict[str, tuple[int, float]]:
+    """Per endpoint: the calls of this run and the seconds they waited for its limits."""
+    totals: dict[str, tuple[int, float]] = {}
+    for record in records:
+        if record.cached or (record.endpoint is None and not record.limit_wait_s):
+            continue
+        name = record.endpoint or "(unknown endpoint)"
+        calls, waited = totals.get(name, (0, 0.0))
+        totals[name] = (calls + 1, waited + record.limit_wait_s)
+    return totals
+
+
+def limit_wait_lines(records: Sequence[CallRecord]) -> list[str]:
+    """The summary's "Waiting for capacity" section (empty when no call went to an endpoint)."""
+    totals = limit_wait_by_endpoint(records)
+    if not totals:
+        return []
+    lines = [
+        "",
+        "## Waiting for capacity",
+        "",
+        "| endpoint | calls | wait (s) |",
+        "|---|---|---|",
+    ]
+    for name, (calls, waited) in sorted(totals.items()):
+        lines.append(f"| {name} | {calls} | {waited:.3f} |")
+    return lines
 
 
 def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
@@ -86,6 +117,7 @@ def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
             "completion_tokens": r.completion_tokens,
             "cost_usd": r.cost_usd,
             "latency_s": None if r.latency_s is None else round(r.latency_s, 4),
+            "limit_wait_s": round(r.limit_wait_s, 4),
             "error": (r.error or "")[:300],
             **({"partition": r.partition} if r.partition is not None else {}),
         }
