@@ -47,6 +47,10 @@ from prefect_fanout.limits.spec import LimitSpec
 #: How often a caller on an event loop looks again while it waits for another caller.
 ASYNC_POLL_SECONDS = 0.02
 
+MAX_LATE_SECONDS = 0.1
+"""The latest a request may start after the start of its interval (and at most half the
+interval): a caller that wakes later gives the interval up and asks again."""
+
 
 class Backend(Protocol):
     """Where spans and concurrency slots come from when limits are shared across processes."""
@@ -321,7 +325,7 @@ class EndpointLimiter:
                 for bucket, duration in parts:
                     bucket.take(start, duration)
                 shortest = min(duration for _, duration in parts)
-                return Reservation(start, start + shortest / 2), None
+                return Reservation(start, start + min(shortest / 2, MAX_LATE_SECONDS)), None
         short = next(bucket for bucket, duration in parts if not bucket.fits(start, duration))
         return None, self._fetch_span(short)
 

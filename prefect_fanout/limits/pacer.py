@@ -13,10 +13,12 @@ time (:mod:`prefect_fanout.limits.server`), or, without a server, the process
 owns all of time (:data:`ALL_TIME`). Intervals are placed at a cursor that only
 moves forward, so they cannot overlap within a process either.
 
-A request must start in the first half of its interval (see
-:attr:`Reservation.deadline`); one that wakes later gives its interval up and
-asks again. So the HTTP request reaches the server before its interval ends even
-when sending it takes a moment, and the bound holds where the server counts.
+A request must start in the first half of its interval and at most 0.1 s after
+its start (see :attr:`Reservation.deadline`); one that wakes later gives its
+interval up and asks again. So the HTTP request reaches the server inside its
+interval even when sending it takes a moment, and the bound holds where the
+server counts. (For tokens, a request that starts late by ``d`` seconds can add
+``d * T/60`` tokens to a window: at most 0.1 s worth.)
 """
 
 from __future__ import annotations
