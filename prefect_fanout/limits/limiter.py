@@ -5,16 +5,21 @@ A request asks its endpoint's :class:`EndpointLimiter` for a :class:`Permit`
 limiter.arequest(tokens)`` on an event loop), sends one HTTP request, and
 settles the permit with the tokens the server reported. Getting a permit:
 
-1. a place in flight: under the ``max_concurrency`` of the endpoint (and the cap
-   of :mod:`~prefect_fanout.limits.backoff` after a 429). With a Prefect server,
-   each place is a slot of the shared limit; a slot the process already holds is
-   handed to its next waiting caller without asking the server;
-2. the end of any 429 pause;
-3. an interval of the request rate and of the token rate, at one start time
-   (:mod:`~prefect_fanout.limits.pacer`), inside spans this process holds; a span
-   comes from the server when none has room (one caller fetches it, the others
-   wait for it).
+1. the end of any 429 pause (:mod:`~prefect_fanout.limits.backoff`);
+2. an interval of the request rate and of the token rate that starts now
+   (:mod:`~prefect_fanout.limits.pacer`), inside spans this process holds: a
+   caller whose turn is later waits and looks again (so an answer that used
+   fewer tokens than counted hands the rest on); a span comes from the server
+   when none has room (one caller fetches it, the others wait for it);
+3. a place in flight under the endpoint's ``max_concurrency`` (and the cap of
+   the 429 rule). With a Prefect server each place is a slot of the shared
+   limit; a slot the process already holds goes to its next waiting caller
+   without asking the server. If the place came too late for the interval
+   (more than :data:`MAX_LATE_SECONDS`), the caller asks for a new interval,
+   keeping its place.
 
+The rate comes before the place in flight so that a process never holds slots
+while it waits for a span another process holds (each waiting for the other).
 Both APIs drive the same steps (a generator yielding what to wait for), so the
 state is one, guarded by one lock, whichever API a caller uses. The time from
 asking to getting the permit is the permit's ``waited_s``.
@@ -76,20 +81,13 @@ class _Wait:
 
 
 @dataclass(frozen=True)
-class _Sleep:
-    """Sleep until a reserved start."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
 class _Call:
     """Make a blocking call to the Prefect API (on a worker thread for an event loop)."""
 
     function: Callable[[], Any]
 
 
-_Step = _Wait | _Sleep | _Call
+_Step = _Wait | _Call
 
 
 @dataclass
@@ -225,13 +223,27 @@ class EndpointLimiter:
 
     def _acquire(self, tokens: int) -> Generator[_Step, Any, tuple[Permit, Lease | None]]:
         began = time.monotonic()
-        lease = yield from self._place_in_flight()
+        lease: Lease | None = None
+        placed = False
         try:
-            permit = yield from self._reserve(tokens, began)
+            while True:
+                reservation, factor = yield from self._reserve(tokens)
+                if not placed:
+                    lease = yield from self._place_in_flight()
+                    placed = True
+                with self._cond:
+                    now = time.monotonic()
+                    if now < reservation.deadline and now >= self._pause_until:
+                        waited = now - began
+                        self._permits += 1
+                        self._waited += waited
+                        return Permit(waited, tokens, self, reservation.start, factor), lease
+                # the place in flight came too late for the interval (or a 429 paused
+                # the endpoint meanwhile): ask for another interval, keeping the place
         except BaseException:
-            self._release(lease)
+            if placed:
+                self._release(lease)
             raise
-        return permit, lease
 
     def _place_in_flight(self) -> Generator[_Step, Any, Lease | None]:
         while True:
@@ -278,30 +290,21 @@ class EndpointLimiter:
         assert self.backend is not None
         return self.backend.take_slot(self._slot_name, int(self.spec.max_concurrency or 1))
 
-    def _reserve(self, tokens: int, began: float) -> Generator[_Step, Any, Permit]:
+    def _reserve(self, tokens: int) -> Generator[_Step, Any, tuple[Reservation, float]]:
+        """An interval starting now in every rate bucket, after any pause (and its factor)."""
         while True:
             with self._cond:
                 now = time.monotonic()
+                factor = self._adapt.current(now)
                 if now < self._pause_until:
                     step: _Step | None = _Wait(self._version, self._pause_until - now)
                     reservation = None
                 else:
-                    factor = self._adapt.current(now)
                     reservation, step = self._plan(tokens, now, factor)
-            if reservation is None:
-                assert step is not None
-                yield step
-                continue
-            if reservation.start > time.monotonic():
-                yield _Sleep(reservation.start - time.monotonic())
-            with self._cond:
-                now = time.monotonic()
-                if now >= reservation.deadline or now < self._pause_until:
-                    continue  # woke too late, or a 429 paused the endpoint: ask again
-                waited = now - began
-                self._permits += 1
-                self._waited += waited
-                return Permit(waited, tokens, self, reservation.start, factor)
+            if reservation is not None:
+                return reservation, factor
+            assert step is not None
+            yield step
 
     def _plan(
         self, tokens: int, now: float, factor: float
@@ -321,6 +324,11 @@ class EndpointLimiter:
                 if earliest is None:
                     return None, self._fetch_span(bucket)
                 start = max(start, earliest)
+            if start > now:
+                # Intervals are only placed when they can start now: a caller waits for
+                # its turn and looks again, so an answer that used fewer tokens than
+                # counted hands the rest to the next request.
+                return None, _Wait(self._version, start - now)
             if all(bucket.fits(start, duration) for bucket, duration in parts):
                 for bucket, duration in parts:
                     bucket.take(start, duration)
@@ -393,8 +401,6 @@ def _run_sync(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter) -> An
         try:
             if isinstance(step, _Call):
                 value = step.function()
-            elif isinstance(step, _Sleep):
-                time.sleep(max(0.0, step.seconds))
             else:
                 with limiter._cond:
                     if limiter._version == step.version:
@@ -416,8 +422,6 @@ async def _run_async(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter
         try:
             if isinstance(step, _Call):
                 value = await asyncio.to_thread(step.function)
-            elif isinstance(step, _Sleep):
-                await asyncio.sleep(max(0.0, step.seconds))
             else:
                 deadline = None if step.seconds is None else time.monotonic() + step.seconds
                 while limiter._version == step.version:
