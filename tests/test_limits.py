@@ -147,7 +147,9 @@ def test_two_processes_share_rpm_and_concurrency_set_on_the_cli(
     seen = fake_openai.requests(run)
     assert len(seen) == 2 * per_process  # every item once: no request lost, none repeated
     assert {r.conversation.split()[0][-2:] for r in seen} == {"p0", "p1"}
-    assert most_in_window([r.arrived for r in seen]) <= rpm // 6 + 1
+    busiest = most_in_window([r.arrived for r in seen])
+    print(f"rpm {rpm}: busiest 10 s window {busiest} (bound {rpm // 6 + 1})")
+    assert busiest <= rpm // 6 + 1
     assert fake_openai.max_in_flight <= concurrency
 
     key = endpoint_key(fake_openai.base_url, api_key)
@@ -195,7 +197,9 @@ def test_two_processes_share_tpm_set_on_the_cli(
     seen = fake_openai.requests(run)
     assert len(seen) == 2 * per_process
     largest = max(r.tokens or 0 for r in seen)
-    assert most_tokens_in_window(seen) <= tpm // 6 + largest
+    busiest = most_tokens_in_window(seen)
+    print(f"tpm {tpm}: busiest 10 s window {busiest} tokens (bound {tpm // 6} + {largest})")
+    assert busiest <= tpm // 6 + largest
     # the estimate counted before each request covers what the server reported
     for record in seen:
         assert record.tokens is not None
@@ -391,7 +395,9 @@ def test_threads_and_an_event_loop_share_one_limiter_over_the_server(prefect_ser
     stats = limiter.stats()
     assert stats.permits == count and len(granted) == count
     assert most_in_window(granted, 2.0) <= 2.0 * rpm / 60 + 1
-    # a span of 5 s holds 25 requests: one read and one increment per span
+    # a span of 5 s holds 25 requests: one read and one increment per span (plus the
+    # limit's creation, once)
+    print(f"rpm {rpm}: {stats.api_calls} Prefect API calls for {stats.permits} requests")
     assert stats.api_calls / stats.permits <= 0.5
 
 
