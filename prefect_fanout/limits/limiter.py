@@ -375,7 +375,7 @@ class EndpointLimiter:
         """Leave the flight; keep a slot for a waiting caller, else hand it back (the result)."""
         with self._cond:
             self._in_flight -= 1
-            if lease is not None and self._waiting > 0:
+            if lease is not None and self._waiting > len(self._free):
                 if time.monotonic() - lease.first_taken < HOLD_SECONDS:
                     self._free.append(lease)
                     lease = None
