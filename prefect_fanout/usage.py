@@ -15,7 +15,7 @@ run is 0).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
@@ -223,3 +223,19 @@ class Ledger(Usage):
         for record in records:
             ledger.add_record(record)
         return ledger
+
+
+def limit_wait_by_endpoint(records: Sequence[CallRecord]) -> dict[str, tuple[int, float]]:
+    """Per endpoint: the calls of this run and the seconds they waited for its limits.
+
+    Cache hits are left out (they sent nothing); so are calls answered by the
+    offline ``test`` model (no endpoint) that did not wait.
+    """
+    totals: dict[str, tuple[int, float]] = {}
+    for record in records:
+        if record.cached or (record.endpoint is None and not record.limit_wait_s):
+            continue
+        name = record.endpoint or "(unknown endpoint)"
+        calls, waited = totals.get(name, (0, 0.0))
+        totals[name] = (calls + 1, waited + record.limit_wait_s)
+    return totals

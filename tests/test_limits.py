@@ -164,6 +164,9 @@ def test_two_processes_share_rpm_and_concurrency_set_on_the_cli(
         row = next(line for line in markdown.splitlines() if fake_openai.base_url in line)
         calls, waited = row.strip("|").split("|")[1:3]
         assert int(calls) == per_process and float(waited) > 0
+        assert summary["limit_wait_s"][fake_openai.base_url] == pytest.approx(
+            float(waited), abs=0.002
+        )
         rows = read_jsonl(Path(summary["output_dir"]) / "final.jsonl")
         assert all(r["status"] == "completed" for r in rows)
 
@@ -311,6 +314,11 @@ def test_limits_set_in_a_plan_config_hold(
     assert server_limit(limit_name("concurrency", key)).limit == 1
     assert all(task["endpoint"] == fake_openai.base_url for task in result["tasks"])
     assert sum(task["limit_wait_s"] for task in result["tasks"]) > 0
+    with PrefectAPI(prefect_server.api_url) as api:
+        artifacts = api.artifacts(result["flow_run_id"])
+    summary = next(a for a in artifacts if a.get("key") == "fanout-dispatch-summary")
+    assert "## Waiting for capacity" in summary["data"]
+    assert f"| {fake_openai.base_url} | 6 |" in summary["data"]
 
 
 # -------------------------------------------------------------------------- bad input

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect_fanout.usage import CallRecord, Ledger
+from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 SLOWEST_SHOWN = 5
 FAILURES_SHOWN = 20
@@ -71,18 +71,6 @@ def summary_markdown(
         if len(failures) > FAILURES_SHOWN:
             lines.append(f"\n... and {len(failures) - FAILURES_SHOWN} more")
     return "\n".join(lines) + "\n"
-
-
-def limit_wait_by_endpoint(records: Sequence[CallRecord]) -> dict[str, tuple[int, float]]:
-    """Per endpoint: the calls of this run and the seconds they waited for its limits."""
-    totals: dict[str, tuple[int, float]] = {}
-    for record in records:
-        if record.cached or (record.endpoint is None and not record.limit_wait_s):
-            continue
-        name = record.endpoint or "(unknown endpoint)"
-        calls, waited = totals.get(name, (0, 0.0))
-        totals[name] = (calls + 1, waited + record.limit_wait_s)
-    return totals
 
 
 def limit_wait_lines(records: Sequence[CallRecord]) -> list[str]:
