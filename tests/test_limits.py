@@ -456,3 +456,68 @@ def test_the_token_estimate_counts_prompt_and_budget() -> None:
     messages = [{"role": "user", "content": "x" * 40}]
     assert estimate_tokens(messages, 100) == 10 + 4 + 100
     assert estimate_tokens(messages, None) == 10 + 4 + 1024
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
+def test_a_process_hands_its_concurrency_slots_on_without_asking_the_server(
+    prefect_server: Any,
+) -> None:
+    limiter = EndpointLimiter(
+        f"unit-{uuid.uuid4().hex[:12]}", LimitSpec(max_concurrency=2), PrefectBackend()
+    )
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+
+    def caller() -> None:
+        for _ in range(5):
+            with limiter.request():
+                with lock:
+                    in_flight[0] += 1
+                    peak[0] = max(peak[0], in_flight[0])
+                time.sleep(0.02)  # a request in flight, not synchronisation
+                with lock:
+                    in_flight[0] -= 1
+
+    threads = [threading.Thread(target=caller) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = limiter.stats()
+    print(f"max_concurrency 2: {stats.api_calls} Prefect API calls for {stats.permits} requests")
+    assert stats.permits == 30 and peak[0] <= 2
+    assert stats.api_calls < stats.permits  # slots held are handed on, not asked for again
+    shared = server_limit(limit_name("concurrency", limiter.key))
+    assert shared.limit == 2 and shared.active_slots == 0  # every slot was given back
+
+
+def test_limits_are_shared_only_with_a_configured_server(prefect_server: Any) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    endpoint = LLMEndpoint(
+        base_url="http://127.0.0.1:9/v1", api_key=SecretStr(f"sk-{tag()}"), requests_per_minute=60
+    )
+    assert limiter_for(endpoint).backend is not None
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert limiter_for(endpoint).backend is None  # embedded: within the process
+    unlimited = LLMEndpoint(base_url="http://127.0.0.1:9/v1", api_key=SecretStr("sk-x"))
+    assert limiter_for(unlimited).backend is None  # nothing to share: no API calls
+
+
+def test_a_429_without_retry_after_pauses_for_the_reset_headers() -> None:
+    import httpx
+    import openai
+
+    from prefect_fanout.limits.backoff import DEFAULT_PAUSE_SECONDS, pause_seconds
+
+    def error(headers: dict[str, str]) -> openai.APIStatusError:
+        request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+        response = httpx.Response(429, headers=headers, request=request, json={"error": {}})
+        return openai.RateLimitError("rate limited", response=response, body=None)
+
+    assert pause_seconds(error({"retry-after": "3"})) == 3.0
+    resets = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}
+    assert pause_seconds(error(resets)) == 60.0  # capped
+    assert pause_seconds(error({"x-ratelimit-reset-requests": "250ms"})) == pytest.approx(0.25)
+    assert pause_seconds(error({})) == DEFAULT_PAUSE_SECONDS
