@@ -58,18 +58,29 @@ interval): a caller that wakes later gives the interval up and asks again."""
 
 
 class Backend(Protocol):
-    """Where spans and concurrency slots come from when limits are shared across processes."""
+    """Where spans and concurrency slots come from when limits are shared across processes.
 
-    shared: bool
+    Attributes:
+        api_calls: Calls made to the Prefect API so far.
+    """
+
     api_calls: int
 
-    def span(self, name: str, units: int, rate: float) -> Span: ...  # noqa: D102
+    def span(self, name: str, units: int, rate: float) -> Span:
+        """Wait for, then take, a span of ``units / rate`` seconds of a rate limit."""
+        ...
 
-    def take_slot(self, name: str, limit: int) -> Lease: ...  # noqa: D102
+    def take_slot(self, name: str, limit: int) -> Lease:
+        """Wait for, then take, one slot of a concurrency limit."""
+        ...
 
-    def renew(self, lease: Lease) -> None: ...  # noqa: D102
+    def renew(self, lease: Lease) -> None:
+        """Renew a slot's lease."""
+        ...
 
-    def give_back(self, lease: Lease) -> None: ...  # noqa: D102
+    def give_back(self, lease: Lease) -> None:
+        """Release a slot."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,11 @@ class Lease:
 
 
 class PrefectBackend:
-    """Spans and concurrency slots from the Prefect server that ``PREFECT_API_URL`` names."""
+    """Spans and concurrency slots from the Prefect server that ``PREFECT_API_URL`` names.
 
-    shared = True
+    Attributes:
+        api_calls: Calls made to the Prefect API so far (for the limits only).
+    """
 
     def __init__(self) -> None:
         self._client: Any = None
