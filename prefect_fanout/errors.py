@@ -130,6 +130,7 @@ class AgentCallError(FanoutError):
         cost_usd: Their cost, None when unknown.
         model: The model the server reported, if it answered at all.
         finish_reason: The last answer's finish reason, if any.
+        limit_wait_s: Seconds its requests waited for the endpoint's limits.
     """
 
     exit_code = EXIT_FAILED
@@ -143,6 +144,7 @@ class AgentCallError(FanoutError):
         self.cost_usd: float | None = 0.0
         self.model: str | None = None
         self.finish_reason: str | None = None
+        self.limit_wait_s = 0.0
 
     def __str__(self) -> str:
         return self.message

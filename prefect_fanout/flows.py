@@ -24,7 +24,7 @@ import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan, with_overrides
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
+from prefect_fanout.limits.spec import overrides
 from prefect_fanout.mapping.defaults import (
     DEFAULT_ACTIVE_PARTITIONS,
     DEFAULT_MAX_WORKERS,
@@ -185,6 +186,9 @@ def call_flow(
     timeout_seconds: float | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    max_concurrency: int | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> AgentResult:
     """Make one agent call as a task run of this flow.
 
@@ -199,6 +203,10 @@ def call_flow(
         timeout_seconds: Timeout of each HTTP request, overriding the agent's.
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        max_concurrency: Requests in flight at once to the endpoint, across processes
+            (overrides the endpoint's; see :mod:`prefect_fanout.limits`).
+        requests_per_minute: Requests per minute to the endpoint, spread evenly.
+        tokens_per_minute: Tokens per minute to the endpoint.
 
     Returns:
         The call's result.
@@ -217,6 +225,12 @@ def call_flow(
         timeout_seconds=timeout_seconds,
         max_tokens=max_tokens,
         temperature=temperature,
+        limits=overrides(
+            max_concurrency=max_concurrency,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            source="parameter",
+        ),
     )
 
 
@@ -234,6 +248,9 @@ def dispatch_flow(
     task_runner: str = "thread",
     dask_address: str | None = None,
     ray_address: str | None = None,
+    max_concurrency: int | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
@@ -259,6 +276,10 @@ def dispatch_flow(
         task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
         dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
         ray_address: An existing Ray cluster; None starts a local Ray.
+        max_concurrency: Requests in flight at once to the endpoint, across processes
+            (overrides the plan's and the endpoint's; see :mod:`prefect_fanout.limits`).
+        requests_per_minute: Requests per minute to the endpoint, spread evenly.
+        tokens_per_minute: Tokens per minute to the endpoint.
 
     Returns:
         The final state, carrying the :class:`DispatchResult`.
@@ -267,7 +288,15 @@ def dispatch_flow(
     loaded = with_overrides(
         loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    resolver = check_plan(loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature)
+    limits = overrides(
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        source="parameter",
+    )
+    resolver = check_plan(
+        loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature, limits=limits
+    )
     workers = loaded.config.max_workers
     with _on_task_runner(task_runner, workers, dask_address, ray_address):
         outcome = run_plan(loaded, cache=cache, resolver=resolver)
@@ -285,6 +314,7 @@ def run_dispatch_flow(
     task_runner: str = "thread",
     dask_address: str | None = None,
     ray_address: str | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> DispatchResult:
     """Run an already validated plan as a ``fanout-dispatch`` flow run.
 
@@ -320,6 +350,7 @@ def run_dispatch_flow(
         "task_runner": task_runner,
         "dask_address": dask_address,
         "ray_address": ray_address,
+        **dict(limits or {}),
     }
     return _reported_best_effort(
         lambda: result_of(flow_(plan=reference, **options, return_state=True))
@@ -340,6 +371,7 @@ def dispatch_plan(
     task_runner: str = "thread",
     dask_address: str | None = None,
     ray_address: str | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> DispatchResult:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
 
@@ -357,6 +389,8 @@ def dispatch_plan(
         task_runner: ``thread`` (default), ``dask`` or ``ray``: where the calls run.
         dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
         ray_address: An existing Ray cluster; None starts a local Ray.
+        limits: Endpoint limits (``max_concurrency``, ``requests_per_minute``,
+            ``tokens_per_minute``) overriding the plan's and the endpoint's.
 
     Returns:
         The result; its ``status`` says whether every task completed.
@@ -371,7 +405,9 @@ def dispatch_plan(
     checked = with_overrides(
         checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
     )
-    check_plan(checked, model, endpoint, max_tokens=max_tokens, temperature=temperature)
+    check_plan(
+        checked, model, endpoint, max_tokens=max_tokens, temperature=temperature, limits=limits
+    )
     return run_dispatch_flow(
         checked,
         model=model,
@@ -382,6 +418,7 @@ def dispatch_plan(
         task_runner=task_runner,
         dask_address=dask_address,
         ray_address=ray_address,
+        limits=limits,
     )
 
 
@@ -433,6 +470,9 @@ def map_flow(
     task_runner: str = "thread",
     dask_address: str | None = None,
     ray_address: str | None = None,
+    max_concurrency: int | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -461,6 +501,10 @@ def map_flow(
         task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
         dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
         ray_address: An existing Ray cluster; None starts a local Ray.
+        max_concurrency: Requests in flight at once to the endpoint, across processes
+            (overrides the endpoint's; see :mod:`prefect_fanout.limits`).
+        requests_per_minute: Requests per minute to the endpoint, spread evenly.
+        tokens_per_minute: Tokens per minute to the endpoint.
 
     Returns:
         The run's summary (also written to ``summary.json``).
@@ -487,6 +531,12 @@ def map_flow(
             errors=errors,
             max_tokens=max_tokens,
             temperature=temperature,
+            limits=overrides(
+                max_concurrency=max_concurrency,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                source="parameter",
+            ),
         )
     with _on_task_runner(task_runner, job.max_workers, dask_address, ray_address):
         summary = run_map(job)
@@ -538,6 +588,7 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
         "refresh": job.cache.mode is CacheMode.REFRESH,
         "partition_retries": job.partition_retries,
         "partition_retry_delay": job.partition_retry_delay,
+        **job.resolver.limits,
         **parameters,
         **choice,
     }

@@ -15,7 +15,7 @@ run is 0).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
@@ -61,6 +61,8 @@ class CallRecord(BaseModel):
         latency_s: Seconds the call took.
         error: Why it did not complete.
         partition: The map partition, if any.
+        limit_wait_s: Seconds its requests waited for the endpoint's limits in this run.
+        endpoint: The endpoint (base URL) the call went to, when known.
     """
 
     id: str
@@ -76,6 +78,8 @@ class CallRecord(BaseModel):
     latency_s: float | None = None
     error: str | None = None
     partition: str | None = None
+    limit_wait_s: float = 0.0
+    endpoint: str | None = None
 
     @classmethod
     def from_error(
@@ -101,6 +105,7 @@ class CallRecord(BaseModel):
             cost_usd=getattr(error, "cost_usd", None),
             error=message,
             partition=partition,
+            limit_wait_s=getattr(error, "limit_wait_s", 0.0),
         )
 
     @classmethod
@@ -121,6 +126,8 @@ class CallRecord(BaseModel):
             cost_usd=result.run_cost_usd,
             latency_s=result.latency_s,
             partition=partition,
+            limit_wait_s=0.0 if result.cached else result.limit_wait_s,
+            endpoint=result.endpoint,
         )
 
 
@@ -216,3 +223,19 @@ class Ledger(Usage):
         for record in records:
             ledger.add_record(record)
         return ledger
+
+
+def limit_wait_by_endpoint(records: Sequence[CallRecord]) -> dict[str, tuple[int, float]]:
+    """Per endpoint: the calls of this run and the seconds they waited for its limits.
+
+    Cache hits are left out (they sent nothing); so are calls answered by the
+    offline ``test`` model (no endpoint) that did not wait.
+    """
+    totals: dict[str, tuple[int, float]] = {}
+    for record in records:
+        if record.cached or (record.endpoint is None and not record.limit_wait_s):
+            continue
+        name = record.endpoint or "(unknown endpoint)"
+        calls, waited = totals.get(name, (0, 0.0))
+        totals[name] = (calls + 1, waited + record.limit_wait_s)
+    return totals

@@ -139,6 +139,7 @@ class RecordedRequest:
         headers: Request headers, names in lower case.
         arrived: ``time.monotonic()`` at arrival.
         finished: ``time.monotonic()`` when the response was handed to the server.
+        tokens: The ``total_tokens`` of the usage answered (None for errors).
     """
 
     key: str | None
@@ -148,6 +149,7 @@ class RecordedRequest:
     headers: dict[str, str]
     arrived: float
     finished: float | None = None
+    tokens: int | None = None
 
 
 def message_text(content: Any) -> str:
@@ -588,7 +590,7 @@ class FakeOpenAI:
                 status = self.refusal_status
                 content = error_body(status, RESPONSE_FORMAT_REFUSAL, None, "response_format")
                 return JSONResponse(content, status)
-            return await self._respond(step, valid, request, generation)
+            return await self._respond(step, valid, request, generation, record)
         finally:
             if record is not None:
                 record.finished = time.monotonic()
@@ -612,7 +614,12 @@ class FakeOpenAI:
         return True
 
     async def _respond(
-        self, step: Step | None, body: dict[str, Any], request: Request, generation: int
+        self,
+        step: Step | None,
+        body: dict[str, Any],
+        request: Request,
+        generation: int,
+        record: RecordedRequest | None = None,
     ) -> Response:
         if isinstance(step, Hang):
             await self._pause(step.seconds, request, generation)
@@ -635,6 +642,8 @@ class FakeOpenAI:
         await self._pause(reply.latency, request, generation)
         content = default_answer(body) if reply.content is None else reply.content
         completion = self._completion(body, reply, content)
+        if record is not None:
+            record.tokens = completion["usage"]["total_tokens"]
         if self.reported_model:
             completion["model"] = self.reported_model
         headers = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}

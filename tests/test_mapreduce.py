@@ -131,12 +131,14 @@ def test_calls_carry_the_partition_tags_a_concurrency_limit_uses(
             client.delete_concurrency_limit_by_tag(limited)
     assert summary.flow_run_id is not None
     expected = {f"default:{r['id']}": r["kind"] for r in records}
+    partitions = [f"partition:{run}a", f"partition:{run}b"]
     flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(summary.flow_run_id)]))
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         while True:  # the server records task runs shortly after they finish
             runs = {t.name: t for t in client.read_task_runs(flow_run_filter=flow_filter)}
-            if all(name in runs for name in expected) or time.monotonic() > deadline:
+            recorded = all(name in runs for name in [*expected, *partitions])
+            if recorded or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     for name, kind in expected.items():
@@ -457,6 +459,11 @@ def test_a_cached_rerun_reads_stored_answers_without_task_runs_and_lists_them_as
         rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
         assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records)
         assert all(r["cached"] is True and r["status"] == "completed" for r in rows)
-        names = [t["name"] for t in api.task_runs(second.flow_run_id)]
+        names = poll(  # the server records task runs a little after they finish
+            lambda: [t["name"] for t in api.task_runs(second.flow_run_id)],
+            lambda found: "partition:0000" in found,
+            30,
+            "the rerun's partition task run",
+        )
         assert not [n for n in names if n.startswith("default:")]  # no agent-call task runs
         assert "partition:0000" in names  # the partition file is still written by its task

@@ -341,7 +341,19 @@ def test_two_distinct_cycles_are_both_reported() -> None:
             "config.max_worker",
             "unknown config key 'max_worker' (did you mean 'max_workers'?); valid keys: "
             "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize, "
-            "max_revisions",
+            "max_revisions, max_concurrency, requests_per_minute, tokens_per_minute",
+        ),
+        (
+            {"requests_per_minute": 0},
+            "config.requests_per_minute",
+            "requests_per_minute must be a whole number greater than 0, got 0; set a positive "
+            "number or remove it (or set null) for no limit",
+        ),
+        (
+            {"max_concurrency": -2},
+            "config.max_concurrency",
+            "max_concurrency must be a whole number greater than 0, got -2; set a positive "
+            "number or remove it (or set null) for no limit",
         ),
         ([1], "config", "'config' must be an object, got a list"),
     ],

@@ -143,8 +143,10 @@ def test_fanout_error_catches_every_bad_input_error(tmp_path):
         (lambda: prefect_fanout.load_items(bad_corpus), CorpusError),
         (lambda: prefect_fanout.load_items(tmp_path / "missing"), CorpusError),
         (lambda: prefect_fanout.partition([], "count:zero"), PartitionSpecError),
-        (lambda: prefect_fanout.AgentProfile(prompt_template="{x}").render_user_message("p"),
-         ConfigurationError),
+        (
+            lambda: prefect_fanout.AgentProfile(prompt_template="{x}").render_user_message("p"),
+            ConfigurationError,
+        ),
         (lambda: prefect_fanout.CacheOptions.of("sometimes"), ConfigurationError),
     ]
     for make, kind in cases:

@@ -7,7 +7,7 @@ import threading
 from typing import ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from prefect_fanout.agents.profiles import DOCS_URL, LOGO_URL, check_style
 from prefect_fanout.errors import ConfigurationError
@@ -22,8 +22,10 @@ NO_KEY = "not-needed"
 class LLMEndpoint(Block):
     """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, ...).
 
-    The rate fields are carried for the limits layer; the call itself uses the URL,
-    key, organization, default model and timeout.
+    ``max_concurrency``, ``requests_per_minute`` and ``tokens_per_minute`` hold for
+    every call to the endpoint, across threads, flows and processes that share a
+    Prefect server (:mod:`prefect_fanout.limits`); each must be above 0, or unset
+    for no limit.
     """
 
     _block_type_name: ClassVar[str] = "Fanout LLM Endpoint"
@@ -51,7 +53,8 @@ class LLMEndpoint(Block):
         default=None, description="Timeout of one HTTP request; None defers to the agent's."
     )
     max_concurrency: int | None = Field(
-        default=None, description="Most requests in flight at once to this endpoint."
+        default=None,
+        description="Most requests in flight at once to this endpoint, across processes.",
     )
     structured_output: str = Field(
         default="auto",
@@ -65,10 +68,25 @@ class LLMEndpoint(Block):
         default=False,
         description="Merge the system prompt into the first user message (no system role).",
     )
-    requests_per_minute: int | None = Field(default=None, description="Request rate limit.")
-    tokens_per_minute: int | None = Field(default=None, description="Token rate limit.")
+    requests_per_minute: int | None = Field(
+        default=None, description="Requests started per minute (spread evenly), across processes."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        description="Tokens per minute (estimated before each request, corrected after).",
+    )
 
     _check_style = field_validator("structured_output")(check_style)
+
+    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute")
+    @classmethod
+    def _check_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(
+                f"{info.field_name} must be greater than 0, got {value}; set a positive "
+                "number or leave it unset (None) for no limit"
+            )
+        return value
 
     def key_value(self) -> str:
         """The API key in clear, or a placeholder for keyless servers."""

@@ -60,6 +60,10 @@ class Resolver:
         model: A model overriding every agent's (``test`` runs offline).
         max_tokens: A completion budget overriding every agent's (``--max-tokens``).
         temperature: A temperature overriding every agent's (``--temperature``).
+        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
+            ``requests_per_minute``, ``tokens_per_minute``; a plan's ``config``, the
+            CLI's ``--max-concurrency``, ``--rpm``, ``--tpm``), checked by the caller.
+            They change the endpoint the calls use, never a request or its cache key.
     """
 
     def __init__(
@@ -70,14 +74,18 @@ class Resolver:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
+        self.limits = dict(limits or {})
         self.profiles: dict[str, AgentProfile] = dict(agents or {})
         self.endpoint_ref = endpoint
         self.model_override = model
         self.max_tokens_override = max_tokens
         self.temperature_override = temperature
         self._served_model: str | None = None
-        self._endpoint: LLMEndpoint | None = endpoint if isinstance(endpoint, LLMEndpoint) else None
+        self._endpoint: LLMEndpoint | None = (
+            self._limited(endpoint) if isinstance(endpoint, LLMEndpoint) else None
+        )
         self._transport: OpenAITransport | None = None
         self._lock = threading.RLock()
 
@@ -104,8 +112,12 @@ class Resolver:
         """
         with self._lock:
             if self._endpoint is None:
-                self._endpoint = resolve_endpoint(self.endpoint_ref)
+                self._endpoint = self._limited(resolve_endpoint(self.endpoint_ref))
             return self._endpoint
+
+    def _limited(self, endpoint: LLMEndpoint) -> LLMEndpoint:
+        """The endpoint with the run's limit overrides applied."""
+        return endpoint.model_copy(update=self.limits) if self.limits else endpoint
 
     def model(self, agent: str | AgentProfile) -> str:
         """The model an agent's calls use (resolving the endpoint only if that decides it)."""

@@ -64,8 +64,10 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
     model = request.model
     asked = request
     truncated = False
+    waited = 0.0
 
     def fail(error: AgentCallError) -> AgentCallError:
+        error.limit_wait_s = round(waited + getattr(error, "limit_wait_s", 0.0), 6)
         error.prompt_tokens += prompt_tokens
         error.completion_tokens += completion_tokens
         error.cost_usd = add_costs(spent, error.cost_usd)
@@ -83,6 +85,7 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         prompt_tokens += answer.prompt_tokens
         completion_tokens += answer.completion_tokens
         attempts += answer.attempts
+        waited += answer.limit_wait_s
         spent = add_costs(
             spent,
             cost_usd(
@@ -169,6 +172,8 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         latency_s=round(latency, 6),
         attempts=attempts,
         cache_key=request.cache_key(),
+        limit_wait_s=round(waited, 6),
+        endpoint=None if request.base_url.startswith("test://") else request.base_url,
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
     logger.info(

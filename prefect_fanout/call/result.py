@@ -13,7 +13,9 @@ class AgentResult(BaseModel):
     ``prompt_tokens``, ``completion_tokens`` and ``cost_usd`` describe the call
     that produced the answer. When the answer came from the cache, ``cached`` is
     true and ``run_cost_usd`` is zero: this run paid nothing, while the original
-    usage stays visible.
+    usage stays visible. ``limit_wait_s`` is the time the call's requests waited for
+    the endpoint's limits (:mod:`prefect_fanout.limits`); ``endpoint`` is the base URL
+    they went to (None for the offline ``test`` model and older cached results).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -31,6 +33,8 @@ class AgentResult(BaseModel):
     attempts: int = 1
     cached: bool = False
     cache_key: str | None = None
+    limit_wait_s: float = 0.0
+    endpoint: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

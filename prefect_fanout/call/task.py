@@ -278,6 +278,7 @@ def call_agent(
     variables: Mapping[str, Any] | None = None,
     tags: Iterable[str] = (),
     timeout_seconds: float | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> AgentResult:
     """Make one agent call as a Prefect task run and return its result.
 
@@ -298,6 +299,8 @@ def call_agent(
         variables: Values for the profile's prompt template.
         tags: Extra tags for the task run.
         timeout_seconds: Per-request timeout overriding the profile's.
+        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
+            ``requests_per_minute``, ``tokens_per_minute``; see :mod:`prefect_fanout.limits`).
 
     Returns:
         The :class:`AgentResult`; ``cached`` is true when it came from the cache.
@@ -313,6 +316,7 @@ def call_agent(
         model=model,
         max_tokens=max_tokens,
         temperature=temperature,
+        limits=limits,
     )
     request = resolver.request(
         prompt,

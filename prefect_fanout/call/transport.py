@@ -36,6 +36,7 @@ from prefect_fanout.call.retry import (
     is_response_format_error,
 )
 from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
+from prefect_fanout.limits.hook import WaitClock, limited
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -58,6 +59,7 @@ class Completion:
         attempts: HTTP requests made for this answer (retries and style fallbacks included).
         model: The model the server says answered (None when it names none).
         style: The structured-output style that was sent (None for plain text).
+        limit_wait_s: Seconds its requests waited for the endpoint's limits.
     """
 
     text: str
@@ -67,6 +69,7 @@ class Completion:
     attempts: int
     model: str | None = None
     style: str | None = None
+    limit_wait_s: float = 0.0
 
 
 class Transport(Protocol):
@@ -275,11 +278,13 @@ class OpenAITransport:
         client = openai_client(self.endpoint)
         styles = styles_to_try(request, self.base_url)
         spent = 0
+        clock = WaitClock()
         for position, style in enumerate(styles):
             try:
-                body, attempts = self._send(client, request, messages, style, logger)
+                body, attempts = self._send(client, request, messages, style, logger, clock)
             except AgentCallError as exc:
                 spent += exc.attempts
+                exc.limit_wait_s = clock.seconds
                 refused = isinstance(exc, NonRetryableAPIError) and is_response_format_error(
                     exc.__cause__
                 )
@@ -300,7 +305,7 @@ class OpenAITransport:
             auto = (request.structured_output or "auto") == "auto"
             if request.output_schema is not None and auto:
                 _remember_style(self.base_url, str(style))
-            return _completion(request, body, spent, style)
+            return _completion(request, body, spent, style, clock.seconds)
         raise AssertionError("unreachable: the last style either answers or raises")
 
     def _send(
@@ -310,6 +315,7 @@ class OpenAITransport:
         messages: list[dict[str, str]],
         style: str | None,
         logger: Logger,
+        clock: WaitClock,
     ) -> tuple[Any, int]:
         body = chat_body(request, messages, style)
 
@@ -328,7 +334,7 @@ class OpenAITransport:
             return json.loads(content)
 
         return call_with_retries(
-            send,
+            limited(self.endpoint, body["messages"], request.max_tokens, send, clock),
             request.retry,
             request.label,
             logger=logger,
@@ -362,7 +368,9 @@ def chat_body(
     return body
 
 
-def _completion(request: CallRequest, body: Any, attempts: int, style: str | None) -> Completion:
+def _completion(
+    request: CallRequest, body: Any, attempts: int, style: str | None, waited: float = 0.0
+) -> Completion:
     """A completion from a chat-completions body."""
     try:
         choice = body["choices"][0]
@@ -383,4 +391,5 @@ def _completion(request: CallRequest, body: Any, attempts: int, style: str | Non
         attempts=attempts,
         model=str(reported) if reported else None,
         style=style,
+        limit_wait_s=waited,
     )

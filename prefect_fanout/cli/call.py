@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_float
+from prefect_fanout.cli.limit_args import add_limit_arguments, limit_options
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -24,6 +25,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--system", help="system prompt overriding the agent's")
     parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
     add_sampling_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
     parser.add_argument("--refresh", action="store_true", help="ignore the cache, call again")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -43,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from prefect_fanout.flows import INLINE_PARAMETER_BYTES, call_flow, stash
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    limits = limit_options(args)
     try:
         Resolver(
             endpoint=args.endpoint,
             model=args.model,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            limits=limits,
         ).check([args.agent])
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_seconds=args.timeout,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            **limits,
             return_state=True,
         )
         result = state.result(raise_on_failure=True)

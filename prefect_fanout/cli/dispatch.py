@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_int
+from prefect_fanout.cli.limit_args import add_limit_arguments, limit_options
 from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 from prefect_fanout.plan.policies import FAILURE_POLICIES
@@ -43,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--trace-dir", help="write trace files here (overrides the plan)")
     parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
     add_sampling_arguments(parser)
+    add_limit_arguments(parser)
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             args.endpoint,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            limits=limit_options(args),
         )
         runner = runner_options(args)
     except ConfigurationError as exc:
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             cache=cache,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            limits=limit_options(args),
             **runner,
         )
     except ConfigurationError as exc:

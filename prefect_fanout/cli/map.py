@@ -19,6 +19,7 @@ from prefect_fanout.cli.argtypes import (
     one_line,
     positive_int,
 )
+from prefect_fanout.cli.limit_args import add_limit_arguments, limit_options
 from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -117,6 +118,7 @@ def add_parser(subparsers: Any) -> None:
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
     add_sampling_arguments(parser)
+    add_limit_arguments(parser)
     add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -152,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             errors=args.errors,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
+            limits=limit_options(args),
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

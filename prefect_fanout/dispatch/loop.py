@@ -187,6 +187,8 @@ class Dispatcher:
                 cost_usd=answer.run_cost_usd,
             ),
             duration_s=duration,
+            limit_wait_s=0.0 if answer.cached else answer.limit_wait_s,
+            endpoint=answer.endpoint,
         )
 
     def _submit_ready(self) -> None:
@@ -293,6 +295,7 @@ class Dispatcher:
                 ),
                 finish_reason=getattr(error, "finish_reason", None),
             )
+            run.attempts[-1]["limit_wait_s"] = getattr(error, "limit_wait_s", 0.0)
             if self._may_fall_back(run):
                 self._try_agent(run)
             else:

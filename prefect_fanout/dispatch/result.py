@@ -104,6 +104,8 @@ class TaskOutcome(BaseModel):
             verdicts and revision count; absent from JSON for other tasks. Such
             a task's ``attempts`` and ``usage`` add up every call of its loop
             (answers, judge calls, revisions), also when it failed.
+        limit_wait_s: Seconds its requests waited for the endpoint's limits in this run.
+        endpoint: The endpoint (base URL) its answer came from, when known.
 
     """
 
@@ -119,6 +121,8 @@ class TaskOutcome(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     duration_s: float | None = None
     acceptance: Acceptance | None = None
+    limit_wait_s: float = 0.0
+    endpoint: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_no_acceptance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -218,6 +222,8 @@ def call_record(outcome: TaskOutcome, model: str | None = None) -> CallRecord:
         cost_usd=outcome.usage.cost_usd,
         latency_s=outcome.duration_s,
         error=outcome.error,
+        limit_wait_s=outcome.limit_wait_s,
+        endpoint=outcome.endpoint,
     )
 
 

@@ -100,6 +100,7 @@ def check_plan(
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> Resolver:
     """Resolve every agent, fallback and (when a model needs one) the endpoint of a plan.
 
@@ -109,6 +110,8 @@ def check_plan(
         endpoint: An endpoint object or block name overriding ``config.endpoint``.
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        limits: Endpoint limits overriding the plan's ``config`` ones, which override
+            the endpoint's (see :mod:`prefect_fanout.limits`).
 
     Returns:
         The run's resolver, with everything resolved (reuse it for the run).
@@ -124,6 +127,7 @@ def check_plan(
         model=model,
         max_tokens=max_tokens,
         temperature=temperature,
+        limits={**plan.config.limits(), **(limits or {})},
     )
     names: dict[str, None] = {}
     for task in plan.tasks:

@@ -87,6 +87,12 @@ class TaskRun:
             ),
             duration_s=self.duration_s,
             acceptance=self.acceptance(),
+            limit_wait_s=round(
+                sum(float(a.get("limit_wait_s") or 0.0) for a in failed)
+                + sum(call.limit_wait_s for call in paid if not call.cached),
+                6,
+            ),
+            endpoint=result.endpoint if result else None,
         )
 
     def acceptance(self) -> Acceptance | None:

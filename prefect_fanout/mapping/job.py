@@ -82,9 +82,7 @@ class MapJob:
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
 
 
-def _items(
-    items_or_path: Any, encoding: str, errors: str
-) -> tuple[list[Item], str, Path | None]:
+def _items(items_or_path: Any, encoding: str, errors: str) -> tuple[list[Item], str, Path | None]:
     if isinstance(items_or_path, str | Path):
         path = Path(items_or_path)
         return load_items(path, encoding=encoding, errors=errors), str(path), path
@@ -226,6 +224,7 @@ def prepare_map(
     errors: str = "strict",
     max_tokens: int | None = None,
     temperature: float | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -245,6 +244,8 @@ def prepare_map(
         model: A model overriding every agent's (``test`` runs offline).
         max_tokens: A completion budget overriding every agent's.
         temperature: A sampling temperature overriding every agent's.
+        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
+            ``requests_per_minute``, ``tokens_per_minute``; see :mod:`prefect_fanout.limits`).
         endpoint: A saved LLMEndpoint block's name or an endpoint; None uses
             ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
         refresh: Ignore stored answers and call again (storing the new ones).
@@ -280,6 +281,7 @@ def prepare_map(
         model=model,
         max_tokens=max_tokens,
         temperature=temperature,
+        limits=limits,
     )
     profile = resolver.agent(agent)
     classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None

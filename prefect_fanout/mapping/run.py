@@ -46,7 +46,7 @@ from prefect_fanout.mapping.stage import (
 )
 from prefect_fanout.mapping.summary import MapSummary, ReduceReport
 from prefect_fanout.ui.artifacts import publish_run_artifacts
-from prefect_fanout.usage import CallRecord, Ledger
+from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 __all__ = ["FILES", "run_map"]
 
@@ -75,9 +75,11 @@ def _record(
         record = CallRecord.from_result(item.id, done.result, partition=key)
         return record.model_copy(update={"status": status, "error": error})
     request = job.requests[item.id]
-    return CallRecord.from_error(
+    record = CallRecord.from_error(
         item.id, request.agent, request.model, done.error, status, error, partition=key
     )
+    endpoint = None if request.base_url.startswith("test://") else request.base_url
+    return record.model_copy(update={"endpoint": endpoint})
 
 
 def _merge(
@@ -238,6 +240,9 @@ def run_map(job: MapJob) -> MapSummary:
         files={k: v for k, v in FILES.items() if k != "reduce" or job.reducer is not None},
         replaced=replaced,
         kept=kept,
+        limit_wait_s={
+            name: round(waited, 3) for name, (_, waited) in limit_wait_by_endpoint(records).items()
+        },
     )
     write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
     _publish(summary, records, out, logger)

@@ -98,6 +98,8 @@ class MapSummary(BaseModel):
             new content), relative to the output directory.
         kept: Partition files of an earlier run that this run did not write; a run never
             deletes outputs of items it did not process.
+        limit_wait_s: Per endpoint (base URL), the seconds this run's calls waited for
+            its limits (see :mod:`prefect_fanout.limits`).
 
     """
 
@@ -126,6 +128,7 @@ class MapSummary(BaseModel):
     files: dict[str, str]
     replaced: list[str] = Field(default_factory=list)
     kept: list[str] = Field(default_factory=list)
+    limit_wait_s: dict[str, float] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -162,9 +162,7 @@ class PatternRun:
         )
         self.requests[call.key] = request
         transport = self.resolver.transport(request.model)
-        return submit_or_reuse(
-            request, context=call.context, transport=transport, cache=self.cache
-        )
+        return submit_or_reuse(request, context=call.context, transport=transport, cache=self.cache)
 
     def _record(self, outcome: CallOutcome[str]) -> None:
         request = self.requests.get(outcome.key)

@@ -35,7 +35,12 @@ CONFIG_FIELDS = (
     "endpoint",
     "synthesize",
     "max_revisions",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
 )
+LIMIT_FIELDS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
+"""The config fields that set the endpoint's limits (see :mod:`prefect_fanout.limits`)."""
 
 _MISSING: Any = object()
 
@@ -377,6 +382,15 @@ def _check_config(value: Any, problems: _Problems) -> dict[str, Any]:
         elif key == "max_revisions":
             message = _revisions_problem(item)
             if message:
+                problems.add("config", message, where)
+        elif key in LIMIT_FIELDS:
+            if item is not None and (
+                not isinstance(item, int) or isinstance(item, bool) or item <= 0
+            ):
+                message = (
+                    f"{key} must be a whole number greater than 0, got {item!r}; set a "
+                    "positive number or remove it (or set null) for no limit"
+                )
                 problems.add("config", message, where)
         elif key == "failure_policy":
             if item not in FAILURE_POLICIES:

@@ -148,6 +148,10 @@ class PlanConfig(BaseModel):
             and writes the final answer (the plan's ``synthesis``), or ``None``.
         max_revisions: How many times a task whose answer its judge rejects is
             re-asked, unless the task sets its own ``max_revisions`` (default 2).
+        max_concurrency: Requests in flight at once to the endpoint, across
+            processes; overrides the endpoint's (``--max-concurrency`` overrides this).
+        requests_per_minute: Requests per minute to the endpoint (``--rpm`` overrides).
+        tokens_per_minute: Tokens per minute to the endpoint (``--tpm`` overrides).
 
     """
 
@@ -160,6 +164,18 @@ class PlanConfig(BaseModel):
     endpoint: str | None = None
     synthesize: str | None = None
     max_revisions: int = Field(default=2, ge=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+
+    def limits(self) -> dict[str, int]:
+        """The endpoint limits the plan sets (unset ones left out)."""
+        given = {
+            "max_concurrency": self.max_concurrency,
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 class Plan(BaseModel):

@@ -3,7 +3,8 @@
 Dispatch and map runs describe each call as a :class:`CallRecord`; this module
 turns a list of them into the artifacts the UI shows on the flow run page:
 
-- a markdown summary: status counts, usage, cost, cache hits, slowest calls,
+- a markdown summary: status counts, usage, cost, cache hits, the time spent
+  waiting for capacity per endpoint (:mod:`prefect_fanout.limits`), slowest calls,
   failures with their errors;
 - a table: one row per call (id, agent, model, status, attempts, cached,
   tokens, cost, latency, error);
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect_fanout.usage import CallRecord, Ledger
+from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 SLOWEST_SHOWN = 5
 FAILURES_SHOWN = 20
@@ -55,6 +56,7 @@ def summary_markdown(
     ]
     for name, value in (extra or {}).items():
         lines.append(f"- **{name}:** {value}")
+    lines += limit_wait_lines(records)
     timed = [r for r in records if r.latency_s is not None and not r.cached]
     if timed:
         lines += ["", "## Slowest calls", "", "| id | agent | latency (s) |", "|---|---|---|"]
@@ -69,6 +71,23 @@ def summary_markdown(
         if len(failures) > FAILURES_SHOWN:
             lines.append(f"\n... and {len(failures) - FAILURES_SHOWN} more")
     return "\n".join(lines) + "\n"
+
+
+def limit_wait_lines(records: Sequence[CallRecord]) -> list[str]:
+    """The summary's "Waiting for capacity" section (empty when no call went to an endpoint)."""
+    totals = limit_wait_by_endpoint(records)
+    if not totals:
+        return []
+    lines = [
+        "",
+        "## Waiting for capacity",
+        "",
+        "| endpoint | calls | wait (s) |",
+        "|---|---|---|",
+    ]
+    for name, (calls, waited) in sorted(totals.items()):
+        lines.append(f"| {name} | {calls} | {waited:.3f} |")
+    return lines
 
 
 def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
@@ -86,6 +105,7 @@ def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
             "completion_tokens": r.completion_tokens,
             "cost_usd": r.cost_usd,
             "latency_s": None if r.latency_s is None else round(r.latency_s, 4),
+            "limit_wait_s": round(r.limit_wait_s, 4),
             "error": (r.error or "")[:300],
             **({"partition": r.partition} if r.partition is not None else {}),
         }

@@ -1,0 +1,444 @@
+"""The in-process layer: one limiter per endpoint, shared by every thread and event loop.
+
+A request asks its endpoint's :class:`EndpointLimiter` for a :class:`Permit`
+(``with limiter.request(tokens) as permit`` in threads, ``async with
+limiter.arequest(tokens)`` on an event loop), sends one HTTP request, and
+settles the permit with the tokens the server reported. Getting a permit:
+
+1. the end of any 429 pause (:mod:`~prefect_fanout.limits.backoff`);
+2. an interval of the request rate and of the token rate that starts now
+   (:mod:`~prefect_fanout.limits.pacer`), inside spans this process holds: a
+   caller whose turn is later waits and looks again (so an answer that used
+   fewer tokens than counted hands the rest on); a span comes from the server
+   when none has room (one caller fetches it, the others wait for it);
+3. a place in flight under the endpoint's ``max_concurrency`` (and the cap of
+   the 429 rule). With a Prefect server each place is a slot of the shared
+   limit; a slot the process already holds goes to its next waiting caller
+   without asking the server. If the place came too late for the interval
+   (more than :data:`MAX_LATE_SECONDS`), the caller asks for a new interval,
+   keeping its place.
+
+The rate comes before the place in flight so that a process never holds slots
+while it waits for a span another process holds (each waiting for the other).
+Both APIs drive the same steps (a generator yielding what to wait for), so the
+state is one, guarded by one lock, whichever API a caller uses. The time from
+asking to getting the permit is the permit's ``waited_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prefect_fanout.limits.backoff import Adaptation
+from prefect_fanout.limits.pacer import ALL_TIME, Bucket, Reservation, Span
+from prefect_fanout.limits.server import (
+    HOLD_SECONDS,
+    LEASE_SECONDS,
+    RPM_SPAN_SECONDS,
+    TPM_SPAN_SECONDS,
+    Lease,
+    limit_name,
+    span_units,
+)
+from prefect_fanout.limits.spec import LimitSpec
+
+#: How often a caller on an event loop looks again while it waits for another caller.
+ASYNC_POLL_SECONDS = 0.02
+
+MAX_LATE_SECONDS = 0.1
+"""The latest a request may start after the start of its interval (and at most half the
+interval): a caller that wakes later gives the interval up and asks again."""
+
+
+class Backend(Protocol):
+    """Where spans and concurrency slots come from when limits are shared across processes.
+
+    Attributes:
+        api_calls: Calls made to the Prefect API so far.
+    """
+
+    api_calls: int
+
+    def span(self, name: str, units: int, rate: float) -> Span:
+        """Wait for, then take, a span of ``units / rate`` seconds of a rate limit."""
+        ...
+
+    def take_slot(self, name: str, limit: int) -> Lease:
+        """Wait for, then take, one slot of a concurrency limit."""
+        ...
+
+    def renew(self, lease: Lease) -> None:
+        """Renew a slot's lease."""
+        ...
+
+    def give_back(self, lease: Lease) -> None:
+        """Release a slot."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Wait until the limiter's state changes, or at most ``seconds``."""
+
+    version: int
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Make a blocking call to the Prefect API (on a worker thread for an event loop)."""
+
+    function: Callable[[], Any]
+
+
+_Step = _Wait | _Call
+
+
+@dataclass
+class Permit:
+    """The right to send one HTTP request.
+
+    Attributes:
+        waited_s: Seconds spent waiting for capacity (concurrency, pause, rates).
+        tokens: The tokens the request was counted for.
+    """
+
+    waited_s: float
+    tokens: int
+    _limiter: EndpointLimiter
+    _start: float = 0.0
+    _factor: float = 1.0
+    _settled: bool = False
+
+    def settle(self, tokens: int | None) -> None:
+        """Correct the token count with what the server reported (None: keep the estimate)."""
+        if tokens is None or self._settled:
+            return
+        self._settled = True
+        self._limiter._correct(self, tokens)
+
+
+@dataclass(frozen=True)
+class LimiterStats:
+    """What one endpoint's limiter did in this process.
+
+    Attributes:
+        permits: Permits given (HTTP requests sent).
+        waited_s: Seconds all of them waited for capacity.
+        rate_limited: 429 answers seen.
+        api_calls: Calls to the Prefect API for spans and slots (all endpoints of the process).
+    """
+
+    permits: int
+    waited_s: float
+    rate_limited: int
+    api_calls: int
+
+
+class EndpointLimiter:
+    """The limits of one endpoint in this process (see the module docstring).
+
+    Args:
+        key: The endpoint's key (:func:`~prefect_fanout.limits.server.endpoint_key`).
+        spec: Its limits.
+        backend: The Prefect server's layer, or None to hold the limits in this process.
+    """
+
+    def __init__(self, key: str, spec: LimitSpec, backend: Backend | None = None) -> None:
+        self.key = key
+        self.spec = spec
+        self.backend = backend
+        self._cond = threading.Condition()
+        self._version = 0
+        shared = backend is not None
+        self._rpm = self._bucket("rpm", spec.requests_per_minute, RPM_SPAN_SECONDS, shared)
+        self._tpm = self._bucket("tpm", spec.tokens_per_minute, TPM_SPAN_SECONDS, shared)
+        self._slot_name = limit_name("concurrency", key)
+        self._shared_slots = shared and spec.max_concurrency is not None
+        self._in_flight = 0
+        self._free: list[Lease] = []
+        self._waiting = 0
+        self._fetching_slots = 0
+        self._pause_until = 0.0
+        self._adapt = Adaptation()
+        self._permits = 0
+        self._waited = 0.0
+        self._rate_limited = 0
+
+    @staticmethod
+    def _bucket(kind: str, per_minute: int | None, seconds: float, shared: bool) -> Bucket | None:
+        if per_minute is None:
+            return None
+        bucket = Bucket(rate=per_minute / 60.0, span_units=span_units(per_minute, seconds))
+        if not shared:
+            bucket.spans.append(ALL_TIME)
+        return bucket
+
+    # ----------------------------------------------------------------- public API
+
+    @contextlib.contextmanager
+    def request(self, tokens: int = 0) -> Iterator[Permit]:
+        """Wait for capacity (blocking this thread), then hold it while the request runs.
+
+        Args:
+            tokens: The tokens the request is counted for before it is sent.
+        """
+        permit, lease = _run_sync(self._acquire(tokens), self)
+        try:
+            yield permit
+        finally:
+            self._release(lease)
+
+    @contextlib.asynccontextmanager
+    async def arequest(self, tokens: int = 0) -> AsyncIterator[Permit]:
+        """As :meth:`request`, waiting on the event loop instead of blocking it."""
+        permit, lease = await _run_async(self._acquire(tokens), self)
+        try:
+            yield permit
+        finally:
+            lease = self._keep_or_return(lease)
+            if lease is not None and self.backend is not None:
+                await asyncio.to_thread(self.backend.give_back, lease)
+
+    def note_rate_limited(self, seconds: float) -> None:
+        """A 429 from the endpoint: pause new requests for ``seconds`` and slow down."""
+        with self._cond:
+            now = time.monotonic()
+            self._pause_until = max(self._pause_until, now + seconds)
+            self._adapt.on_429(now, self._in_flight)
+            self._rate_limited += 1
+            self._changed()
+
+    def stats(self) -> LimiterStats:
+        """What this limiter did so far."""
+        with self._cond:
+            return LimiterStats(
+                permits=self._permits,
+                waited_s=round(self._waited, 6),
+                rate_limited=self._rate_limited,
+                api_calls=self.backend.api_calls if self.backend is not None else 0,
+            )
+
+    # ----------------------------------------------------------------- the steps
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._cond.notify_all()
+
+    def _acquire(self, tokens: int) -> Generator[_Step, Any, tuple[Permit, Lease | None]]:
+        began = time.monotonic()
+        lease: Lease | None = None
+        placed = False
+        try:
+            while True:
+                reservation, factor = yield from self._reserve(tokens)
+                if not placed:
+                    lease = yield from self._place_in_flight()
+                    placed = True
+                with self._cond:
+                    now = time.monotonic()
+                    if now < reservation.deadline and now >= self._pause_until:
+                        waited = now - began
+                        self._permits += 1
+                        self._waited += waited
+                        return Permit(waited, tokens, self, reservation.start, factor), lease
+                # the place in flight came too late for the interval (or a 429 paused
+                # the endpoint meanwhile): ask for another interval, keeping the place
+        except BaseException:
+            if placed:
+                self._release(lease)
+            raise
+
+    def _place_in_flight(self) -> Generator[_Step, Any, Lease | None]:
+        while True:
+            with self._cond:
+                cap = self._adapt.cap(time.monotonic(), self.spec.max_concurrency)
+                room = cap is None or self._in_flight + self._fetching_slots < cap
+                if not self._shared_slots and room:
+                    self._in_flight += 1
+                    return None
+                if self._shared_slots and (cap is None or self._in_flight < cap) and self._free:
+                    lease = self._free.pop()
+                    self._in_flight += 1
+                    break
+                fetch = self._shared_slots and room
+                if fetch:
+                    self._fetching_slots += 1
+                else:
+                    self._waiting += 1
+                    version = self._version
+            if fetch:
+                try:
+                    lease = yield _Call(self._take_slot)
+                finally:
+                    with self._cond:
+                        self._fetching_slots -= 1
+                        self._changed()
+                with self._cond:
+                    self._in_flight += 1
+                return lease
+            try:
+                yield _Wait(version)
+            finally:
+                with self._cond:
+                    self._waiting -= 1
+        if time.monotonic() - lease.taken > LEASE_SECONDS / 2:
+            try:
+                yield _Call(lambda: self.backend.renew(lease))  # type: ignore[union-attr]
+            except BaseException:
+                self._release(lease)
+                raise
+        return lease
+
+    def _take_slot(self) -> Lease:
+        assert self.backend is not None
+        return self.backend.take_slot(self._slot_name, int(self.spec.max_concurrency or 1))
+
+    def _reserve(self, tokens: int) -> Generator[_Step, Any, tuple[Reservation, float]]:
+        """An interval starting now in every rate bucket, after any pause (and its factor)."""
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                factor = self._adapt.current(now)
+                if now < self._pause_until:
+                    step: _Step | None = _Wait(self._version, self._pause_until - now)
+                    reservation = None
+                else:
+                    reservation, step = self._plan(tokens, now, factor)
+            if reservation is not None:
+                return reservation, factor
+            assert step is not None
+            yield step
+
+    def _plan(
+        self, tokens: int, now: float, factor: float
+    ) -> tuple[Reservation | None, _Step | None]:
+        """A reservation at one start in every bucket, or the step to take first (lock held)."""
+        parts = [
+            (bucket, bucket.duration(units, factor))
+            for bucket, units in ((self._rpm, 1), (self._tpm, max(1, tokens)))
+            if bucket is not None
+        ]
+        if not parts:
+            return Reservation(now, math.inf), None
+        start = now
+        for _ in range(8):
+            for bucket, duration in parts:
+                earliest = bucket.earliest(start, duration)
+                if earliest is None:
+                    return None, self._fetch_span(bucket)
+                start = max(start, earliest)
+            if start > now:
+                # Intervals are only placed when they can start now: a caller waits for
+                # its turn and looks again, so an answer that used fewer tokens than
+                # counted hands the rest to the next request.
+                return None, _Wait(self._version, start - now)
+            if all(bucket.fits(start, duration) for bucket, duration in parts):
+                for bucket, duration in parts:
+                    bucket.take(start, duration)
+                shortest = min(duration for _, duration in parts)
+                return Reservation(start, start + min(shortest / 2, MAX_LATE_SECONDS)), None
+        short = next(bucket for bucket, duration in parts if not bucket.fits(start, duration))
+        return None, self._fetch_span(short)
+
+    def _fetch_span(self, bucket: Bucket) -> _Step:
+        """The step that gets ``bucket`` a new span: fetch it, or wait for the fetcher.
+
+        Called with the lock held.
+        """
+        if bucket.fetching or self.backend is None:
+            return _Wait(self._version)
+        bucket.fetching = True
+        backend = self.backend
+        kind = "rpm" if bucket is self._rpm else "tpm"
+        name = limit_name(kind, self.key)
+
+        def fetch() -> None:
+            try:
+                span = backend.span(name, bucket.span_units, bucket.rate)
+            finally:
+                with self._cond:
+                    bucket.fetching = False
+                    self._changed()
+            with self._cond:
+                bucket.spans.append(span)
+                self._changed()
+
+        return _Call(fetch)
+
+    def _correct(self, permit: Permit, tokens: int) -> None:
+        if self._tpm is None:
+            return
+        with self._cond:
+            counted = self._tpm.duration(max(1, permit.tokens), permit._factor)
+            used = self._tpm.duration(max(1, tokens), permit._factor)
+            self._tpm.correct(permit._start, counted, used)
+            self._changed()
+
+    def _keep_or_return(self, lease: Lease | None) -> Lease | None:
+        """Leave the flight; keep a slot for a waiting caller, else hand it back (the result)."""
+        with self._cond:
+            self._in_flight -= 1
+            if lease is not None and self._waiting > len(self._free):
+                if time.monotonic() - lease.first_taken < HOLD_SECONDS:
+                    self._free.append(lease)
+                    lease = None
+            self._changed()
+        return lease
+
+    def _release(self, lease: Lease | None) -> None:
+        lease = self._keep_or_return(lease)
+        if lease is not None and self.backend is not None:
+            self.backend.give_back(lease)
+
+
+def _run_sync(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter) -> Any:
+    """Drive the steps on this thread."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as done:
+            return done.value
+        value, error = None, None
+        try:
+            if isinstance(step, _Call):
+                value = step.function()
+            else:
+                with limiter._cond:
+                    if limiter._version == step.version:
+                        limiter._cond.wait(step.seconds)
+        except BaseException as exc:  # handed to the steps, which clean up and re-raise
+            error = exc
+
+
+async def _run_async(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter) -> Any:
+    """Drive the steps on the running event loop (API calls on a worker thread)."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as done:
+            return done.value
+        value, error = None, None
+        try:
+            if isinstance(step, _Call):
+                value = await asyncio.to_thread(step.function)
+            else:
+                deadline = None if step.seconds is None else time.monotonic() + step.seconds
+                while limiter._version == step.version:
+                    left = ASYNC_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    await asyncio.sleep(min(left, ASYNC_POLL_SECONDS))
+        except BaseException as exc:  # handed to the steps, which clean up and re-raise
+            error = exc

@@ -1,0 +1,114 @@
+"""An endpoint's limits as one checked value: concurrency, requests and tokens per minute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_fanout.errors import ConfigurationError
+
+#: How each limit is named where a user sets it: block field, plan field, CLI flag.
+LIMIT_NAMES: dict[str, tuple[str, str]] = {
+    "max_concurrency": ("config.max_concurrency", "--max-concurrency"),
+    "requests_per_minute": ("config.requests_per_minute", "--rpm"),
+    "tokens_per_minute": ("config.tokens_per_minute", "--tpm"),
+}
+
+
+def check_limit(value: Any, where: str) -> int | None:
+    """A limit as a whole number above 0, or None when unset.
+
+    Args:
+        value: The value given (None means "no limit").
+        where: How the user set it (a flag, ``config.FIELD`` or a block field), for the message.
+
+    Returns:
+        The value as an int, or None.
+
+    Raises:
+        ConfigurationError: The value is not a whole number greater than 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ConfigurationError(
+            f"{where} must be a whole number greater than 0, got {value!r}; "
+            f"leave it unset for no limit"
+        )
+    if value <= 0:
+        raise ConfigurationError(
+            f"{where} must be greater than 0, got {value!r}; give a positive number "
+            f"(e.g. {where} 60) or leave it unset for no limit"
+            if where.startswith("--")
+            else f"{where} must be greater than 0, got {value!r}; set a positive number "
+            "or remove it for no limit"
+        )
+    return int(value)
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """The limits every call to one endpoint shares.
+
+    Attributes:
+        max_concurrency: Requests in flight at once, across every process.
+        requests_per_minute: Requests started per minute, spread evenly.
+        tokens_per_minute: Tokens (estimated before, corrected after) per minute.
+    """
+
+    max_concurrency: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("max_concurrency", "requests_per_minute", "tokens_per_minute"):
+            check_limit(getattr(self, field), field)
+
+    @property
+    def any(self) -> bool:
+        """True when at least one limit is set."""
+        return bool(self.max_concurrency or self.requests_per_minute or self.tokens_per_minute)
+
+    @classmethod
+    def of(cls, source: Any) -> LimitSpec:
+        """The limits an endpoint (or anything with the three attributes) carries."""
+        return cls(
+            max_concurrency=getattr(source, "max_concurrency", None),
+            requests_per_minute=getattr(source, "requests_per_minute", None),
+            tokens_per_minute=getattr(source, "tokens_per_minute", None),
+        )
+
+
+def overrides(
+    *,
+    max_concurrency: int | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    source: str = "cli",
+) -> dict[str, int]:
+    """The limits given (checked), as an update for an endpoint; unset ones are left out.
+
+    Args:
+        max_concurrency: Requests in flight at once.
+        requests_per_minute: Requests per minute.
+        tokens_per_minute: Tokens per minute.
+        source: ``cli`` (messages name the flags), ``plan`` (they name ``config.FIELD``)
+            or ``parameter`` (they name the field: a flow's or a function's parameter).
+
+    Raises:
+        ConfigurationError: A value is zero, negative or not whole; the message names
+            the flag or field and the fix.
+    """
+    given = {
+        "max_concurrency": max_concurrency,
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+    }
+    checked: dict[str, int] = {}
+    for field, value in given.items():
+        plan_name, flag = LIMIT_NAMES[field]
+        where = {"cli": flag, "plan": plan_name}.get(source, field)
+        limit = check_limit(value, where)
+        if limit is not None:
+            checked[field] = limit
+    return checked
