@@ -434,6 +434,17 @@ def test_without_a_server_the_limits_hold_in_the_process() -> None:
     assert limiter.stats().api_calls == 0
 
 
+def test_a_rate_too_fast_to_pace_still_grants_every_request() -> None:
+    # At 10 million requests a minute an interval (6 microseconds) is shorter than the
+    # limiter's own bookkeeping: every permit must still be granted, not asked for again
+    # for ever.
+    limiter = EndpointLimiter("fast", LimitSpec(requests_per_minute=10**7))
+    for _ in range(300):
+        with limiter.request(1) as permit:
+            assert permit.waited_s >= 0
+    assert limiter.stats().permits == 300
+
+
 def test_the_adaptation_rule_halves_and_recovers() -> None:
     rule = Adaptation()
     rule.on_429(now=100.0, in_flight=8)

@@ -56,6 +56,12 @@ MAX_LATE_SECONDS = 0.1
 """The latest a request may start after the start of its interval (and at most half the
 interval): a caller that wakes later gives the interval up and asks again."""
 
+MIN_LATE_SECONDS = 0.001
+"""The lateness always allowed, however short the interval. Below it a caller could never
+reach its interval in time (its own bookkeeping takes longer) and would ask for ever; the
+price, only for rates above 30,000 per minute, is that a 10-second window may see up to
+``rate_per_minute / 60,000`` requests (or tokens' worth) above its bound."""
+
 
 class Backend(Protocol):
     """Where spans and concurrency slots come from when limits are shared across processes.
@@ -344,7 +350,8 @@ class EndpointLimiter:
                 for bucket, duration in parts:
                     bucket.take(start, duration)
                 shortest = min(duration for _, duration in parts)
-                return Reservation(start, start + min(shortest / 2, MAX_LATE_SECONDS)), None
+                late = max(min(shortest / 2, MAX_LATE_SECONDS), MIN_LATE_SECONDS)
+                return Reservation(start, start + late), None
         short = next(bucket for bucket, duration in parts if not bucket.fits(start, duration))
         return None, self._fetch_span(short)
 
