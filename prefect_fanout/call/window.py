@@ -9,6 +9,10 @@ the plan dispatcher, whose next calls depend on the last results, uses
 :meth:`CallWindow.submit` and :meth:`CallWindow.next_finished` directly. The
 window also measures the most calls it had in flight at once, the run's
 reached concurrency.
+
+Every task run a window sees finish is reported to the flow run's
+:class:`~prefect_fanout.call.recording.RecordingGuard`, which holds new calls
+while the Prefect server is too far behind in recording them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from prefect.futures import PrefectFuture
 
+from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import result_from_future
 
@@ -51,18 +56,21 @@ class CallWindow(Generic[K]):
 
     Args:
         window: The most calls submitted and not yet finished at any moment.
+        guard: Reports finished task runs to this guard; by default the guard of the
+            flow run in context (:func:`~prefect_fanout.call.recording.recording_guard`).
 
     Raises:
         ValueError: ``window`` is below 1.
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, guard: RecordingGuard | None = None) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.window = window
         self.peak = 0
         self.submitted = 0
         self.in_flight = 0
+        self._guard = guard
         self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
             queue.SimpleQueue()
         )
@@ -97,6 +105,10 @@ class CallWindow(Generic[K]):
         self.in_flight -= 1
         if isinstance(future, AgentResult):
             return CallOutcome(key, future, None, None)
+        if self._guard is None:
+            self._guard = recording_guard()
+        if self._guard is not None:
+            self._guard.finished()
         try:
             return CallOutcome(key, result_from_future(future), None, future)
         except Exception as exc:  # the call's own error, re-raised from its final state

@@ -1,0 +1,172 @@
+"""Keep a run's task runs within what the Prefect server can record, so the UI shows them all.
+
+A Prefect 3.8 server records task runs from the events the client sends, and it
+hands each event to its consumers (the task-run recorder, the event persister)
+through an in-memory queue of 10,000 messages per consumer
+(``prefect.server.utilities.messaging.memory``). A consumer that falls behind
+loses what does not fit: the server logs ``Subscription queue is full, dropping
+message`` and those task runs never appear. Measured on the 2-core machine, a
+SQLite server records about 100 task runs a second, while 10,000 instant calls
+finish at about 120 a second: without a brake, 2,500 of the 10,000 task runs were
+lost.
+
+So every call window of a flow run reports the task runs it saw finish to the
+run's :class:`RecordingGuard`; every :data:`CHECK_EVERY` of them, the guard asks
+the server how many task runs of the flow run it has recorded in a final state
+(one ``POST /task_runs/count``). While more than :data:`MAX_LAG` finished task runs
+are not yet recorded (at most three events each), new calls wait until the lag is
+back to :data:`RESUME_LAG`. The brake never stalls a run: when the server's count
+does not move for :data:`STALL_SECONDS`, or the count cannot be read (the server is
+away), the guard stops braking for the rest of the run and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+
+__all__ = ["MAX_LAG", "RecordingGuard", "recording_guard"]
+
+logger = logging.getLogger("prefect_fanout.recording")
+
+CHECK_EVERY = 100
+"""Finished task runs between two reads of the server's count."""
+
+MAX_LAG = 1000
+"""Finished task runs not yet recorded that make new calls wait (3,000 events at most,
+well inside one consumer's queue of 10,000, with room for a second run on the server)."""
+
+RESUME_LAG = 500
+"""The lag at which waiting calls go on."""
+
+POLL_SECONDS = 0.5
+"""How often a waiting guard reads the count again."""
+
+STALL_SECONDS = 15.0
+"""How long the count may stand still before the guard stops braking."""
+
+FINAL_STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+
+
+class RecordingGuard:
+    """Holds one flow run's new calls while its finished task runs are not yet recorded.
+
+    Args:
+        flow_run_id: The flow run whose task runs are counted.
+        max_lag: Unrecorded finished task runs that make :meth:`finished` wait.
+        resume_lag: The lag at which a waiting :meth:`finished` returns.
+        check_every: Finished task runs between two reads of the count.
+        stall_seconds: How long the count may stand still before the guard stops braking.
+
+    Attributes:
+        waited_s: Seconds spent waiting for the server so far.
+        checks: Reads of the server's count so far.
+        active: False once the guard stopped braking (count stalled or unreadable).
+    """
+
+    def __init__(
+        self,
+        flow_run_id: UUID,
+        *,
+        max_lag: int = MAX_LAG,
+        resume_lag: int = RESUME_LAG,
+        check_every: int = CHECK_EVERY,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
+        if not 0 <= resume_lag <= max_lag:
+            raise ValueError(f"need 0 <= resume_lag <= max_lag, got {resume_lag}, {max_lag}")
+        self.flow_run_id = flow_run_id
+        self.max_lag = max_lag
+        self.resume_lag = resume_lag
+        self.check_every = max(1, check_every)
+        self.stall_seconds = stall_seconds
+        self.waited_s = 0.0
+        self.checks = 0
+        self.active = True
+        self._finished = 0
+        self._since_check = 0
+        self._lock = threading.Lock()
+        self._client: Any = None
+
+    def finished(self, count: int = 1) -> None:
+        """Note ``count`` task runs that finished here; wait if the server is too far behind."""
+        with self._lock:
+            self._finished += count
+            self._since_check += count
+            if not self.active or self._since_check < self.check_every:
+                return
+            self._since_check = 0
+            self._catch_up()
+
+    def recorded(self) -> int:
+        """Task runs of the flow run the server has recorded in a final state."""
+        if self._client is None:
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        self.checks += 1
+        body = {
+            "flow_runs": {"id": {"any_": [str(self.flow_run_id)]}},
+            "task_runs": {"state": {"type": {"any_": FINAL_STATE_TYPES}}},
+        }
+        response = self._client.request("POST", "/task_runs/count", json=body)
+        response.raise_for_status()
+        return int(response.json())
+
+    def _catch_up(self) -> None:
+        started = time.monotonic()
+        waiting = False
+        last, last_moved = -1, started
+        try:
+            while True:
+                recorded = self.recorded()
+                lag = self._finished - recorded
+                if lag <= (self.resume_lag if waiting else self.max_lag):
+                    return
+                now = time.monotonic()
+                if recorded != last:
+                    last, last_moved = recorded, now
+                elif now - last_moved >= self.stall_seconds:
+                    self._stop(
+                        f"the Prefect server's count of recorded task runs stood at {recorded} "
+                        f"for {self.stall_seconds:g} s ({lag} behind)"
+                    )
+                    return
+                if not waiting:
+                    waiting = True
+                    logger.debug("waiting for the Prefect server to record %d task runs", lag)
+                time.sleep(POLL_SECONDS)
+        except Exception as exc:  # the server is away or answers oddly: never stall the run
+            self._stop(f"the count of recorded task runs could not be read ({exc})")
+        finally:
+            self.waited_s += time.monotonic() - started if waiting else 0.0
+
+    def _stop(self, why: str) -> None:
+        self.active = False
+        logger.warning(
+            "Not waiting for the Prefect server to record task runs any more: %s. "
+            "Task runs may be missing from the UI; see README: Performance.",
+            why,
+        )
+
+
+_guards: dict[UUID, RecordingGuard] = {}
+_guards_lock = threading.Lock()
+
+
+def recording_guard() -> RecordingGuard | None:
+    """The guard of the flow run in context (one per flow run), or None outside a flow run."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    flow_run_id = context.flow_run.id
+    with _guards_lock:
+        guard = _guards.get(flow_run_id)
+        if guard is None:
+            guard = _guards[flow_run_id] = RecordingGuard(flow_run_id)
+        return guard

@@ -1,0 +1,90 @@
+"""The recording guard holds new calls until the Prefect server has recorded the finished ones."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+from prefect import flow, task
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from prefect_fanout.call.recording import RecordingGuard, recording_guard
+from prefect_fanout.call.window import CallWindow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@task
+def instant(i: int) -> int:
+    return i
+
+
+def test_with_no_lag_allowed_every_finished_task_run_is_recorded_before_the_next_call():
+    seen: list[tuple[int, int]] = []
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def run() -> RecordingGuard:
+        guard = RecordingGuard(
+            FlowRunContext.get().flow_run.id, max_lag=0, resume_lag=0, check_every=1
+        )
+        for i in range(12):
+            instant.submit(i).wait()
+            guard.finished()
+            seen.append((i + 1, guard.recorded()))  # what the server had when the call went on
+        return guard
+
+    guard = run()
+    assert guard.active
+    assert all(recorded >= finished for finished, recorded in seen), seen
+
+
+def test_the_window_reports_its_finished_task_runs_to_the_flow_runs_guard():
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def run() -> tuple[int, bool, int]:
+        guard = RecordingGuard(
+            FlowRunContext.get().flow_run.id, max_lag=2, resume_lag=0, check_every=5
+        )
+        window: CallWindow[int] = CallWindow(4, guard=guard)
+        for i in range(20):
+            while not window.has_room:
+                window.next_finished()
+            window.submit(i, lambda i=i: instant.submit(i))
+        while window.in_flight:
+            window.next_finished()
+        return guard.checks, recording_guard() is recording_guard(), guard.recorded()
+
+    checks, same_guard, recorded = run()
+    assert checks >= 4  # one read per 5 finished task runs at least
+    assert same_guard
+    assert recorded >= 15  # the last check (at 20 finished) left at most 2 + 4 in flight behind
+
+
+def test_outside_a_flow_run_there_is_no_guard():
+    assert recording_guard() is None
+
+
+def test_a_count_that_never_moves_stops_the_brake_instead_of_stalling(caplog):
+    guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1, stall_seconds=1)
+    with caplog.at_level(logging.WARNING, logger="prefect_fanout.recording"):
+        guard.finished()  # no such flow run: the count stays 0
+        guard.finished()  # the brake is off: returns at once
+    assert not guard.active
+    assert guard.checks >= 2
+    assert "stood at 0" in caplog.text
+
+
+def test_an_unreachable_server_stops_the_brake_instead_of_stalling(caplog):
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens there
+        guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
+        with caplog.at_level(logging.WARNING, logger="prefect_fanout.recording"):
+            guard.finished()
+    assert not guard.active
+    assert "could not be read" in caplog.text
+
+
+def test_resume_lag_above_max_lag_is_refused():
+    with pytest.raises(ValueError, match="resume_lag"):
+        RecordingGuard(uuid.uuid4(), max_lag=1, resume_lag=2)
