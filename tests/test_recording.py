@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 
 import pytest
@@ -83,6 +84,21 @@ def test_an_unreachable_server_stops_the_brake_instead_of_stalling(caplog):
             guard.finished()
     assert not guard.active
     assert "could not be read" in caplog.text
+
+
+def test_a_server_that_never_answers_stops_the_brake_after_the_read_timeout(caplog):
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        with temporary_settings({PREFECT_API_URL: url}):
+            guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
+            with caplog.at_level(logging.WARNING, logger="prefect_fanout.recording"):
+                guard.finished()
+                guard.finished()  # the brake is off: no second read
+    assert not guard.active
+    assert guard.checks == 1
+    assert "could not be read (no answer)" in caplog.text
 
 
 def test_resume_lag_above_max_lag_is_refused():

@@ -16,12 +16,14 @@ the server how many task runs of the flow run it has recorded in a final state
 (one ``POST /task_runs/count``). While more than :data:`MAX_LAG` finished task runs
 are not yet recorded (at most three events each), new calls wait until the lag is
 back to :data:`RESUME_LAG`. The brake never stalls a run: when the server's count
-does not move for :data:`STALL_SECONDS`, or the count cannot be read (the server is
-away), the guard stops braking for the rest of the run and says so once.
+does not move for :data:`STALL_SECONDS`, or the count cannot be read within
+:data:`READ_TIMEOUT_SECONDS` (the server is away: Prefect's client would retry for
+a minute), the guard stops braking for the rest of the run and says so once.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -50,6 +52,9 @@ POLL_SECONDS = 0.5
 
 STALL_SECONDS = 15.0
 """How long the count may stand still before the guard stops braking."""
+
+READ_TIMEOUT_SECONDS = 5.0
+"""How long one read of the count may take before the guard gives up on it."""
 
 FINAL_STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
 
@@ -124,7 +129,7 @@ class RecordingGuard:
         last, last_moved = -1, started
         try:
             while True:
-                recorded = self.recorded()
+                recorded = self._read()
                 lag = self._finished - recorded
                 if lag <= (self.resume_lag if waiting else self.max_lag):
                     return
@@ -142,9 +147,34 @@ class RecordingGuard:
                     logger.debug("waiting for the Prefect server to record %d task runs", lag)
                 time.sleep(POLL_SECONDS)
         except Exception as exc:  # the server is away or answers oddly: never stall the run
-            self._stop(f"the count of recorded task runs could not be read ({exc})")
+            why = "no answer" if isinstance(exc, TimeoutError) else exc
+            self._stop(f"the count of recorded task runs could not be read ({why})")
         finally:
             self.waited_s += time.monotonic() - started if waiting else 0.0
+
+    def _read(self) -> int:
+        """:meth:`recorded`, given up after :data:`READ_TIMEOUT_SECONDS` (raises TimeoutError).
+
+        The read runs in a daemon thread, so one that hangs never holds up the run
+        or the interpreter's exit.
+        """
+        answer: list[int | BaseException] = []
+
+        def read() -> None:
+            try:
+                answer.append(self.recorded())
+            except BaseException as exc:  # handed to the caller
+                answer.append(exc)
+
+        context = contextvars.copy_context()  # the caller's Prefect settings
+        reader = threading.Thread(target=context.run, args=(read,), daemon=True)
+        reader.start()
+        reader.join(READ_TIMEOUT_SECONDS)
+        if not answer:
+            raise TimeoutError
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
     def _stop(self, why: str) -> None:
         self.active = False
