@@ -27,7 +27,7 @@ import contextvars
 import logging
 import threading
 import time
-from typing import Any
+from collections import OrderedDict
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -97,7 +97,6 @@ class RecordingGuard:
         self._finished = 0
         self._since_check = 0
         self._lock = threading.Lock()
-        self._client: Any = None
 
     def finished(self, count: int = 1) -> None:
         """Note ``count`` task runs that finished here; wait if the server is too far behind."""
@@ -111,15 +110,13 @@ class RecordingGuard:
 
     def recorded(self) -> int:
         """Task runs of the flow run the server has recorded in a final state."""
-        if self._client is None:
-            self._client = get_client(sync_client=True)
-            self._client.__enter__()
         self.checks += 1
         body = {
             "flow_runs": {"id": {"any_": [str(self.flow_run_id)]}},
             "task_runs": {"state": {"type": {"any_": FINAL_STATE_TYPES}}},
         }
-        response = self._client.request("POST", "/task_runs/count", json=body)
+        with get_client(sync_client=True) as client:  # one read per 100 calls: no client kept
+            response = client.request("POST", "/task_runs/count", json=body)
         response.raise_for_status()
         return int(response.json())
 
@@ -185,7 +182,10 @@ class RecordingGuard:
         )
 
 
-_guards: dict[UUID, RecordingGuard] = {}
+KEPT_GUARDS = 256
+"""Guards kept for the flow runs of a long-lived process (the oldest is forgotten first)."""
+
+_guards: OrderedDict[UUID, RecordingGuard] = OrderedDict()
 _guards_lock = threading.Lock()
 
 
@@ -199,4 +199,6 @@ def recording_guard() -> RecordingGuard | None:
         guard = _guards.get(flow_run_id)
         if guard is None:
             guard = _guards[flow_run_id] = RecordingGuard(flow_run_id)
+            while len(_guards) > KEPT_GUARDS:
+                _guards.popitem(last=False)
         return guard
