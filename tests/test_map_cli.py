@@ -50,6 +50,7 @@ def test_cli_prints_only_the_summary_and_exits_0(
     assert summary == json.loads((out / "summary.json").read_text())
     assert (summary["total"], summary["completed"], summary["failed"]) == (10, 10, 0)
     assert summary["max_workers"] == 4 and 1 <= summary["concurrency_reached"] <= 4
+    assert summary["recording_wait_s"] == 0.0  # 10 calls: the brake never reads the server
     assert summary["partition_spec"] == "count:3" and len(summary["partitions"]) == 3
     assert summary["usage"]["map"]["calls"] == 10 and summary["cost_usd"] is None
     assert "fanout-map" in done.stderr  # Prefect's logs go to stderr

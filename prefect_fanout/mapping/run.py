@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.request import output_as_text
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
@@ -243,6 +244,7 @@ def run_map(job: MapJob) -> MapSummary:
         limit_wait_s={
             name: round(waited, 3) for name, (_, waited) in limit_wait_by_endpoint(records).items()
         },
+        recording_wait_s=round(guard.waited_s, 3) if (guard := recording_guard()) else 0.0,
     )
     write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
     _publish(summary, records, out, logger)

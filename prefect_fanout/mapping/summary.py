@@ -100,6 +100,8 @@ class MapSummary(BaseModel):
             deletes outputs of items it did not process.
         limit_wait_s: Per endpoint (base URL), the seconds this run's calls waited for
             its limits (see :mod:`prefect_fanout.limits`).
+        recording_wait_s: Seconds new calls waited for the Prefect server to record
+            the run's finished task runs (see :mod:`prefect_fanout.call.recording`).
 
     """
 
@@ -129,6 +131,7 @@ class MapSummary(BaseModel):
     replaced: list[str] = Field(default_factory=list)
     kept: list[str] = Field(default_factory=list)
     limit_wait_s: dict[str, float] = Field(default_factory=dict)
+    recording_wait_s: float = 0.0
 
     @property
     def ok(self) -> bool:
