@@ -409,27 +409,45 @@ def test_threads_and_an_event_loop_share_one_limiter_over_the_server(prefect_ser
     assert stats.api_calls / stats.permits <= 0.5
 
 
-def test_without_a_server_the_limits_hold_in_the_process() -> None:
-    limiter = EndpointLimiter("local", LimitSpec(max_concurrency=2, requests_per_minute=600))
-    in_flight, peak, granted = [0], [0], []
-    lock = threading.Lock()
+class InFlight:
+    """Counts the requests inside it, from many threads, and the most at once."""
 
-    def caller() -> None:
-        with limiter.request(1):
-            with lock:
-                granted.append(time.monotonic())
-                in_flight[0] += 1
-                peak[0] = max(peak[0], in_flight[0])
-            time.sleep(0.05)  # a request in flight, not synchronisation
-            with lock:
-                in_flight[0] -= 1
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
 
-    threads = [threading.Thread(target=caller) for _ in range(20)]
+    def __enter__(self) -> InFlight:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def run_threads(target: Any, count: int) -> None:
+    """Run ``target`` on ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert peak[0] <= 2
+
+
+def test_without_a_server_the_limits_hold_in_the_process() -> None:
+    limiter = EndpointLimiter("local", LimitSpec(max_concurrency=2, requests_per_minute=600))
+    flight, granted = InFlight(), []
+
+    def caller() -> None:
+        with limiter.request(1), flight:
+            granted.append(time.monotonic())
+            time.sleep(0.05)  # a request in flight, not synchronisation
+
+    run_threads(caller, 20)
+    assert flight.peak <= 2
     assert most_in_window(granted, 1.0) <= 600 / 60 + 1
     assert limiter.stats().api_calls == 0
 
@@ -477,27 +495,17 @@ def test_a_process_hands_its_concurrency_slots_on_without_asking_the_server(
     limiter = EndpointLimiter(
         f"unit-{uuid.uuid4().hex[:12]}", LimitSpec(max_concurrency=2), PrefectBackend()
     )
-    in_flight, peak = [0], [0]
-    lock = threading.Lock()
+    flight = InFlight()
 
     def caller() -> None:
         for _ in range(5):
-            with limiter.request():
-                with lock:
-                    in_flight[0] += 1
-                    peak[0] = max(peak[0], in_flight[0])
+            with limiter.request(), flight:
                 time.sleep(0.02)  # a request in flight, not synchronisation
-                with lock:
-                    in_flight[0] -= 1
 
-    threads = [threading.Thread(target=caller) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(caller, 6)
     stats = limiter.stats()
     print(f"max_concurrency 2: {stats.api_calls} Prefect API calls for {stats.permits} requests")
-    assert stats.permits == 30 and peak[0] <= 2
+    assert stats.permits == 30 and flight.peak <= 2
     assert stats.api_calls < stats.permits  # slots held are handed on, not asked for again
     shared = server_limit(limit_name("concurrency", limiter.key))
     assert shared.limit == 2 and shared.active_slots == 0  # every slot was given back
