@@ -23,7 +23,6 @@ a minute), the guard stops braking for the rest of the run and says so once.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -32,6 +31,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+
+from prefect_fanout.bounded import call_within
 
 __all__ = ["MAX_LAG", "RecordingGuard", "recording_guard"]
 
@@ -126,7 +127,7 @@ class RecordingGuard:
         last, last_moved = -1, started
         try:
             while True:
-                recorded = self._read()
+                recorded = call_within(READ_TIMEOUT_SECONDS, "a count request", self.recorded)
                 lag = self._finished - recorded
                 if lag <= (self.resume_lag if waiting else self.max_lag):
                     return
@@ -147,31 +148,8 @@ class RecordingGuard:
             why = "no answer" if isinstance(exc, TimeoutError) else exc
             self._stop(f"the count of recorded task runs could not be read ({why})")
         finally:
-            self.waited_s += time.monotonic() - started if waiting else 0.0
-
-    def _read(self) -> int:
-        """:meth:`recorded`, given up after :data:`READ_TIMEOUT_SECONDS` (raises TimeoutError).
-
-        The read runs in a daemon thread, so one that hangs never holds up the run
-        or the interpreter's exit.
-        """
-        answer: list[int | BaseException] = []
-
-        def read() -> None:
-            try:
-                answer.append(self.recorded())
-            except BaseException as exc:  # handed to the caller
-                answer.append(exc)
-
-        context = contextvars.copy_context()  # the caller's Prefect settings
-        reader = threading.Thread(target=context.run, args=(read,), daemon=True)
-        reader.start()
-        reader.join(READ_TIMEOUT_SECONDS)
-        if not answer:
-            raise TimeoutError
-        if isinstance(answer[0], BaseException):
-            raise answer[0]
-        return answer[0]
+            if waiting:
+                self.waited_s += time.monotonic() - started
 
     def _stop(self, why: str) -> None:
         self.active = False

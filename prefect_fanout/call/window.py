@@ -71,6 +71,7 @@ class CallWindow(Generic[K]):
         self.submitted = 0
         self.in_flight = 0
         self._guard = guard
+        self._guard_found = False
         self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
             queue.SimpleQueue()
         )
@@ -105,8 +106,9 @@ class CallWindow(Generic[K]):
         self.in_flight -= 1
         if isinstance(future, AgentResult):
             return CallOutcome(key, future, None, None)
-        if self._guard is None:
-            self._guard = recording_guard()
+        if not self._guard_found:  # once: the window lives inside one flow run, or none
+            self._guard = self._guard or recording_guard()
+            self._guard_found = True
         if self._guard is not None:
             self._guard.finished()
         try:

@@ -14,14 +14,13 @@ turns a list of them into the artifacts the UI shows on the flow run page:
 
 from __future__ import annotations
 
-import contextvars
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.bounded import call_within
 from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 SLOWEST_SHOWN = 5
@@ -143,23 +142,7 @@ def publish_run_artifacts(
         TimeoutError: The API did not take the artifacts in time.
         Exception: The API refused them (the client's error).
     """
-    outcome: list[BaseException | None] = []
-    context = contextvars.copy_context()
-
-    def publish() -> None:
-        try:
-            context.run(_create_artifacts, name, title, records, extra, links)
-            outcome.append(None)
-        except BaseException as exc:  # handed to the waiting caller
-            outcome.append(exc)
-
-    thread = threading.Thread(target=publish, name="fanout-artifacts", daemon=True)
-    thread.start()
-    thread.join(wait)
-    if not outcome:
-        raise TimeoutError(f"the Prefect API did not take the run's artifacts within {wait:g} s")
-    if outcome[0] is not None:
-        raise outcome[0]
+    call_within(wait, "the run's artifacts", _create_artifacts, name, title, records, extra, links)
 
 
 def _create_artifacts(
