@@ -11,6 +11,7 @@ the foreground, e.g. to try ``fanout`` against it by hand.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,14 +41,16 @@ def missing(kind: str | None = None) -> str | None:
     """Why server ``kind`` (None: both) cannot run, or None when everything it needs is built."""
     cache = cache_dir()
     needed = {"the model": cache / "gguf" / ".ok"}
+    # A server counts as built once its build passed the script's smoke test (its .ok stamp).
     if kind in (None, "llama-server"):
         needed["llama-server"] = cache / "bin" / "llama-server"
+        needed["llama-server (its smoke test did not pass)"] = cache / "bin" / ".ok"
     if kind in (None, "llama-cpp-python"):
         needed["llama-cpp-python"] = cache / "llama-cpp-python" / "bin" / "python"
+        needed["llama-cpp-python (its smoke test did not pass)"] = (
+            cache / "llama-cpp-python" / ".ok"
+        )
     absent = [name for name, path in needed.items() if not path.exists()]
-    done = list((cache / "llama-cpp-python").glob(".ok-*"))
-    if kind in (None, "llama-cpp-python") and not done and "llama-cpp-python" not in absent:
-        absent.append("llama-cpp-python (its build did not finish)")
     if not absent:
         return None
     log = cache / "build.log"
@@ -101,35 +104,88 @@ class LocalServer:
         """The end of the server's output."""
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def death(self) -> str | None:
+        """None while the server runs; else how it ended and the end of its log."""
+        if self.process.poll() is None:
+            return None
+        return f"{self.kind} {describe_exit(self.process.returncode)}:\n{self.log_tail()}"
 
-def start(kind: str, port: int, log: Path) -> LocalServer:
-    """Start server ``kind`` and wait until it lists its model.
+
+def describe_exit(code: int) -> str:
+    """An exit code in words; a negative code is the signal that killed the process."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        why = " (it uses CPU instructions this machine lacks)" if name == "SIGILL" else ""
+        return f"died of {name}{why} (exit {128 - code})"
+    return f"exited with {code}"
+
+
+def start(kind: str, port: int, log: Path, argv: list[str] | None = None) -> LocalServer:
+    """Start server ``kind``, wait until it lists its model, then make one short completion.
+
+    The first completion is where a binary built for another CPU dies (SIGILL), so it is made
+    here: a dead server fails the fixture once, with its exit and log, instead of every call
+    retrying "Connection refused".
+
+    Args:
+        kind: One of :data:`SERVERS`.
+        port: The loopback port to serve on.
+        log: Where the server's output goes.
+        argv: The command to run instead of :func:`command` (tests of this module).
 
     Raises:
-        RuntimeError: It exited or did not answer within :data:`START_TIMEOUT` seconds.
+        RuntimeError: It exited, did not answer within :data:`START_TIMEOUT` seconds, or
+            failed its first completion; the message has its exit code and log tail.
     """
     began = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command(kind, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv or command(kind, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = began + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{kind} exited with {process.returncode}:\n{tail}")
+            raise RuntimeError(f"{kind} {describe_exit(process.returncode)} at start:\n{tail}")
         try:
             answer = httpx.get(f"{base_url}/models", timeout=2)
             # llama-server answers 503 while it loads the model
             if answer.status_code == 200 and answer.json().get("data"):
                 model = str(answer.json()["data"][0]["id"])
-                return LocalServer(kind, base_url, model, process, log, time.monotonic() - began)
+                server = LocalServer(kind, base_url, model, process, log)
+                first_completion(server)
+                server.started_s = time.monotonic() - began
+                return server
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.25)  # readiness polling of an external process, not synchronisation
     process.kill()
     raise RuntimeError(f"{kind} did not start in {START_TIMEOUT:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def first_completion(server: LocalServer) -> None:
+    """One short completion; raises RuntimeError with the exit and log if the server dies."""
+    try:
+        answer = httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            timeout=START_TIMEOUT,
+        )
+        answer.raise_for_status()
+    except httpx.HTTPError as exc:
+        try:
+            server.process.wait(timeout=5)  # a crashing server: let it finish dying
+        except subprocess.TimeoutExpired:
+            pass
+        death = server.death()
+        if death is None:
+            server.process.kill()
+            raise RuntimeError(f"{server.kind} failed its first completion: {exc}") from exc
+        raise RuntimeError(f"{death}\n(during its first completion)") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,10 +64,20 @@ def local_server(
 def fanout(
     prefect_server: Any, server: realmodel.LocalServer, *args: str
 ) -> subprocess.CompletedProcess[str]:
+    fail_if_dead(server)
     env = prefect_server.env(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="not-needed")
     env.pop("FANOUT_MODEL", None)
     command = [sys.executable, "-m", "prefect_fanout.cli", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=280, cwd=ROOT)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280, cwd=ROOT)
+    fail_if_dead(server)
+    return done
+
+
+def fail_if_dead(server: realmodel.LocalServer) -> None:
+    """Fail at once, with the server's exit and log, when it has died (not N retries later)."""
+    death = server.death()
+    if death:
+        pytest.fail(death, pytrace=False)
 
 
 def test_call_uses_the_served_model_and_records_what_answered(prefect_server, local_server):
