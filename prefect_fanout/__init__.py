@@ -70,11 +70,11 @@ __all__ = [
 # fast; type checkers see the real imports below.
 _EXPORTS: dict[str, str] = {
     # the call
-    "AgentResult": "prefect_fanout.call.result",
+    "AgentResult": "prefect_fanout.llm.result",
     "CacheMode": "prefect_fanout.call.cache",
     "CacheOptions": "prefect_fanout.call.cache",
-    "CallRequest": "prefect_fanout.call.request",
-    "RetryOptions": "prefect_fanout.call.retry",
+    "CallRequest": "prefect_fanout.llm.request",
+    "RetryOptions": "prefect_fanout.llm.retry",
     "agent_call": "prefect_fanout.call.task",
     "build_request": "prefect_fanout.call.task",
     "call_agent": "prefect_fanout.call.task",
@@ -82,7 +82,7 @@ _EXPORTS: dict[str, str] = {
     "submit_agent_call": "prefect_fanout.call.task",
     # agents and endpoints
     "AgentProfile": "prefect_fanout.agents.profiles",
-    "LLMEndpoint": "prefect_fanout.agents.endpoints",
+    "LLMEndpoint": "prefect_fanout.llm.endpoints",
     "load_agents_file": "prefect_fanout.agents.agentsfile",
     # plans and dispatch
     "DispatchResult": "prefect_fanout.dispatch.result",
@@ -125,12 +125,8 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from prefect_fanout.agents.agentsfile import load_agents_file
-    from prefect_fanout.agents.endpoints import LLMEndpoint
     from prefect_fanout.agents.profiles import AgentProfile
     from prefect_fanout.call.cache import CacheMode, CacheOptions
-    from prefect_fanout.call.request import CallRequest
-    from prefect_fanout.call.result import AgentResult
-    from prefect_fanout.call.retry import RetryOptions
     from prefect_fanout.call.task import (
         agent_call,
         build_request,
@@ -155,6 +151,10 @@ if TYPE_CHECKING:
         RetryAfterTooLongError,
     )
     from prefect_fanout.flows import dispatch_flow, dispatch_plan, map_corpus, map_flow
+    from prefect_fanout.llm.endpoints import LLMEndpoint
+    from prefect_fanout.llm.request import CallRequest
+    from prefect_fanout.llm.result import AgentResult
+    from prefect_fanout.llm.retry import RetryOptions
     from prefect_fanout.mapping.corpus import Item, load_items
     from prefect_fanout.mapping.partition import partition
     from prefect_fanout.mapping.summary import MapSummary

@@ -3,7 +3,7 @@
 This module is what Prefect loads to find the block types:
 
 - ``prefect block register -m prefect_fanout.blocks`` registers
-  :class:`~prefect_fanout.agents.endpoints.LLMEndpoint` (slug ``fanout-llm-endpoint``) and
+  :class:`~prefect_fanout.llm.endpoints.LLMEndpoint` (slug ``fanout-llm-endpoint``) and
   :class:`~prefect_fanout.agents.profiles.AgentProfile` (slug ``fanout-agent-profile``);
 - the ``prefect.collections`` entry point names it, so every Prefect process (a
   server, a worker, the CLI) knows both types without further imports.
@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from prefect_fanout.agents.endpoints import DEFAULT_MODEL, NO_KEY, OPENAI_BASE_URL, LLMEndpoint
 from prefect_fanout.agents.profiles import BUILTIN_PROFILES, AgentProfile
+from prefect_fanout.llm.endpoints import DEFAULT_MODEL, NO_KEY, OPENAI_BASE_URL, LLMEndpoint
 
 __all__ = [
     "AgentProfile",

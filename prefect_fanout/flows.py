@@ -32,15 +32,15 @@ from prefect import flow
 from prefect.context import FlowRunContext
 
 from prefect_fanout.agents.agentsfile import load_agents_file
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.call.cache import CacheMode, CacheOptions
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import call_agent
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan, with_overrides
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
 from prefect_fanout.limits.spec import overrides
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.mapping.defaults import (
     DEFAULT_ACTIVE_PARTITIONS,
     DEFAULT_MAX_WORKERS,

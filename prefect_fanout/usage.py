@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
-from prefect_fanout.call.result import AgentResult
+from prefect_fanout.llm.result import AgentResult
 
 
 def add_costs(total: float | None, cost: float | None) -> float | None:

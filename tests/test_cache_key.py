@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.request import KEY_FIELDS, NOT_KEY_FIELDS, CallRequest
 from prefect_fanout.call.task import build_request
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.request import KEY_FIELDS, NOT_KEY_FIELDS, CallRequest
 
 ENDPOINT = LLMEndpoint(base_url="http://127.0.0.1:9/v1", api_key=SecretStr("sk-secret-1"))
 

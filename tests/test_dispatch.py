@@ -19,10 +19,10 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout import cli, dispatch_plan
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.dispatch.result import TaskOutcome, overall_status
 from prefect_fanout.dispatch.run import task_prompt
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.plan.agents import load_dispatch_plan
 from prefect_fanout.plan.model import Plan, PlanValidationError, TaskSpec
 from prefect_fanout.ui.traces import trace_file_names

@@ -17,18 +17,18 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout.agents import resolver as resolver_module
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import BUILTIN_PROFILES, AgentProfile
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.execute import execute_request
-from prefect_fanout.call.pricing import cost_usd
-from prefect_fanout.call.transport import forget_learned_styles, learned_style
 from prefect_fanout.errors import (
     ConfigurationError,
     NonRetryableAPIError,
     OutputValidationError,
     TruncatedOutputError,
 )
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.execute import execute_request
+from prefect_fanout.llm.pricing import cost_usd
+from prefect_fanout.llm.transport import forget_learned_styles, learned_style
 from prefect_fanout.usage import CallRecord, Ledger
 from tests.fakeopenai import FakeOpenAI, Reply, format_style
 

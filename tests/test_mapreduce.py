@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from prefect_fanout import map_corpus
 from prefect_fanout.agents.agentsfile import load_agents_file, profiles_from_mapping
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.files import (
@@ -25,6 +24,7 @@ from prefect_fanout.files import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.mapping.classify import label_from_output
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import prepare_map

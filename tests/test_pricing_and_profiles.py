@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout.agents.endpoints import LLMEndpoint, resolve_endpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.pricing import cost_usd, price_for
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.endpoints import LLMEndpoint, resolve_endpoint
+from prefect_fanout.llm.pricing import cost_usd, price_for
 
 
 def test_known_models_and_dated_snapshots_are_priced():

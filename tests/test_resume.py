@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from prefect_fanout import map_corpus
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.files import TEMP_SUFFIX
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import read_jsonl, tag, write_corpus
 

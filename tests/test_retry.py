@@ -14,11 +14,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from prefect_fanout import build_request
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.execute import execute_request
-from prefect_fanout.call.pricing import cost_usd
-from prefect_fanout.call.transport import OpenAITransport
 from prefect_fanout.errors import (
     CallTimeoutError,
     NonRetryableAPIError,
@@ -26,6 +22,10 @@ from prefect_fanout.errors import (
     RetriesExhaustedError,
     RetryAfterTooLongError,
 )
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.execute import execute_request
+from prefect_fanout.llm.pricing import cost_usd
+from prefect_fanout.llm.transport import OpenAITransport
 from tests.conftest import free_port
 from tests.fakeopenai import Error, FakeOpenAI, Hang, Malformed, Reply
 

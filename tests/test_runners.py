@@ -23,9 +23,9 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout import dispatch_plan, map_corpus
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.call.locks import FlockLockManager
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.plan.model import Plan
 from prefect_fanout.runners import check_task_runner, dask_cluster_kwargs
 from tests.fakeopenai import FakeOpenAI, Reply

@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout import dispatch_plan
-from prefect_fanout.agents.endpoints import LLMEndpoint
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, PrefectAPI, point_ui_at_api, poll
 
 REPO = Path(__file__).resolve().parents[1]

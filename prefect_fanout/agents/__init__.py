@@ -1,1 +1,1 @@
-"""Who answers a call: agent profiles, endpoints, agent files, and the one resolver."""
+"""Who answers a call: agent profiles, agent files, and the one resolver."""

@@ -13,24 +13,10 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, PrivateAttr, field_validator
 
-from prefect_fanout.call.retry import RetryOptions
 from prefect_fanout.errors import ConfigurationError
-
-STRUCTURED_STYLES = ("auto", "json_schema", "json_object+schema", "json_object", "none")
-"""The structured-output styles (see :mod:`prefect_fanout.call.transport`)."""
-
-
-def check_style(value: str | None) -> str | None:
-    """Validate a structured-output style name (None passes)."""
-    if value is not None and value not in STRUCTURED_STYLES:
-        raise ValueError(
-            f"structured_output must be one of {', '.join(STRUCTURED_STYLES)}, not {value!r}"
-        )
-    return value
-
-
-LOGO_URL = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
-DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
+from prefect_fanout.llm.endpoints import DOCS_URL, LOGO_URL
+from prefect_fanout.llm.retry import RetryOptions
+from prefect_fanout.llm.styles import check_style
 
 
 class AgentProfile(Block):

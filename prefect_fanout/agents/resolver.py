@@ -11,7 +11,7 @@ map) and answers the questions every call asks, caching the answers:
   model its ``GET /v1/models`` lists (several: a ``ConfigurationError`` naming
   ``--model`` and ``default_model``) > ``gpt-4o-mini``;
 - which endpoint? resolved once, and only when a model needs one (see
-  :func:`~prefect_fanout.agents.endpoints.resolve_endpoint` for the order);
+  :func:`~prefect_fanout.llm.endpoints.resolve_endpoint` for the order);
 - which transport answers a model? the offline ``test`` model's, else the
   OpenAI transport to the endpoint. This is the only place that knows the
   ``test`` model is special.
@@ -28,22 +28,22 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect_fanout.agents.endpoints import (
+from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
+from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.endpoints import (
     DEFAULT_MODEL,
     OPENAI_BASE_URL,
     LLMEndpoint,
     resolve_endpoint,
 )
-from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.transport import (
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.transport import (
     TEST_MODEL,
     OpenAITransport,
     TestTransport,
     Transport,
     openai_client,
 )
-from prefect_fanout.errors import ConfigurationError
 
 Prompt = str | list[dict[str, str]]
 
@@ -103,6 +103,17 @@ class Resolver:
                 profile = resolve_agent(agent)
                 self.profiles[agent] = profile
             return profile
+
+    def fallback_chain(self, agent: str) -> list[str]:
+        """The agents a task tries in order: its own, then its profile's ``fallbacks``.
+
+        Only the agent's own ``fallbacks`` list counts (a fallback's fallbacks are not
+        followed); duplicates are dropped.
+
+        Raises:
+            ConfigurationError: The agent cannot be resolved.
+        """
+        return list(dict.fromkeys([agent, *self.agent(agent).fallbacks]))
 
     def endpoint(self) -> LLMEndpoint:
         """The endpoint of the run, resolved on first use.

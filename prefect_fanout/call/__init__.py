@@ -1,1 +1,4 @@
-"""The agent call: request and cache key, cache policy, the task, execution, transports, retries."""
+"""The agent call as a Prefect task.
+
+Cache key and policy, locks, the task, the call window and the recording brake.
+"""

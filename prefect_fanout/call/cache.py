@@ -26,9 +26,9 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
 
 from prefect_fanout.call.locks import FlockLockManager
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
 
 logger = logging.getLogger("prefect_fanout.cache")
 

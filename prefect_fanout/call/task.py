@@ -5,8 +5,8 @@ The path of a call, top to bottom::
     call_agent / submit_agent_call          (this module: the public entry points)
       -> Resolver.request                   (agents/resolver.py: profile, model, endpoint, once)
       -> agent_call task                    (this module: run name, tags, cache options)
-      -> execute_request                    (call/execute.py: ask, validate, re-ask, account)
-      -> Transport.complete                 (call/transport.py: HTTP with retries, or `test`)
+      -> execute_request                    (llm/execute.py: ask, validate, re-ask, account)
+      -> Transport.complete                 (llm/transport.py: HTTP with retries, or `test`)
 
 A task run is named ``agent:item`` and tagged ``agent:NAME`` and ``model:MODEL``,
 so the Prefect UI is the trace. Prefect task retries stay at zero: the
@@ -25,7 +25,6 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
 from prefect_fanout.call.cache import (
@@ -35,12 +34,13 @@ from prefect_fanout.call.cache import (
     stored_answer,
     task_cache_options,
 )
-from prefect_fanout.call.execute import execute_request
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.tags import run_tags
-from prefect_fanout.call.transport import Transport
 from prefect_fanout.errors import AgentCallError
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.execute import execute_request
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.llm.transport import Transport
 
 
 @task(name="agent-call", retries=0, persist_result=True)

@@ -25,8 +25,8 @@ from typing import Any, Generic, TypeVar
 from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import result_from_future
+from prefect_fanout.llm.result import AgentResult
 
 __all__ = ["CallOutcome", "CallWindow"]
 

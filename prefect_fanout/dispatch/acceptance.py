@@ -28,20 +28,36 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from prefect_fanout.call.request import CallRequest, output_as_text
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome
-from prefect_fanout.dispatch.result import Verdict
+from prefect_fanout.dispatch.result import DISPATCH_TAG, Verdict
 from prefect_fanout.errors import AgentCallError, describe
+from prefect_fanout.llm.request import CallRequest, output_as_text
+from prefect_fanout.llm.result import AgentResult
 
 if TYPE_CHECKING:
-    from prefect_fanout.dispatch.loop import Dispatcher
+    import logging
+
+    from prefect_fanout.agents.resolver import Resolver
+    from prefect_fanout.call.cache import CacheOptions
+    from prefect_fanout.call.window import CallWindow
     from prefect_fanout.dispatch.taskrun import TaskRun
+    from prefect_fanout.plan.model import Plan
+
+
+class Dispatcher(Protocol):
+    """What the acceptance loop uses of the dispatch that runs it."""
+
+    plan: Plan
+    resolver: Resolver
+    cache: CacheOptions
+    window: CallWindow[str]
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "title": "Verdict",
@@ -141,8 +157,6 @@ class AcceptanceLoop:
 
     def judge(self, run: TaskRun) -> None:
         """Submit the judge call of the run's current answer (``run.result``)."""
-        from prefect_fanout.dispatch.loop import DISPATCH_TAG  # loop imports this module
-
         spec, dispatcher = run.spec, self.dispatcher
         assert spec.judge is not None and spec.acceptance is not None and run.result is not None
         if run.acceptance_prompt is None:

@@ -19,11 +19,11 @@ from prefect.logging import get_run_logger
 
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.acceptance import AcceptanceLoop, criteria_block
 from prefect_fanout.dispatch.result import (
+    DISPATCH_TAG,
     DispatchResult,
     TaskOutcome,
     build_result,
@@ -33,15 +33,14 @@ from prefect_fanout.dispatch.result import (
 from prefect_fanout.dispatch.taskrun import TaskRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import write_json_atomic
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.plan import graph as plan_graph
-from prefect_fanout.plan.agents import fallback_chain
 from prefect_fanout.plan.model import Plan, TaskSpec
 from prefect_fanout.ui.artifacts import publish_run_artifacts
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
 from prefect_fanout.usage import Usage
 
-DISPATCH_TAG = "fanout:dispatch"
 SYNTHESIS_ID = "synthesize"
 SYNTHESIS_PROMPT = "Synthesize the results of the tasks below into one coherent final answer."
 
@@ -211,7 +210,7 @@ class Dispatcher:
         run.started = time.time()
         run.started_mono = time.monotonic()
         try:
-            run.chain = fallback_chain(run.spec.agent, self.resolver)
+            run.chain = self.resolver.fallback_chain(run.spec.agent)
         except Exception as exc:  # the agent vanished since validation (a deleted block)
             run.chain = [run.spec.agent]
             self._record_attempt(run, run.spec.agent, None, "failed", describe(exc), 0)
@@ -479,7 +478,7 @@ def task_prompt(task: TaskSpec) -> str:
 
     The call then appends the dependencies' outputs, in the order of the
     task's ``dependencies``, as ``## Upstream results`` / ``### <task_id>`` /
-    output (see :meth:`prefect_fanout.call.request.CallRequest.with_context`).
+    output (see :meth:`prefect_fanout.llm.request.CallRequest.with_context`).
 
     Args:
         task: The plan task.

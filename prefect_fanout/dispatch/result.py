@@ -28,6 +28,9 @@ from pydantic import (
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
 from prefect_fanout.usage import CallRecord, Ledger, Usage, add_costs
 
+DISPATCH_TAG = "fanout:dispatch"
+"""The tag on every task run a dispatch makes."""
+
 TaskStatus = Literal["completed", "failed", "skipped"]
 """The final status of one plan task."""
 

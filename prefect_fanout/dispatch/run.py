@@ -29,14 +29,14 @@ from typing import Any
 from prefect.states import Completed, Failed, State
 from pydantic import ValidationError
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.plan.agents import fallback_chain, plan_profiles
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.plan.agents import plan_profiles
 from prefect_fanout.plan.model import Plan, PlanConfig
 
 __all__ = [
@@ -131,7 +131,7 @@ def check_plan(
     )
     names: dict[str, None] = {}
     for task in plan.tasks:
-        names.update(dict.fromkeys(fallback_chain(task.agent, resolver)))
+        names.update(dict.fromkeys(resolver.fallback_chain(task.agent)))
         if task.judge:
             names[task.judge] = None
     if plan.config.synthesize:

@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.dispatch.result import Acceptance, TaskOutcome, Verdict
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.plan.model import TaskSpec
 from prefect_fanout.ui.traces import iso
 from prefect_fanout.usage import Usage, add_costs

@@ -16,12 +16,14 @@ The rule:
   and so on every :data:`RECOVERY_SECONDS` until it is back to 1.
 
 The call that got the 429 keeps its own retry budget and wait (see
-:mod:`prefect_fanout.call.retry`): the pause only holds back the other callers.
+:mod:`prefect_fanout.llm.retry`): the pause only holds back the other callers.
 """
 
 from __future__ import annotations
 
+import email.utils
 import re
+import time
 from typing import Any
 
 DEFAULT_PAUSE_SECONDS = 1.0
@@ -46,10 +48,32 @@ def reset_seconds(text: str) -> float | None:
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """The wait the server asked for, from ``retry-after-ms`` or ``Retry-After``."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
 def pause_seconds(exc: BaseException) -> float:
     """How long a 429 asks every caller to wait (see the module's rule)."""
-    from prefect_fanout.call.retry import retry_after_seconds
-
     asked = retry_after_seconds(exc)
     if asked is None:
         headers: Any = getattr(getattr(exc, "response", None), "headers", None) or {}

@@ -12,12 +12,12 @@ from typing import Any
 
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.result import AgentResult
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.mapping.partition import UNKNOWN
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.usage import CallRecord, Ledger

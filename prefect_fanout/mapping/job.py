@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
-from prefect_fanout.call.request import CallRequest
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
 from prefect_fanout.mapping.defaults import (
     DEFAULT_ACTIVE_PARTITIONS,

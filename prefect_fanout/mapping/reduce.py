@@ -20,11 +20,11 @@ from typing import Any
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheOptions, stored_answer
-from prefect_fanout.call.request import output_as_text
 from prefect_fanout.call.task import call_parameters, configured_call_task
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
+from prefect_fanout.llm.request import output_as_text
 from prefect_fanout.mapping.defaults import DEFAULT_REDUCE_BUDGET
 from prefect_fanout.usage import Ledger
 

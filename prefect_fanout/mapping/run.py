@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect_fanout.call.recording import recording_guard
-from prefect_fanout.call.request import output_as_text
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
+from prefect_fanout.llm.request import output_as_text
 from prefect_fanout.mapping.classify import classify_items
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import MapJob

@@ -21,14 +21,14 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.cache import CacheMode, CacheOptions
-from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import AgentCallError, PatternArgumentError, describe
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.patterns.result import PatternResult, PatternStatus, compute_metrics
 from prefect_fanout.plan.policies import FAILURE_POLICIES
 from prefect_fanout.ui.artifacts import publish_run_artifacts

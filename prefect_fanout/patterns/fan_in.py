@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.cache import CacheOptions
+from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.patterns.engine import Call, PatternRun, check_agent_arg
 from prefect_fanout.patterns.shapes import agent_list, item_prompt, keyed_inputs
 

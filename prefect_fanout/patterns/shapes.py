@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prefect_fanout.call.request import output_as_text
 from prefect_fanout.errors import PatternArgumentError
+from prefect_fanout.llm.request import output_as_text
 from prefect_fanout.patterns.engine import Agent, agent_name, check_agent_arg
 
 ITEM_FIELD = "{item}"

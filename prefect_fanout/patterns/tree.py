@@ -23,11 +23,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_fanout.agents.endpoints import LLMEndpoint
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.call.request import output_as_text
 from prefect_fanout.errors import PatternArgumentError, describe
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.request import output_as_text
 from prefect_fanout.patterns.engine import Call, PatternRun, check_agent_arg
 
 #: The output schema a ``split`` agent should have: ``{"subproblems": [...]}`` (empty: a leaf).

@@ -24,7 +24,6 @@ import jsonschema
 from pydantic import ValidationError
 
 from prefect_fanout.agents.profiles import AgentProfile, builtin_profile_names, resolve_agent
-from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.plan.model import Plan, parse_plan, validate_plan
 from prefect_fanout.plan.subtasks import expand_subtasks, is_subtasks_form
@@ -53,19 +52,6 @@ def profile_from_plan(name: str, fields: Mapping[str, Any]) -> AgentProfile:
 def plan_profiles(plan: Plan) -> dict[str, AgentProfile]:
     """The profiles defined by a plan's ``agents`` section, by name."""
     return {name: profile_from_plan(name, fields) for name, fields in plan.agents.items()}
-
-
-def fallback_chain(agent: str, resolver: Resolver) -> list[str]:
-    """The agents a task tries in order: its own, then its profile's ``fallbacks``.
-
-    Only the task agent's own ``fallbacks`` list counts (a fallback's fallbacks
-    are not followed); duplicates are dropped.
-
-    Raises:
-        ConfigurationError: The task's agent cannot be resolved.
-
-    """
-    return list(dict.fromkeys([agent, *resolver.agent(agent).fallbacks]))
 
 
 def _saved_profile_exists(name: str, cache: dict[str, bool]) -> bool:

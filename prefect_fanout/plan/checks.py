@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.policies import FAILURE_POLICIES
+from prefect_fanout.plan.problems import PlanProblem
 
 AgentCheck = Callable[[str, dict[str, Any]], list[str]]
 """``check_agent(name, profile) -> problem messages`` for a plan's agent profiles."""
@@ -43,32 +44,6 @@ LIMIT_FIELDS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
 """The config fields that set the endpoint's limits (see :mod:`prefect_fanout.limits`)."""
 
 _MISSING: Any = object()
-
-
-@dataclass(frozen=True)
-class PlanProblem:
-    """One problem found in a plan.
-
-    Attributes:
-        kind: Category, e.g. ``"json"``, ``"yaml"``, ``"file"``, ``"field"``,
-            ``"config"``, ``"duplicate_id"``, ``"unknown_dependency"``,
-            ``"self_dependency"``, ``"cycle"``, ``"unknown_agent"`` or
-            ``"agent_profile"``.
-        message: What is wrong, naming the task or field concerned.
-        task_id: The task concerned, if any.
-        location: Where: ``"tasks[2].dependencies[0]"``,
-            ``"config.max_workers"``, ``"line 3, column 7"``, or ``""`` for
-            the whole file.
-
-    """
-
-    kind: str
-    message: str
-    task_id: str | None = None
-    location: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.location}: {self.message}" if self.location else self.message
 
 
 class _Problems(list[PlanProblem]):

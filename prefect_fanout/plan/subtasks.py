@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect_fanout.plan.checks import PlanProblem
+from prefect_fanout.plan.problems import PlanProblem
 
 SUBTASK_FIELDS = ("id", "type", "content", "dependencies", "acceptance", "judge", "max_revisions")
 SUBTASK_TOP_LEVEL = ("task", "subtasks", "types", "synthesize", "config", "agents")

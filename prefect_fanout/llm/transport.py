@@ -4,10 +4,10 @@ The agent call sends every question through a :class:`Transport`, as an httpx
 client sends through its transport. Two implementations ship:
 
 - :class:`OpenAITransport`: the real ``openai`` client over HTTP to an
-  OpenAI-compatible endpoint, with the retries of :mod:`prefect_fanout.call.retry`
+  OpenAI-compatible endpoint, with the retries of :mod:`prefect_fanout.llm.retry`
   (the client's own retries are off, so the attempt budget is exact);
 - :class:`TestTransport`: the built-in offline ``test`` model, deterministic
-  and free (:mod:`prefect_fanout.call.testmodel`).
+  and free (:mod:`prefect_fanout.llm.testmodel`).
 
 Which transport answers a model is decided in one place,
 :meth:`prefect_fanout.agents.resolver.Resolver.transport`; nothing above the
@@ -26,17 +26,17 @@ from typing import Any, Protocol
 
 import openai
 
-from prefect_fanout.agents.endpoints import OPENAI_BASE_URL, LLMEndpoint
-from prefect_fanout.agents.profiles import STRUCTURED_STYLES
-from prefect_fanout.call import testmodel
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.retry import (
+from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
+from prefect_fanout.limits.hook import WaitClock, limited
+from prefect_fanout.llm import testmodel
+from prefect_fanout.llm.endpoints import OPENAI_BASE_URL, LLMEndpoint
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.retry import (
     call_with_retries,
     describe_api_error,
     is_response_format_error,
 )
-from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
-from prefect_fanout.limits.hook import WaitClock, limited
+from prefect_fanout.llm.styles import STRUCTURED_STYLES
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -259,7 +259,7 @@ class OpenAITransport:
     def complete(
         self, request: CallRequest, messages: list[dict[str, str]], logger: Logger
     ) -> Completion:
-        """One question with retries of transient errors (see :mod:`~prefect_fanout.call.retry`).
+        """One question with retries of transient errors (see :mod:`~prefect_fanout.llm.retry`).
 
         Raises:
             AgentCallError: A permanent error, a too-long Retry-After, or the

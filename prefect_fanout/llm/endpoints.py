@@ -9,8 +9,12 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from prefect_fanout.agents.profiles import DOCS_URL, LOGO_URL, check_style
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.styles import check_style
+
+LOGO_URL = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
+DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
+
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"

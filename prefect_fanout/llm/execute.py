@@ -1,6 +1,6 @@
 """One agent call without Prefect machinery: ask, validate, re-ask, account.
 
-The question goes through the call's transport (:mod:`prefect_fanout.call.transport`),
+The question goes through the call's transport (:mod:`prefect_fanout.llm.transport`),
 which owns the HTTP request and its retries. With an output schema the answer is
 validated (Pydantic for classes, jsonschema for schemas from files) and an invalid
 one is re-asked with the validation error, at most ``max_validation_retries``
@@ -16,11 +16,11 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from prefect_fanout.call.pricing import cost_usd
-from prefect_fanout.call.request import CallRequest
-from prefect_fanout.call.result import AgentResult
-from prefect_fanout.call.transport import Transport
 from prefect_fanout.errors import AgentCallError, OutputValidationError, TruncatedOutputError
+from prefect_fanout.llm.pricing import cost_usd
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.llm.transport import Transport
 
 
 def _validate_output(request: CallRequest, raw: str) -> Any:

@@ -8,10 +8,8 @@ agent calls, so they never multiply this budget.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +25,7 @@ from prefect_fanout.errors import (
     RetryAfterTooLongError,
     describe,
 )
+from prefect_fanout.limits.backoff import retry_after_seconds
 
 T = TypeVar("T")
 
@@ -75,7 +74,7 @@ def is_response_format_error(exc: BaseException) -> bool:
     Such an error means the server does not take the structured-output style it
     was sent (llama-cpp-python answers ``json_schema`` with a 500). Retrying the
     same request cannot help: it is never transient, and the ``auto`` style falls
-    back to the next style instead (see :mod:`prefect_fanout.call.transport`).
+    back to the next style instead (see :mod:`prefect_fanout.llm.transport`).
     """
     if not isinstance(exc, openai.APIStatusError) or exc.status_code < 400:
         return False
@@ -99,30 +98,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
     return False
-
-
-def retry_after_seconds(exc: BaseException) -> float | None:
-    """The wait the server asked for, from ``retry-after-ms`` or ``Retry-After``."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-        if parsed is None:
-            return None
-        return max(0.0, parsed.timestamp() - time.time())
 
 
 def backoff_seconds(attempt: int, options: RetryOptions) -> float:

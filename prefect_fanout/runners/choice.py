@@ -154,7 +154,7 @@ def build_task_runner(
         An unstarted task runner.
     """
     if task_runner == "dask":
-        from prefect_fanout.dask_runner import FanoutDaskTaskRunner
+        from prefect_fanout.runners.dask_runner import FanoutDaskTaskRunner
 
         if dask_address:
             return FanoutDaskTaskRunner(address=dask_address)
@@ -163,7 +163,7 @@ def build_task_runner(
             cluster_kwargs=dask_cluster_kwargs(max_workers),
         )
     if task_runner == "ray":
-        from prefect_fanout.ray_runner import FanoutRayTaskRunner
+        from prefect_fanout.runners.ray_runner import FanoutRayTaskRunner
 
         if ray_address:
             return FanoutRayTaskRunner(address=ray_address)
@@ -179,22 +179,6 @@ def build_task_runner(
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=max_workers)
-
-
-def unquoted(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Task parameters with top-level ``quote`` annotations unwrapped, for Dask and Ray.
-
-    The agent-call task quotes its request and transport so that Prefect does not
-    walk them in the flow's process. Sent to a Dask or Ray worker, a ``quote`` (a
-    named tuple) arrives rebuilt as ``quote(((value,),))`` and the task would get
-    a tuple; the remote runners therefore send the values themselves.
-    """
-    from prefect.utilities.annotations import BaseAnnotation
-
-    return {
-        name: value.unwrap() if isinstance(value, BaseAnnotation) else value
-        for name, value in parameters.items()
-    }
 
 
 def runner_matches(runner: Any, task_runner: str) -> bool:

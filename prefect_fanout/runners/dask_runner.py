@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
-from prefect_fanout.runners import unquoted
+from prefect_fanout.runners.quoting import unquoted
 
 __all__ = ["FanoutDaskTaskRunner"]
 

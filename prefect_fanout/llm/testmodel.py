@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from prefect_fanout.call.request import CallRequest
+from prefect_fanout.llm.request import CallRequest
 
 
 def count_tokens(text: str) -> int:

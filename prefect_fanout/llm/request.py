@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_fanout.call.retry import RetryOptions
+from prefect_fanout.llm.retry import RetryOptions
 
 CACHE_KEY_VERSION = "fanout-call-v1"
 
