@@ -40,6 +40,7 @@ from prefect_fanout import (  # noqa: E402
     result_from_future,
     submit_agent_call,
 )
+from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 
@@ -61,9 +62,12 @@ def fanout(fake: FakeOpenAI, prompts: list[str], workers: int) -> tuple[float, i
         futures = [
             submit_agent_call(
                 build_request(
-                    p, agent="default", endpoint=endpoint, model="gpt-4o-mini", item_id=str(i)
+                    p,
+                    agent="default",
+                    options=RunOptions(endpoint=endpoint, model="gpt-4o-mini"),
+                    item_id=str(i),
                 ),
-                endpoint=endpoint,
+                options=RunOptions(endpoint=endpoint),
             )
             for i, p in enumerate(prompts)
         ]

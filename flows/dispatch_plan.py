@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefect_fanout import FanoutError, dispatch_plan
+from prefect_fanout import FanoutError, RunOptions, dispatch_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failure-policy", choices=("partial", "all_or_nothing"))
     parser.add_argument("--trace-dir")
     parser.add_argument("--endpoint")
-    parser.add_argument("--cache", choices=("on", "refresh", "off"), default="on")
+    parser.add_argument("--cache", choices=("on", "refresh", "off"))
     args = parser.parse_args(argv)
-    options = vars(args)
+    fields = vars(args)
+    path = fields.pop("plan_path")
     try:
-        result = dispatch_plan(options.pop("plan_path"), **options)
+        result = dispatch_plan(path, options=RunOptions.of(fields))
     except FanoutError as exc:
         print(f"dispatch_plan: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -13,6 +13,7 @@ import sys
 from prefect import flow
 
 from prefect_fanout import AgentProfile, PatternResult, pipeline
+from prefect_fanout.options import RunOptions, merge_options
 
 RECORD = "ACME Corp, 1 Main St, Springfield; sells industrial anvils; founded 1949."
 AGENTS = {
@@ -25,15 +26,13 @@ AGENTS = {
 
 
 @flow(name="enrichment-pipeline", log_prints=False)
-def enrichment_pipeline(
-    record: str = RECORD, max_workers: int = 3, model: str | None = None
-) -> PatternResult:
+def enrichment_pipeline(record: str = RECORD, options: RunOptions | None = None) -> PatternResult:
     """Validate a record, enrich it three ways in parallel, and combine the enrichments.
 
     Args:
         record: The record to enrich.
-        max_workers: Most calls in flight.
-        model: A model for every agent (``test`` runs offline).
+        options: The run's options (model, max_workers, endpoint, ...; ``model="test"``
+            runs offline); max_workers defaults to 3 here.
 
     Returns:
         The pipeline's result; ``output`` is the combined record.
@@ -42,8 +41,7 @@ def enrichment_pipeline(
         record,
         ["validator", ["geo", "industry", "risk"], "combiner"],
         agents=AGENTS,
-        max_workers=max_workers,
-        model=model,
+        options=merge_options(options, {"max_workers": 3}),
     )
 
 

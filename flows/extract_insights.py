@@ -28,7 +28,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_fanout import FanoutError, MapSummary, load_agents_file, map_corpus
+from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file, map_corpus
+from prefect_fanout.options import merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "corpus"
@@ -37,7 +38,9 @@ OUTPUT = Path("out") / "insights"
 MAX_WORKERS = 8
 
 
-def _options(corpus: str, output_dir: str, agents_file: str, digest: bool, max_workers: int):
+def _options(
+    corpus: str, output_dir: str, agents_file: str, digest: bool, options: RunOptions | None
+):
     return {
         "items_or_path": corpus,
         "agent": "extractor",
@@ -45,7 +48,7 @@ def _options(corpus: str, output_dir: str, agents_file: str, digest: bool, max_w
         "partition": "time:month",
         "output_dir": output_dir,
         "reduce": "digest" if digest else None,
-        "max_workers": max_workers,
+        "options": merge_options(options, {"max_workers": MAX_WORKERS}),
     }
 
 
@@ -59,11 +62,14 @@ def extract_insights(
     output_dir: str = str(OUTPUT),
     agents_file: str = str(AGENTS),
     digest: bool = True,
-    max_workers: int = MAX_WORKERS,
+    options: RunOptions | None = None,
 ) -> MapSummary:
-    """Map the extractor over the notes by month, merge, and digest the insights."""
-    options = _options(corpus, output_dir, agents_file, digest, max_workers)
-    return map_corpus(options.pop("items_or_path"), **options)
+    """Map the extractor over the notes by month, merge, and digest the insights.
+
+    ``options`` are the run's options (max_workers defaults to 8 here).
+    """
+    settings = _options(corpus, output_dir, agents_file, digest, options)
+    return map_corpus(settings.pop("items_or_path"), **settings)
 
 
 def report(summary: MapSummary) -> str:
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=args.output,
             agents_file=args.agents,
             digest=not args.no_digest,
-            max_workers=args.max_workers,
+            options=RunOptions(max_workers=args.max_workers),
         )
     except FanoutError as exc:
         print(f"extract_insights: error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import sys
 from prefect import flow
 
 from prefect_fanout import AgentProfile, PatternResult, fan_in
+from prefect_fanout.options import RunOptions, merge_options
 
 SOURCES = {
     "sales": "Q3 sales rose 12% in EMEA and fell 3% in APAC.",
@@ -30,14 +31,14 @@ AGENTS = {
 
 @flow(name="fan-in-report", log_prints=False)
 def fan_in_report(
-    sources: dict[str, str] = SOURCES, max_workers: int = 4, model: str | None = None
+    sources: dict[str, str] = SOURCES, options: RunOptions | None = None
 ) -> PatternResult:
     """Collect facts from every source in parallel, then write one report from all of them.
 
     Args:
         sources: Source texts by name.
-        max_workers: Most calls in flight.
-        model: A model for every agent (``test`` runs offline).
+        options: The run's options (model, max_workers, endpoint, ...; ``model="test"``
+            runs offline); max_workers defaults to 4 here.
 
     Returns:
         The fan-in's result; ``output`` is the report.
@@ -48,8 +49,7 @@ def fan_in_report(
         aggregator="reporter",
         agents=AGENTS,
         aggregate_prompt="Write the weekly status report.",
-        max_workers=max_workers,
-        model=model,
+        options=merge_options(options, {"max_workers": 4}),
     )
 
 

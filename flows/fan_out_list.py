@@ -14,6 +14,7 @@ import sys
 from prefect import flow
 
 from prefect_fanout import AgentProfile, PatternResult, fan_out
+from prefect_fanout.options import RunOptions, merge_options
 
 TOPICS = ["event sourcing", "CRDTs", "consistent hashing", "backpressure", "idempotency keys"]
 AGENTS = {
@@ -23,15 +24,13 @@ AGENTS = {
 
 
 @flow(name="fan-out-list", log_prints=False)
-def fan_out_list(
-    topics: list[str] = TOPICS, max_workers: int = 4, model: str | None = None
-) -> PatternResult:
+def fan_out_list(topics: list[str] = TOPICS, options: RunOptions | None = None) -> PatternResult:
     """Explain every topic in parallel, alternating between two agents.
 
     Args:
         topics: The topics.
-        max_workers: Most calls in flight.
-        model: A model for every agent (``test`` runs offline).
+        options: The run's options (model, max_workers, endpoint, ...; ``model="test"``
+            runs offline); max_workers defaults to 4 here.
 
     Returns:
         The fan-out's result (outputs in topic order, calls, metrics).
@@ -41,8 +40,7 @@ def fan_out_list(
         agent=["explainer", "analogist"],
         agents=AGENTS,
         prompt="Topic: {item}",
-        max_workers=max_workers,
-        model=model,
+        options=merge_options(options, {"max_workers": 4}),
     )
 
 

@@ -16,26 +16,28 @@ from pathlib import Path
 from prefect import flow
 
 from prefect_fanout import DispatchResult, dispatch_plan
+from prefect_fanout.options import RunOptions, merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "examples" / "research_paper_subtasks.json"
 
 
 @flow(name="research-paper", log_prints=False)
-def research_paper(
-    plan: str = str(PLAN), max_workers: int = 4, model: str | None = None
-) -> DispatchResult:
+def research_paper(plan: str = str(PLAN), options: RunOptions | None = None) -> DispatchResult:
     """Analyse a paper section by section, critique it, then synthesise the report.
 
     Args:
         plan: A plan file in the ``subtasks`` (or ``tasks``) form.
-        max_workers: Most tasks in flight.
-        model: A model for every agent (``test`` runs offline).
+        options: The run's options (model, max_workers, endpoint, ...; ``model="test"``
+            runs offline); max_workers defaults to 4 here.
 
     Returns:
         The dispatch result; ``synthesis.output`` is the final report.
     """
-    return dispatch_plan(plan, max_workers=max_workers, model=model)
+    return dispatch_plan(
+        plan,
+        options=merge_options(options, {"max_workers": 4}),
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow
 
 from prefect_fanout import AgentProfile, PatternResult, tree
+from prefect_fanout.options import RunOptions, merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = "\n\n".join(
@@ -40,15 +41,15 @@ def halve(section: str) -> list[str]:
 
 @flow(name="section-summary-tree", log_prints=False)
 def section_summary_tree(
-    document: str = DOCUMENT, max_depth: int = 3, max_workers: int = 4, model: str | None = None
+    document: str = DOCUMENT, max_depth: int = 3, options: RunOptions | None = None
 ) -> PatternResult:
     """Summarise a document as a tree of section summaries.
 
     Args:
         document: The text (paragraphs separated by blank lines).
         max_depth: The deepest level of the tree.
-        max_workers: Most calls in flight.
-        model: A model for every agent (``test`` runs offline).
+        options: The run's options (model, max_workers, endpoint, ...; ``model="test"``
+            runs offline); max_workers defaults to 4 here.
 
     Returns:
         The tree's result; ``output`` is the document's summary.
@@ -60,8 +61,7 @@ def section_summary_tree(
         combine="merger",
         max_depth=max_depth,
         agents=AGENTS,
-        max_workers=max_workers,
-        model=model,
+        options=merge_options(options, {"max_workers": 4}),
     )
 
 

@@ -24,7 +24,7 @@ import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,17 @@ from prefect import flow
 from prefect.context import FlowRunContext
 
 from prefect_fanout.agents.agentsfile import load_agents_file
-from prefect_fanout.call.cache import CacheMode, CacheOptions
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.task import call_agent
+from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
 from prefect_fanout.dispatch.result import DispatchResult
-from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan, with_overrides
+from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
-from prefect_fanout.limits.spec import overrides
-from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.mapping.defaults import (
     DEFAULT_ACTIVE_PARTITIONS,
-    DEFAULT_MAX_WORKERS,
     DEFAULT_PARTITION_RETRIES,
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
@@ -51,6 +50,7 @@ from prefect_fanout.mapping.defaults import (
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.run import run_map
 from prefect_fanout.mapping.summary import MapSummary
+from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
 from prefect_fanout.plan.model import Plan
 from prefect_fanout.runners import build_task_runner, check_task_runner, runner_matches
@@ -152,61 +152,50 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
-def _on_task_runner(
-    task_runner: str, max_workers: int, dask_address: str | None, ray_address: str | None
-) -> Iterator[None]:
-    """Submit this flow body's task runs to the chosen runner.
+def _on_task_runner(options: RunOptions, max_workers: int) -> Iterator[None]:
+    """Submit this flow body's task runs to the runner the options choose.
 
     A flow run started by :func:`run_map_flow` or :func:`run_dispatch_flow` has the
     runner already; one started from the UI or a deployment (with the flow's
-    default thread pool) gets the runner its ``task_runner`` parameter names,
-    started here and shut down when the body ends.
+    default thread pool) gets the runner its options name, started here and shut
+    down when the body ends.
     """
     context = FlowRunContext.get()
-    if context is None or runner_matches(context.task_runner, task_runner):
+    if context is None or runner_matches(context.task_runner, options.runner()):
         yield
         return
-    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
-    runner = build_task_runner(
-        task_runner, max_workers=max_workers, dask_address=dask_address, ray_address=ray_address
-    )
+    runner = _runner(options, max_workers)
     with runner, context.model_copy(update={"task_runner": runner}):
         yield
+
+
+def _runner(options: RunOptions, max_workers: int, *, cli: bool = False) -> Any:
+    """The task runner the options choose, checked first (a wrong choice raises)."""
+    choice = {
+        "dask_address": options.dask_address,
+        "ray_address": options.ray_address,
+    }
+    check_task_runner(options.runner(), **choice, cli=cli)
+    return build_task_runner(options.runner(), max_workers=max_workers, **choice)
 
 
 @flow(name="fanout-call", log_prints=False)
 def call_flow(
     prompt: str | None = None,
     agent: str = "default",
-    model: str | None = None,
     system: str | None = None,
-    endpoint: str | None = None,
-    cache: str = "on",
     prompt_path: str | None = None,
-    timeout_seconds: float | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    max_concurrency: int | None = None,
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
+    options: RunOptions | None = None,
 ) -> AgentResult:
     """Make one agent call as a task run of this flow.
 
     Args:
         prompt: The user prompt (or give ``prompt_path``).
         agent: The agent's name (built-in or a saved AgentProfile block).
-        model: A model overriding the agent's (``test`` runs offline).
         system: A system prompt overriding the agent's.
-        endpoint: A saved LLMEndpoint block's name; None uses OPENAI_* variables.
-        cache: ``on``, ``refresh`` or ``off``.
         prompt_path: A file holding the prompt (large prompts travel this way).
-        timeout_seconds: Timeout of each HTTP request, overriding the agent's.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        max_concurrency: Requests in flight at once to the endpoint, across processes
-            (overrides the endpoint's; see :mod:`prefect_fanout.limits`).
-        requests_per_minute: Requests per minute to the endpoint, spread evenly.
-        tokens_per_minute: Tokens per minute to the endpoint.
+        options: The run's options (model, endpoint, cache, max_tokens, temperature,
+            timeout_seconds, limits; see :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The call's result.
@@ -215,43 +204,19 @@ def call_flow(
         prompt = Path(prompt_path).read_text(encoding="utf-8")
     if prompt is None:
         raise ConfigurationError("fanout-call needs a prompt or a prompt_path")
-    return call_agent(
-        prompt,
-        agent=agent,
-        model=model,
-        system=system,
-        endpoint=endpoint,
-        cache=cache,
-        timeout_seconds=timeout_seconds,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        limits=overrides(
-            max_concurrency=max_concurrency,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            source="parameter",
-        ),
-    )
+    return call_agent(prompt, agent=agent, system=system, options=options)
+
+
+# The resolver a caller in this process checked a plan with, handed to the flow run it
+# starts so the plan's agents and endpoint are not resolved twice. A run started from
+# the UI or a deployment finds nothing here and checks its plan itself.
+_checked_plan: contextvars.ContextVar[tuple[Plan, Resolver] | None] = contextvars.ContextVar(
+    "fanout_checked_plan", default=None
+)
 
 
 @flow(name="fanout-dispatch", log_prints=False, validate_parameters=True)
-def dispatch_flow(
-    plan: Plan | str,
-    model: str | None = None,
-    max_workers: int | None = None,
-    failure_policy: str | None = None,
-    trace_dir: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | str = "on",
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    task_runner: str = "thread",
-    dask_address: str | None = None,
-    ray_address: str | None = None,
-    max_concurrency: int | None = None,
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
-) -> Any:
+def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
     The flow ends ``Completed``, ``Partial`` (a completed state) or ``Failed``,
@@ -264,64 +229,35 @@ def dispatch_flow(
         plan: A validated plan, or the path of a JSON/YAML plan file on the
             machine that runs the flow (validated here; an invalid plan fails
             the run before any call).
-        model: A model for every agent (``test`` runs offline).
-        max_workers: Most tasks in flight; overrides the plan's.
-        failure_policy: ``partial`` or ``all_or_nothing``; overrides the plan's.
-        trace_dir: Where to write trace files; overrides the plan's.
-        endpoint: An ``LLMEndpoint`` block name or object; ``None`` uses the
-            plan's ``config.endpoint``, then ``OPENAI_*`` variables.
-        cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
-        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
-        ray_address: An existing Ray cluster; None starts a local Ray.
-        max_concurrency: Requests in flight at once to the endpoint, across processes
-            (overrides the plan's and the endpoint's; see :mod:`prefect_fanout.limits`).
-        requests_per_minute: Requests per minute to the endpoint, spread evenly.
-        tokens_per_minute: Tokens per minute to the endpoint.
+        options: The run's options; they win over the plan's ``config`` (see
+            :class:`~prefect_fanout.options.RunOptions` for every field).
 
     Returns:
         The final state, carrying the :class:`DispatchResult`.
     """
     loaded = load_dispatch_plan(plan) if isinstance(plan, str) else plan
-    loaded = with_overrides(
-        loaded, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
-    )
-    limits = overrides(
-        max_concurrency=max_concurrency,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-        source="parameter",
-    )
-    resolver = check_plan(
-        loaded, model, endpoint, max_tokens=max_tokens, temperature=temperature, limits=limits
-    )
-    workers = loaded.config.max_workers
-    with _on_task_runner(task_runner, workers, dask_address, ray_address):
-        outcome = run_plan(loaded, cache=cache, resolver=resolver)
+    handed = _checked_plan.get()
+    if handed is not None and handed[0] is loaded:
+        resolver = handed[1]
+    else:
+        resolver = check_plan(loaded, options)
+    merged = resolver.options
+    with _on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
+        outcome = run_plan(loaded, resolver=resolver)
     return final_state(_keep(outcome))
 
 
-def run_dispatch_flow(
-    plan: Plan,
-    *,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str = CacheMode.ON,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    task_runner: str = "thread",
-    dask_address: str | None = None,
-    ray_address: str | None = None,
-    limits: Mapping[str, int] | None = None,
-) -> DispatchResult:
-    """Run an already validated plan as a ``fanout-dispatch`` flow run.
+def run_dispatch_flow(plan: Plan, resolver: Resolver, options: RunOptions) -> DispatchResult:
+    """Run a plan checked by :func:`~prefect_fanout.dispatch.run.check_plan` as a flow run.
 
-    The flow gets the chosen task runner (``thread``: a
-    ``ThreadPoolTaskRunner(max_workers=config.max_workers)``). Use
-    :func:`dispatch_plan` unless the plan was validated (and its agents
-    checked) already, as ``fanout dispatch`` does.
+    The flow gets the task runner the merged options choose (``thread``: a
+    ``ThreadPoolTaskRunner(max_workers)``). Use :func:`dispatch_plan` unless the
+    plan was checked already, as ``fanout dispatch`` does.
+
+    Args:
+        plan: The validated plan.
+        resolver: Its resolver from ``check_plan`` (holding the merged options).
+        options: The options as the caller gave them (the flow run's parameter).
 
     Returns:
         The dispatch result, whatever the flow run's final state.
@@ -329,68 +265,31 @@ def run_dispatch_flow(
     Raises:
         ConfigurationError: The task runner choice is wrong (before the flow run starts).
     """
-    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
-    runner = build_task_runner(
-        task_runner,
-        max_workers=plan.config.max_workers,
-        dask_address=dask_address,
-        ray_address=ray_address,
-    )
+    merged = resolver.options
+    runner = _runner(merged, merged.workers(DEFAULT_PLAN_WORKERS))
     text = plan.model_dump_json(exclude_none=True)
     reference: Plan | str = plan
     if len(text.encode("utf-8")) > INLINE_PARAMETER_BYTES:
         reference = stash(text, ".plan.json")  # too big for a flow-run parameter
     flow_ = dispatch_flow.with_options(task_runner=runner)
-    options = {
-        "model": model,
-        "endpoint": endpoint,
-        "cache": CacheOptions.of(cache),
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "task_runner": task_runner,
-        "dask_address": dask_address,
-        "ray_address": ray_address,
-        **dict(limits or {}),
-    }
-    return _reported_best_effort(
-        lambda: result_of(flow_(plan=reference, **options, return_state=True))
-    )
+    token = _checked_plan.set((plan, resolver) if reference is plan else None)
+    try:
+        return _reported_best_effort(
+            lambda: result_of(flow_(plan=reference, options=options, return_state=True))
+        )
+    finally:
+        _checked_plan.reset(token)
 
 
-def dispatch_plan(
-    plan: Plan | str | Path,
-    *,
-    model: str | None = None,
-    max_workers: int | None = None,
-    failure_policy: str | None = None,
-    trace_dir: str | Path | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str = CacheMode.ON,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    task_runner: str = "thread",
-    dask_address: str | None = None,
-    ray_address: str | None = None,
-    limits: Mapping[str, int] | None = None,
-) -> DispatchResult:
+def dispatch_plan(plan: Plan | str | Path, *, options: RunOptions | None = None) -> DispatchResult:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
 
     Args:
         plan: A :class:`Plan`, or the path of a plan file (``"-"`` for stdin).
-        model: A model for every agent (``test`` runs offline).
-        max_workers: Most tasks in flight; overrides ``config.max_workers``.
-        failure_policy: ``partial`` or ``all_or_nothing``; overrides the plan's.
-        trace_dir: Where to write trace files; overrides ``config.trace_dir``.
-        endpoint: An ``LLMEndpoint`` block name or object; overrides
-            ``config.endpoint``. ``None`` falls back to ``OPENAI_*`` variables.
-        cache: ``on`` (default), ``refresh``, ``off`` or :class:`CacheOptions`.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        task_runner: ``thread`` (default), ``dask`` or ``ray``: where the calls run.
-        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
-        ray_address: An existing Ray cluster; None starts a local Ray.
-        limits: Endpoint limits (``max_concurrency``, ``requests_per_minute``,
-            ``tokens_per_minute``) overriding the plan's and the endpoint's.
+        options: The run's options; they win over the plan's ``config`` (see
+            :class:`~prefect_fanout.options.RunOptions`: model, endpoint, max_workers,
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, the
+            limits, task_runner and its addresses, trace_dir).
 
     Returns:
         The result; its ``status`` says whether every task completed.
@@ -400,26 +299,9 @@ def dispatch_plan(
         ConfigurationError: An option is invalid, no endpoint is configured, or
             the task runner choice is wrong (checked before the flow run starts).
     """
-    check_task_runner(task_runner, dask_address=dask_address, ray_address=ray_address)
     checked = validate_dispatch_data(plan) if isinstance(plan, Plan) else load_dispatch_plan(plan)
-    checked = with_overrides(
-        checked, max_workers=max_workers, failure_policy=failure_policy, trace_dir=trace_dir
-    )
-    check_plan(
-        checked, model, endpoint, max_tokens=max_tokens, temperature=temperature, limits=limits
-    )
-    return run_dispatch_flow(
-        checked,
-        model=model,
-        endpoint=endpoint,
-        cache=cache,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        task_runner=task_runner,
-        dask_address=dask_address,
-        ray_address=ray_address,
-        limits=limits,
-    )
+    resolver = check_plan(checked, options)
+    return run_dispatch_flow(checked, resolver, options or RunOptions())
 
 
 # A job prepared (and checked) by the caller in this process, handed to the flow run
@@ -456,23 +338,12 @@ def map_flow(
     prompt: str | None = None,
     reduce: str | None = None,
     reduce_budget: int = DEFAULT_REDUCE_BUDGET,
-    max_workers: int = DEFAULT_MAX_WORKERS,
     active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    refresh: bool = False,
     partition_retries: int = DEFAULT_PARTITION_RETRIES,
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
     encoding: str = "utf-8",
     errors: str = "strict",
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    task_runner: str = "thread",
-    dask_address: str | None = None,
-    ray_address: str | None = None,
-    max_concurrency: int | None = None,
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
+    options: RunOptions | None = None,
 ) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
@@ -486,25 +357,16 @@ def map_flow(
         prompt: A template rendering record fields into each item's prompt.
         reduce: An agent that combines the completed outputs in a tree.
         reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
-        max_workers: Agent calls in flight at most.
         active_partitions: Partitions mapped at once.
-        model: A model overriding every agent's (``test`` runs offline).
-        endpoint: A saved LLMEndpoint block's name (or object); None uses OPENAI_*.
-        refresh: Ignore cached answers and call again.
         partition_retries: Retries of a partition whose output cannot be written.
         partition_retry_delay: Seconds before the first partition retry (then doubling).
         encoding: How a directory corpus's files are decoded.
         errors: ``strict`` (a file that does not decode fails the run before any call),
             ``replace`` or ``ignore``.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        task_runner: ``thread``, ``dask`` or ``ray`` (see :mod:`prefect_fanout.runners`).
-        dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
-        ray_address: An existing Ray cluster; None starts a local Ray.
-        max_concurrency: Requests in flight at once to the endpoint, across processes
-            (overrides the endpoint's; see :mod:`prefect_fanout.limits`).
-        requests_per_minute: Requests per minute to the endpoint, spread evenly.
-        tokens_per_minute: Tokens per minute to the endpoint.
+        options: The run's options: model, endpoint, max_workers (default 8), cache
+            (``refresh`` asks again), max_tokens, temperature, timeout_seconds, the
+            limits, task_runner and its addresses (see
+            :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The run's summary (also written to ``summary.json``).
@@ -520,38 +382,38 @@ def map_flow(
             prompt=prompt,
             reduce=reduce,
             reduce_budget=reduce_budget,
-            max_workers=max_workers,
             active_partitions=active_partitions,
-            model=model,
-            endpoint=endpoint,
-            refresh=refresh,
             partition_retries=partition_retries,
             partition_retry_delay=partition_retry_delay,
             encoding=encoding,
             errors=errors,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            limits=overrides(
-                max_concurrency=max_concurrency,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                source="parameter",
-            ),
+            options=options,
         )
-    with _on_task_runner(task_runner, job.max_workers, dask_address, ray_address):
+    with _on_task_runner(job.options, job.max_workers):
         summary = run_map(job)
     return _keep(summary)
 
 
-def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
+def run_map_flow(
+    job: MapJob,
+    *,
+    agents_file: str | None = None,
+    prompt: str | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+) -> MapSummary:
     """Run a prepared job as a ``fanout-map`` flow run (or in the current flow run, if any).
+
+    The flow run's parameters are the job's settings; its ``options`` parameter is
+    the job's merged options, and its task runner the one they choose.
 
     Args:
         job: From :func:`~prefect_fanout.mapping.job.prepare_map`.
-        **parameters: The flow run's parameters as :func:`map_flow` takes them;
-            the job's own settings fill in the ones not given. ``task_runner``,
-            ``dask_address`` and ``ray_address`` choose the flow's task runner
-            (ignored inside a flow run, which keeps its own).
+        agents_file: The agents file the job's profiles came from (a rerun from the UI
+            reads it again).
+        prompt: The prompt template the job was prepared with.
+        encoding: The corpus encoding the job was prepared with.
+        errors: The decoding policy the job was prepared with.
 
     Returns:
         The run's summary.
@@ -562,35 +424,22 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
-    choice = {
-        "task_runner": parameters.pop("task_runner", None) or "thread",
-        "dask_address": parameters.pop("dask_address", None),
-        "ray_address": parameters.pop("ray_address", None),
-    }
-    check_task_runner(
-        choice["task_runner"],
-        dask_address=choice["dask_address"],
-        ray_address=choice["ray_address"],
-    )
+    runner = _runner(job.options, job.max_workers)
     parameters = {
         "input": job.source,
         "agent": job.agent.name,
         "partition": job.spec_text,
         "output_dir": str(job.output_dir),
+        "agents_file": agents_file,
+        "prompt": prompt,
         "reduce": job.reducer.name if job.reducer is not None else None,
         "reduce_budget": job.reduce_budget,
-        "max_workers": job.max_workers,
         "active_partitions": job.active_partitions,
-        "model": job.resolver.model_override,
-        "max_tokens": job.resolver.max_tokens_override,
-        "temperature": job.resolver.temperature_override,
-        "endpoint": job.resolver.endpoint_ref,
-        "refresh": job.cache.mode is CacheMode.REFRESH,
         "partition_retries": job.partition_retries,
         "partition_retry_delay": job.partition_retry_delay,
-        **job.resolver.limits,
-        **parameters,
-        **choice,
+        "encoding": encoding,
+        "errors": errors,
+        "options": job.options,
     }
     key = _job_key(
         parameters["input"], parameters["agent"], parameters["partition"], parameters["output_dir"]
@@ -598,12 +447,6 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
     with _prepared_lock:
         _prepared[key] = job
     try:
-        runner = build_task_runner(
-            choice["task_runner"],
-            max_workers=job.max_workers,
-            dask_address=choice["dask_address"],
-            ray_address=choice["ray_address"],
-        )
         flow_ = map_flow.with_options(task_runner=runner)
         return _reported_best_effort(lambda: flow_(**parameters))
     finally:
@@ -611,22 +454,32 @@ def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:
             _prepared.pop(key, None)
 
 
-def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
+def map_corpus(
+    items_or_path: Any,
+    *,
+    agent: str | AgentProfile,
+    partition: Any,
+    output_dir: str | Path,
+    options: RunOptions | None = None,
+    **settings: Any,
+) -> MapSummary:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Inside a flow it runs in that flow run (on its task runner); outside one it
-    runs the ``fanout-map`` flow on the task runner ``task_runner`` names
+    runs the ``fanout-map`` flow on the task runner the options choose
     (``thread`` by default: ``ThreadPoolTaskRunner(max_workers)``).
 
     Args:
         items_or_path: A JSONL file or a directory, or a list of ``Item``
             objects or of dicts with an ``id``.
-        **options: As for :func:`~prefect_fanout.mapping.job.prepare_map`: ``agent``,
-            ``partition``, ``output_dir`` (required), ``agents``, ``prompt``,
-            ``reduce``, ``reduce_budget``, ``max_workers``, ``model``,
-            ``endpoint``, ``refresh``, ``cache``, ``partition_retries``,
-            ``partition_retry_delay``, ``active_partitions``; and ``task_runner``
-            (``thread``, ``dask`` or ``ray``), ``dask_address``, ``ray_address``.
+        agent: The agent run on every item (a name or a profile).
+        partition: A spec (``count:8``, ``time:month``, ...), or a function item -> key.
+        output_dir: Where the outputs go.
+        options: The run's options (see :class:`~prefect_fanout.options.RunOptions`).
+        **settings: The map's own settings, as for
+            :func:`~prefect_fanout.mapping.job.prepare_map`: ``agents``, ``prompt``,
+            ``reduce``, ``reduce_budget``, ``active_partitions``, ``partition_retries``,
+            ``partition_retry_delay``, ``encoding``, ``errors``.
 
     Returns:
         The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
@@ -639,16 +492,22 @@ def map_corpus(items_or_path: Any, **options: Any) -> MapSummary:
             template is wrong, or the task runner choice is (raised before any call
             is made).
     """
-    choice = {
-        "task_runner": options.pop("task_runner", None) or "thread",
-        "dask_address": options.pop("dask_address", None),
-        "ray_address": options.pop("ray_address", None),
-    }
+    merged = RunOptions.of(options)
     if FlowRunContext.get() is None:
         check_task_runner(
-            choice["task_runner"],
-            dask_address=choice["dask_address"],
-            ray_address=choice["ray_address"],
+            merged.runner(), dask_address=merged.dask_address, ray_address=merged.ray_address
         )
-    job = prepare_map(items_or_path, **options)
-    return run_map_flow(job, prompt=options.get("prompt"), **choice)
+    job = prepare_map(
+        items_or_path,
+        agent=agent,
+        partition=partition,
+        output_dir=output_dir,
+        options=merged,
+        **settings,
+    )
+    return run_map_flow(
+        job,
+        prompt=settings.get("prompt"),
+        encoding=settings.get("encoding", "utf-8"),
+        errors=settings.get("errors", "strict"),
+    )

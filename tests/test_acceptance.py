@@ -18,7 +18,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout import LLMEndpoint, PlanValidationError, cli, dispatch_plan
+from prefect_fanout import LLMEndpoint, cli, dispatch_plan
+from prefect_fanout.errors import PlanValidationError
+from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan
 from tests.fakeopenai import Error, FakeOpenAI, Reply
 
@@ -95,7 +97,10 @@ def test_a_rejected_answer_is_revised_exactly_max_revisions_times_then_fails(
     fake_openai.script(
         judge_key(key), *(verdict(False, ["mentions rain"], "dry") for _ in range(5))
     )
-    result = dispatch_plan(plan_for(key, tmp_path), endpoint=endpoint)  # config default: 2
+    result = dispatch_plan(
+        plan_for(key, tmp_path),
+        options=RunOptions(endpoint=endpoint),
+    )  # config default: 2
 
     poem = result.task("poem")
     assert poem.status == "failed" and poem.output is None
@@ -153,7 +158,10 @@ def test_a_pass_on_revision_k_stops_the_loop_and_the_revision_names_the_unmet_cr
         verdict(True, notes="fine"),
     )
     fake_openai.script(f"N-{key}", Reply("next"))
-    result = dispatch_plan(plan_for(key, tmp_path, max_revisions=5), endpoint=endpoint)
+    result = dispatch_plan(
+        plan_for(key, tmp_path, max_revisions=5),
+        options=RunOptions(endpoint=endpoint),
+    )
 
     poem = result.task("poem")
     assert poem.status == "completed" and poem.output == "draft 2"
@@ -220,7 +228,10 @@ def test_zero_revisions_fails_on_the_first_rejection_and_a_failed_judge_fails_th
 ) -> None:
     key = uuid.uuid4().hex[:12]
     fake_openai.script(judge_key(key), verdict(False, ["mentions rain"]))
-    result = dispatch_plan(plan_for(key, tmp_path, config={"max_revisions": 0}), endpoint=endpoint)
+    result = dispatch_plan(
+        plan_for(key, tmp_path, config={"max_revisions": 0}),
+        options=RunOptions(endpoint=endpoint),
+    )
     poem = result.task("poem")
     assert poem.status == "failed" and fake_openai.count("## Revision") == 0
     assert poem.acceptance is not None and poem.acceptance.max_revisions == 0
@@ -228,7 +239,10 @@ def test_zero_revisions_fails_on_the_first_rejection_and_a_failed_judge_fails_th
 
     key = uuid.uuid4().hex[:12]
     fake_openai.script(judge_key(key), Error(400, "bad judge"))
-    result = dispatch_plan(plan_for(key, tmp_path), endpoint=endpoint)
+    result = dispatch_plan(
+        plan_for(key, tmp_path),
+        options=RunOptions(endpoint=endpoint),
+    )
     poem = result.task("poem")
     assert poem.status == "failed" and poem.error and poem.error.startswith("judge 'critic' failed")
     assert poem.acceptance is not None and poem.acceptance.verdicts == []
@@ -237,7 +251,10 @@ def test_zero_revisions_fails_on_the_first_rejection_and_a_failed_judge_fails_th
 @pytest.mark.server
 def test_the_offline_test_model_passes_every_judge(tmp_path: Path) -> None:
     key = uuid.uuid4().hex[:12]
-    result = dispatch_plan(plan_for(key, tmp_path), model="test")
+    result = dispatch_plan(
+        plan_for(key, tmp_path),
+        options=RunOptions(model="test"),
+    )
     assert result.status == "completed"
     record = result.task("poem").acceptance
     assert record is not None and record.accepted and record.revisions == 0

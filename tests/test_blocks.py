@@ -22,6 +22,7 @@ from prefect_fanout.blocks import (
     local_endpoint,
     openai_endpoint,
 )
+from prefect_fanout.options import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CREATE_BLOCKS = REPO / "blocks" / "create_blocks.py"
@@ -226,7 +227,10 @@ def test_flow_uses_endpoint_block_by_name(prefect_server, fake_openai, monkeypat
     ).save(name, overwrite=True)
     marker = f"block-by-name {uuid.uuid4().hex}"
 
-    result = call_flow(prompt=marker, endpoint=name, cache="off")
+    result = call_flow(
+        prompt=marker,
+        options=RunOptions(endpoint=name, cache="off"),
+    )
 
     assert result.output == f"echo: {marker}"
     assert result.model == "fake-model"

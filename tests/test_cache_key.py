@@ -10,6 +10,7 @@ from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.task import build_request
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.request import KEY_FIELDS, NOT_KEY_FIELDS, CallRequest
+from prefect_fanout.options import RunOptions
 
 ENDPOINT = LLMEndpoint(base_url="http://127.0.0.1:9/v1", api_key=SecretStr("sk-secret-1"))
 
@@ -18,7 +19,10 @@ def key_of(prompt: str = "hello", **kwargs: object) -> str:
     agent = kwargs.pop("agent", AgentProfile(name="a"))
     endpoint = kwargs.pop("endpoint", ENDPOINT)
     return build_request(
-        prompt, agent=agent, endpoint=endpoint, model=kwargs.pop("model", "m"), **kwargs
+        prompt,
+        agent=agent,
+        options=RunOptions(endpoint=endpoint, model=kwargs.pop("model", "m")),
+        **kwargs,
     ).cache_key()
 
 
@@ -69,13 +73,21 @@ def test_what_does_not_change_the_answer_keeps_the_key():
 
 
 def test_key_never_contains_the_api_key_or_the_flow_run():
-    request = build_request("hello", agent="default", endpoint=ENDPOINT, model="m")
+    request = build_request(
+        "hello",
+        agent="default",
+        options=RunOptions(endpoint=ENDPOINT, model="m"),
+    )
     assert "sk-secret-1" not in request.model_dump_json()
     assert request.cache_key().startswith("fanout-")
 
 
 def test_upstream_context_is_part_of_the_key():
-    request = build_request("hello", agent="default", endpoint=ENDPOINT, model="m")
+    request = build_request(
+        "hello",
+        agent="default",
+        options=RunOptions(endpoint=ENDPOINT, model="m"),
+    )
     with_a = request.with_context({"up": "answer A"})
     with_b = request.with_context({"up": "answer B"})
     assert len({request.cache_key(), with_a.cache_key(), with_b.cache_key()}) == 3

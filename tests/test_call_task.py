@@ -18,15 +18,10 @@ from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, SecretStr
 
-from prefect_fanout import (
-    AgentProfile,
-    CacheMode,
-    CacheOptions,
-    LLMEndpoint,
-    NonRetryableAPIError,
-    call_agent,
-)
+from prefect_fanout import AgentProfile, LLMEndpoint, call_agent
 from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
+from prefect_fanout.errors import NonRetryableAPIError
+from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
 from tests.fakeopenai import Error, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -47,7 +42,11 @@ def one_call(
     prompt: str, base_url: str, agent: AgentProfile, model: str = "gpt-4o-mini", cache: str = "on"
 ):
     ep = LLMEndpoint(base_url=base_url, api_key=SecretStr("sk-test"))
-    return call_agent(prompt, agent=agent, endpoint=ep, model=model, cache=cache)
+    return call_agent(
+        prompt,
+        agent=agent,
+        options=RunOptions(endpoint=ep, model=model, cache=cache),
+    )
 
 
 def test_cache_hits_across_flow_runs_make_zero_requests(fake_openai):
@@ -106,8 +105,18 @@ def test_concurrent_identical_calls_make_one_request(fake_openai):
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
     def four_at_once():
         ep = endpoint(fake_openai)
-        request = build_request(prompt, agent=profile(), endpoint=ep, model="gpt-4o-mini")
-        futures = [submit_agent_call(request, endpoint=ep) for _ in range(4)]
+        request = build_request(
+            prompt,
+            agent=profile(),
+            options=RunOptions(endpoint=ep, model="gpt-4o-mini"),
+        )
+        futures = [
+            submit_agent_call(
+                request,
+                options=RunOptions(endpoint=ep),
+            )
+            for _ in range(4)
+        ]
         return [result_from_future(f) for f in futures]
 
     results = four_at_once()
@@ -144,8 +153,7 @@ def test_task_run_is_named_after_agent_and_item_and_carries_no_unlimited_tags(fa
         call_agent(
             f"{item} hi",
             agent=profile(name="namer"),
-            endpoint=endpoint(fake_openai),
-            model="gpt-4o-mini",
+            options=RunOptions(endpoint=endpoint(fake_openai), model="gpt-4o-mini"),
             item_id=item,
         )
         return get_run_context().flow_run.id
@@ -186,9 +194,14 @@ def test_test_model_needs_no_server_and_no_key(monkeypatch):
 
     @flow
     def offline():
-        text = call_agent("describe the sea", model="test", cache="off")
+        text = call_agent(
+            "describe the sea",
+            options=RunOptions(model="test", cache="off"),
+        )
         structured = call_agent(
-            "describe the sea", agent=AgentProfile(name="s", output_schema=Findings), model="test"
+            "describe the sea",
+            agent=AgentProfile(name="s", output_schema=Findings),
+            options=RunOptions(model="test"),
         )
         return text, structured
 
@@ -206,9 +219,15 @@ def test_an_expired_answer_is_asked_again(fake_openai):
     def twice(expiration: timedelta):
         ep = endpoint(fake_openai)
         options = CacheOptions(expiration=expiration)
-        first = call_agent(prompt, agent=profile(), endpoint=ep, model="gpt-4o-mini", cache=options)
+        first = call_agent(
+            prompt,
+            agent=profile(),
+            options=RunOptions(endpoint=ep, model="gpt-4o-mini", cache=options),
+        )
         second = call_agent(
-            prompt, agent=profile(), endpoint=ep, model="gpt-4o-mini", cache=options
+            prompt,
+            agent=profile(),
+            options=RunOptions(endpoint=ep, model="gpt-4o-mini", cache=options),
         )
         return first, second
 

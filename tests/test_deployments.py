@@ -181,7 +181,7 @@ def test_server_rejects_a_wrong_typed_parameter(deployed) -> None:
             )
 
     with pytest.raises(PrefectHTTPStatusError) as caught:
-        run_coro_as_sync(create({"max_workers": "many"}))
+        run_coro_as_sync(create({"plan": "p.json", "options": {"max_workers": "many"}}))
     message = str(caught.value)
     assert caught.value.response.status_code == 409
     assert "max_workers" in message and "many" in message, message
@@ -193,7 +193,9 @@ def test_server_rejects_a_wrong_typed_parameter(deployed) -> None:
             )
 
     assert not [
-        r for r in run_coro_as_sync(runs_of_deployment()) if r.parameters.get("max_workers")
+        r
+        for r in run_coro_as_sync(runs_of_deployment())
+        if (r.parameters.get("options") or {}).get("max_workers")
     ]
 
 

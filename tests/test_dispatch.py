@@ -23,6 +23,7 @@ from prefect_fanout.dispatch.result import TaskOutcome, overall_status
 from prefect_fanout.dispatch.run import task_prompt
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan
 from prefect_fanout.plan.model import Plan, PlanValidationError, TaskSpec
 from prefect_fanout.ui.traces import trace_file_names
@@ -315,7 +316,10 @@ def test_diamond_runs_middle_tasks_together_and_feeds_upstream_outputs(
         task("c", f"C-{key}", "a", agent="debug", input_data={"n": 1}),
         task("d", f"D-{key}", "b", "c"),
     )
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
 
     assert result.status == "completed"
     assert [t.task_id for t in result.tasks] == ["a", "b", "c", "d"]
@@ -373,7 +377,10 @@ def test_partial_policy_skips_only_dependants_of_a_failure(
         task("d", f"D-{key}"),
         task("e", f"E-{key}", "d"),
     )
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
 
     assert statuses(result) == {
         "a": "failed",
@@ -415,7 +422,10 @@ def test_all_or_nothing_stops_what_has_not_started(
         task("d", f"D-{key}", "b"),
         config={"max_workers": 2, "failure_policy": "all_or_nothing"},
     )
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
 
     assert statuses(result) == {"a": "failed", "b": "completed", "c": "skipped", "d": "skipped"}
     assert result.status == "failed" and result.exit_code == 1
@@ -449,7 +459,10 @@ def test_fallback_agent_answers_when_the_primary_fails(
         task("z", f"task z {key}", agent="doomed"),
         agents=agents,
     )
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
 
     a = result.task("a")
     assert (a.status, a.agent, a.output, a.error) == (
@@ -483,7 +496,10 @@ def test_traces_record_every_task_and_the_run(
         task("g", f"G-{key}", "f"),
     )
     trace_dir = tmp_path / "traces"
-    result = dispatch_plan(plan, endpoint=endpoint, trace_dir=trace_dir)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, trace_dir=trace_dir),
+    )
 
     files = sorted(p.name for p in trace_dir.iterdir())
     (index_name,) = [name for name in files if name.startswith("dispatch-")]
@@ -541,12 +557,18 @@ def test_second_identical_dispatch_is_served_from_cache(
 ) -> None:
     key = uid()
     plan = plan_of(task("a", f"A-{key}"), task("b", f"B-{key}", "a"), task("c", f"C-{key}"))
-    first = dispatch_plan(plan, endpoint=endpoint)
+    first = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
     assert first.status == "completed" and first.summary.cached == 0
     sent = fake_openai.total
     assert sent == 3
 
-    second = dispatch_plan(plan, endpoint=endpoint)
+    second = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
     assert fake_openai.total == sent, "the second dispatch sent requests"
     assert second.status == "completed"
     assert second.summary.cached == second.summary.total == 3
@@ -554,7 +576,10 @@ def test_second_identical_dispatch_is_served_from_cache(
     assert all(t.cached and t.attempts == 0 and t.usage.cost_usd == 0.0 for t in second.tasks)
     assert [t.output for t in second.tasks] == [t.output for t in first.tasks]
 
-    third = dispatch_plan(plan, endpoint=endpoint, cache="refresh")
+    third = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, cache="refresh"),
+    )
     assert fake_openai.total == sent + 3 and third.summary.cached == 0
 
 
@@ -565,7 +590,10 @@ def test_max_workers_bounds_requests_in_flight(
     key = uid()
     fake_openai.default_latency = 0.2
     plan = plan_of(*(task(name, f"{name.upper()}-{key}") for name in "abc"))
-    result = dispatch_plan(plan, endpoint=endpoint, max_workers=1)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, max_workers=1),
+    )
     assert result.status == "completed"
     assert fake_openai.total == 3
     assert fake_openai.max_in_flight == 1
@@ -583,7 +611,10 @@ def test_timeout_seconds_bounds_each_request(
         config={"timeout_seconds": 0.5},
     )
     started = time.monotonic()
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
     assert time.monotonic() - started < 20
     assert result.task("h").status == "failed"
     assert "CallTimeoutError" in result.task("h").error
@@ -682,7 +713,10 @@ def test_agents_resolve_to_saved_agent_profile_blocks(
         )
     )
     plan = load_dispatch_plan(path)  # neither the task agent nor the fallback is unknown
-    result = dispatch_plan(plan, endpoint=endpoint)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint),
+    )
     assert statuses(result) == {"a": "completed", "b": "completed"}
     assert (result.task("a").agent, result.task("b").agent) == (block, block)
     assert fake_openai.count(f"SAVED-{key}") == 2

@@ -29,7 +29,7 @@ from prefect_fanout.limits import LimitSpec, estimate_tokens, limiter_for
 from prefect_fanout.limits.backoff import Adaptation, reset_seconds
 from prefect_fanout.limits.limiter import EndpointLimiter
 from prefect_fanout.limits.server import PrefectBackend, endpoint_key, limit_name
-from prefect_fanout.limits.spec import overrides
+from prefect_fanout.options import RunOptions
 from tests.fakeopenai import Error, FakeOpenAI, RecordedRequest, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 from tests.ui_helpers import PrefectAPI
@@ -230,7 +230,11 @@ def test_a_429_storm_pauses_every_caller_and_keeps_each_call_s_budget(
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=5))
     def storm() -> list[str]:
         first = submit_agent_call(
-            build_request(stormy, endpoint=endpoint, model="gpt-4o-mini"), endpoint=endpoint
+            build_request(
+                stormy,
+                options=RunOptions(endpoint=endpoint, model="gpt-4o-mini"),
+            ),
+            options=RunOptions(endpoint=endpoint),
         )
         # the other calls start once the first 429 has been seen by the limiter
         deadline = time.monotonic() + 60
@@ -239,7 +243,11 @@ def test_a_429_storm_pauses_every_caller_and_keeps_each_call_s_budget(
         started["after"] = time.monotonic()
         rest = [
             submit_agent_call(
-                build_request(k, endpoint=endpoint, model="gpt-4o-mini"), endpoint=endpoint
+                build_request(
+                    k,
+                    options=RunOptions(endpoint=endpoint, model="gpt-4o-mini"),
+                ),
+                options=RunOptions(endpoint=endpoint),
             )
             for k in others
         ]
@@ -359,10 +367,10 @@ def test_zero_or_negative_limits_exit_2_naming_the_flag_before_any_call(
 def test_a_block_and_the_library_refuse_a_zero_limit_naming_the_field() -> None:
     with pytest.raises(ValidationError, match="tokens_per_minute must be greater than 0"):
         LLMEndpoint(base_url="http://127.0.0.1:9/v1", tokens_per_minute=0)
-    with pytest.raises(ConfigurationError, match="--rpm must be greater than 0"):
-        overrides(requests_per_minute=-1)
-    with pytest.raises(ConfigurationError, match="max_concurrency must be greater than 0"):
-        overrides(max_concurrency=0, source="parameter")
+    with pytest.raises(ValidationError, match="requests_per_minute"):
+        RunOptions(requests_per_minute=-1)
+    with pytest.raises(ConfigurationError, match="max_concurrency"):
+        RunOptions.of({"max_concurrency": 0})
     with pytest.raises(ConfigurationError):
         LimitSpec(requests_per_minute=0)
 

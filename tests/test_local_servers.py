@@ -29,6 +29,7 @@ from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.execute import execute_request
 from prefect_fanout.llm.pricing import cost_usd
 from prefect_fanout.llm.transport import forget_learned_styles, learned_style
+from prefect_fanout.options import RunOptions
 from prefect_fanout.usage import CallRecord, Ledger
 from tests.fakeopenai import FakeOpenAI, Reply, format_style
 
@@ -75,7 +76,7 @@ def ask(
     model: str | None = "local-model",
     **endpoint_fields: Any,
 ):
-    resolver = Resolver(endpoint=endpoint_for(fake, **endpoint_fields), model=model)
+    resolver = Resolver(RunOptions(endpoint=endpoint_for(fake, **endpoint_fields), model=model))
     request = resolver.request(prompt, agent=agent)
     return execute_request(request, resolver.transport(request.model), LOG)
 
@@ -264,7 +265,7 @@ def test_built_in_agents_have_a_completion_budget():
 
 def test_max_tokens_and_temperature_overrides_reach_the_request(fake_openai):
     resolver = Resolver(
-        endpoint=endpoint_for(fake_openai), model="m", max_tokens=77, temperature=0.0
+        RunOptions(endpoint=endpoint_for(fake_openai), model="m", max_tokens=77, temperature=0.0)
     )
     request = resolver.request("hi", agent="coder")
     assert (request.max_tokens, request.temperature) == (77, 0.0)
@@ -279,7 +280,7 @@ def test_extra_body_is_sent_as_is_and_is_part_of_the_cache_key(fake_openai):
     ask(fake_openai, f"{k} hi", profile(output_schema=None, extra_body=extra))
     body = fake_openai.requests(k)[0].body
     assert {name: body[name] for name in extra} == extra
-    resolver = Resolver(endpoint=endpoint_for(fake_openai), model="m")
+    resolver = Resolver(RunOptions(endpoint=endpoint_for(fake_openai), model="m"))
     plain = resolver.request("hi", agent=profile(output_schema=None)).cache_key()
     tuned = resolver.request("hi", agent=profile(output_schema=None, extra_body=extra))
     assert tuned.cache_key() != plain
@@ -327,9 +328,9 @@ def test_the_usage_of_failed_asks_is_counted(fake_openai):
 
 
 def test_local_servers_get_a_longer_default_timeout_and_explicit_ones_win(fake_openai):
-    local = Resolver(endpoint=endpoint_for(fake_openai), model="m")
+    local = Resolver(RunOptions(endpoint=endpoint_for(fake_openai), model="m"))
     assert local.request("hi", agent=profile(output_schema=None)).timeout_seconds == 600.0
     assert local.request("hi", agent=profile(timeout_seconds=5.0)).timeout_seconds == 5.0
     openai_endpoint = LLMEndpoint(api_key=SecretStr("sk-x"))
-    remote = Resolver(endpoint=openai_endpoint, model="gpt-4o-mini")
+    remote = Resolver(RunOptions(endpoint=openai_endpoint, model="gpt-4o-mini"))
     assert remote.request("hi", agent=profile(output_schema=None)).timeout_seconds == 120.0

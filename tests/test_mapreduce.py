@@ -31,6 +31,7 @@ from prefect_fanout.mapping.job import prepare_map
 from prefect_fanout.mapping.prompts import TemplateFieldError, item_prompt
 from prefect_fanout.mapping.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
 from prefect_fanout.mapping.stage import interleave, partition_file_names
+from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 
@@ -65,8 +66,7 @@ def test_thousand_items_give_one_line_each(
         agent="default",
         partition="count:8",
         output_dir=out,
-        endpoint=endpoint_for(fake_openai),
-        max_workers=16,
+        options=RunOptions(endpoint=endpoint_for(fake_openai), max_workers=16),
     )
     elapsed = time.perf_counter() - started
     with capsys.disabled():
@@ -123,8 +123,7 @@ def test_calls_carry_the_partition_tags_a_concurrency_limit_uses(
             agent="default",
             partition="key:kind",
             output_dir=tmp_path / "out",
-            endpoint=endpoint_for(fake_openai),
-            max_workers=3,
+            options=RunOptions(endpoint=endpoint_for(fake_openai), max_workers=3),
         )
     finally:
         with get_client(sync_client=True) as client:
@@ -163,7 +162,7 @@ def test_prompt_template_renders_record_fields(
         agent="default",
         partition="size:1",
         output_dir=tmp_path / "out",
-        endpoint=endpoint_for(fake_openai),
+        options=RunOptions(endpoint=endpoint_for(fake_openai)),
         prompt="[" + run + "] {title} n={meta[n]} all={meta} {{literal}}",
     )
     assert summary.ok
@@ -187,7 +186,7 @@ def test_structured_agent_outputs_are_json_in_the_outputs(
         agents=agents,
         partition="count:2",
         output_dir=tmp_path / "out",
-        endpoint=endpoint_for(fake_openai),
+        options=RunOptions(endpoint=endpoint_for(fake_openai)),
     )
     assert summary.ok
     for row in read_jsonl(tmp_path / "out" / "final.jsonl"):
@@ -211,7 +210,7 @@ def test_topic_agent_classifies_then_partitions_by_label(
         agents={"sorter": classifier},
         partition="topic:agent=sorter",
         output_dir=tmp_path / "out",
-        endpoint=endpoint_for(fake_openai),
+        options=RunOptions(endpoint=endpoint_for(fake_openai)),
     )
     assert summary.ok
     assert [p.key for p in summary.partitions] == ["apples", "pears"]
@@ -238,7 +237,7 @@ def test_tree_reduce_combines_partition_outputs_over_levels(
         agent="default",
         partition="count:3",
         output_dir=out,
-        endpoint=endpoint_for(fake_openai),
+        options=RunOptions(endpoint=endpoint_for(fake_openai)),
         reduce="default",
         reduce_budget=40,
     )
@@ -287,7 +286,7 @@ def test_map_corpus_inside_a_flow_uses_that_flow_run(
             agent="default",
             partition="count:2",
             output_dir=tmp_path / "out",
-            endpoint=endpoint_for(fake_openai),
+            options=RunOptions(endpoint=endpoint_for(fake_openai)),
         )
         return flow_run.id, summary
 
@@ -304,12 +303,16 @@ def test_bad_inputs_are_found_before_any_call(tmp_path: Path) -> None:
             agent="default",
             partition="count:1",
             output_dir=tmp_path / "o",
-            model="test",
+            options=RunOptions(model="test"),
             prompt="{title}: {body}",
         )
     with pytest.raises(ConfigurationError, match="inside the input directory"):
         prepare_map(
-            tmp_path, agent="default", partition="count:1", output_dir=tmp_path / "o", model="test"
+            tmp_path,
+            agent="default",
+            partition="count:1",
+            output_dir=tmp_path / "o",
+            options=RunOptions(model="test"),
         )
     with pytest.raises(ConfigurationError, match="max-workers"):
         prepare_map(
@@ -317,8 +320,7 @@ def test_bad_inputs_are_found_before_any_call(tmp_path: Path) -> None:
             agent="default",
             partition="count:1",
             output_dir=tmp_path / "o",
-            model="test",
-            max_workers=0,
+            options=RunOptions(model="test", max_workers=0),
         )
 
 

@@ -17,10 +17,8 @@ from pydantic import SecretStr
 
 from prefect_fanout import (
     AgentProfile,
-    CallRecord,
     FanoutError,
     LLMEndpoint,
-    PatternArgumentError,
     PatternResult,
     fan_in,
     fan_out,
@@ -28,7 +26,10 @@ from prefect_fanout import (
     pipeline,
     tree,
 )
+from prefect_fanout.errors import PatternArgumentError
+from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.result import compute_metrics
+from prefect_fanout.usage import CallRecord
 from tests.fakeopenai import Error, FakeOpenAI, RecordedRequest, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -115,7 +116,12 @@ def test_fan_out_makes_one_call_per_item_round_robin_in_parallel(
     for item in items:
         fake_openai.script(item, Reply(f"out-{item}", latency=LATENCY))
     agents = {"a1": AgentProfile(name="a1"), "a2": AgentProfile(name="a2")}
-    result = fan_out(items, agent=["a1", "a2"], agents=agents, endpoint=endpoint, max_workers=4)
+    result = fan_out(
+        items,
+        agent=["a1", "a2"],
+        agents=agents,
+        options=RunOptions(endpoint=endpoint, max_workers=4),
+    )
 
     assert isinstance(result, PatternResult) and result.status == "completed"
     assert result.output == [f"out-{item}" for item in items]
@@ -139,7 +145,11 @@ def test_fan_out_partial_keeps_the_others_and_all_or_nothing_stops(
     key = uid()
     items = [f"p{i}-{key}" for i in range(3)]
     fake_openai.script(items[1], Error(400, message="bad item"))
-    result = fan_out(items, prompt="Summarise: {item}", endpoint=endpoint)
+    result = fan_out(
+        items,
+        prompt="Summarise: {item}",
+        options=RunOptions(endpoint=endpoint),
+    )
     assert result.status == "partial"
     assert result.output[1] is None and result.output[0].startswith("echo: Summarise: p0")
     assert result.call("item-1").status == "failed"
@@ -154,9 +164,7 @@ def test_fan_out_partial_keeps_the_others_and_all_or_nothing_stops(
     fake_openai.script(items[0], Error(400))
     state = fan_out(
         items,
-        endpoint=endpoint,
-        max_workers=1,
-        failure_policy="all_or_nothing",
+        options=RunOptions(endpoint=endpoint, max_workers=1, failure_policy="all_or_nothing"),
         return_state=True,
     )
     failed = pattern_result_of(state)
@@ -180,7 +188,11 @@ def test_fan_in_collects_in_parallel_then_aggregates_everything(
         fake_openai.script(source, Reply(f"{name}-data", latency=LATENCY))
     fake_openai.script(f"AGGREGATOR-{key}", Reply("the report"))
     result = fan_in(
-        sources, collector="collector", aggregator="aggregator", agents=agents, endpoint=endpoint
+        sources,
+        collector="collector",
+        aggregator="aggregator",
+        agents=agents,
+        options=RunOptions(endpoint=endpoint),
     )
 
     assert result.status == "completed" and result.output == "the report"
@@ -207,7 +219,11 @@ def test_fan_in_partial_aggregates_what_completed_all_or_nothing_does_not_aggreg
     fake_openai.script(f"B-{key}", Error(400))
     sources = [f"A-{key}", f"B-{key}", f"C-{key}"]
     result = fan_in(
-        sources, collector="collector", aggregator="aggregator", agents=agents, endpoint=endpoint
+        sources,
+        collector="collector",
+        aggregator="aggregator",
+        agents=agents,
+        options=RunOptions(endpoint=endpoint),
     )
     assert result.status == "partial"
     (aggregate,) = fake_openai.requests(f"AGGREGATOR-{key}")
@@ -220,8 +236,7 @@ def test_fan_in_partial_aggregates_what_completed_all_or_nothing_does_not_aggreg
         collector="collector",
         aggregator="aggregator",
         agents=agents,
-        endpoint=endpoint,
-        failure_policy="all_or_nothing",
+        options=RunOptions(endpoint=endpoint, failure_policy="all_or_nothing"),
         return_state=True,
     )
     failed = pattern_result_of(state)
@@ -248,7 +263,10 @@ def test_pipeline_branches_run_in_parallel_and_each_stage_gets_all_previous_outp
     fake_openai.script(f"COMBINER-{key}", Reply("enriched"))
     stages = ["validator", ["geo", "price", "tags"], "combiner"]
     result = pipeline(
-        "a record", stages, agents=enrichment_agents(key), endpoint=endpoint, max_workers=3
+        "a record",
+        stages,
+        agents=enrichment_agents(key),
+        options=RunOptions(endpoint=endpoint, max_workers=3),
     )
 
     assert result.status == "completed" and result.output == "enriched"
@@ -279,7 +297,12 @@ def test_pipeline_partial_goes_on_with_what_completed_all_or_nothing_stops(
     fake_openai.script(f"PRICE-{key}", Error(400))
     stages = ["validator", ["geo", "price", "tags"], "combiner"]
     agents = enrichment_agents(key)
-    result = pipeline("rec", stages, agents=agents, endpoint=endpoint)
+    result = pipeline(
+        "rec",
+        stages,
+        agents=agents,
+        options=RunOptions(endpoint=endpoint),
+    )
     assert result.status == "partial"
     (combine,) = fake_openai.requests(f"COMBINER-{key}")
     assert "### s2.geo" in combine.prompt and "### s2.tags" in combine.prompt
@@ -292,8 +315,7 @@ def test_pipeline_partial_goes_on_with_what_completed_all_or_nothing_stops(
         "rec",
         stages,
         agents=agents,
-        endpoint=endpoint,
-        failure_policy="all_or_nothing",
+        options=RunOptions(endpoint=endpoint, failure_policy="all_or_nothing"),
         return_state=True,
     )
     failed = pattern_result_of(state)
@@ -328,8 +350,7 @@ def test_tree_solves_leaves_in_parallel_and_combines_up_with_node_paths(
         combine="merger",
         max_depth=5,
         agents=agents,
-        endpoint=endpoint,
-        max_workers=4,
+        options=RunOptions(endpoint=endpoint, max_workers=4),
     )
 
     assert result.status == "completed"
@@ -370,7 +391,7 @@ def test_tree_depth_bound_and_failure_policies(
         combine=lambda parts: " + ".join(parts),
         max_depth=2,
         agents=agents,
-        endpoint=endpoint,
+        options=RunOptions(endpoint=endpoint),
     )
     assert result.status == "completed" and result.details["depth"] == 2
     assert len(seen) == 1 + 2  # depth 0 and 1 are split, depth 2 are leaves
@@ -384,7 +405,7 @@ def test_tree_depth_bound_and_failure_policies(
         combine="solver",
         max_depth=0,
         agents=agents,
-        endpoint=endpoint,
+        options=RunOptions(endpoint=endpoint),
     )
     assert [c.id for c in only_root.calls] == ["solve:0"]
 
@@ -398,7 +419,7 @@ def test_tree_depth_bound_and_failure_policies(
         combine="merger",
         max_depth=2,
         agents=agents,
-        endpoint=endpoint,
+        options=RunOptions(endpoint=endpoint),
     )
     assert partial.status == "partial" and partial.call("solve:0.0.1").status == "failed"
     merges = fake_openai.requests(f"MERGER-{key}")
@@ -414,10 +435,9 @@ def test_tree_depth_bound_and_failure_policies(
         combine="merger",
         max_depth=2,
         agents=agents,
-        endpoint=endpoint,
-        failure_policy="all_or_nothing",
-        max_workers=1,
-        cache="off",
+        options=RunOptions(
+            endpoint=endpoint, failure_policy="all_or_nothing", max_workers=1, cache="off"
+        ),
         return_state=True,
     )
     failed = pattern_result_of(state)
@@ -428,14 +448,40 @@ def test_tree_depth_bound_and_failure_policies(
 # ------------------------------------------------------------------------------ bad input
 
 
+@pytest.mark.parametrize(("field", "value"), [("max_workers", 0), ("failure_policy", "most")])
+def test_bad_run_options_are_refused_naming_the_field_before_any_pattern_runs(field, value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        RunOptions(model="test", **{field: value})
+
+
 @pytest.mark.parametrize(
     ("make", "argument"),
     [
-        (lambda: pipeline("x", [], model="test"), "stages"),
-        (lambda: pipeline("x", ["default", []], model="test"), "stages[1]"),
-        (lambda: fan_out([], model="test"), "items"),
-        (lambda: fan_out(["a"], model="test", max_workers=0), "max_workers"),
-        (lambda: fan_out(["a"], model="test", failure_policy="most"), "failure_policy"),
+        (
+            lambda: pipeline(
+                "x",
+                [],
+                options=RunOptions(model="test"),
+            ),
+            "stages",
+        ),
+        (
+            lambda: pipeline(
+                "x",
+                ["default", []],
+                options=RunOptions(model="test"),
+            ),
+            "stages[1]",
+        ),
+        (
+            lambda: fan_out(
+                [],
+                options=RunOptions(model="test"),
+            ),
+            "items",
+        ),
         (lambda: fan_in([], collector="default", aggregator="default"), "sources"),
         (
             lambda: tree("p", split=halves, solve="default", combine="default", max_depth=-1),
@@ -448,7 +494,7 @@ def test_tree_depth_bound_and_failure_policies(
                 solve="default",
                 combine="default",
                 max_depth=3,
-                model="test",
+                options=RunOptions(model="test"),
             ),
             "split",
         ),

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout import LLMEndpoint, PlanValidationError, cli, dispatch_plan
+from prefect_fanout import LLMEndpoint, cli, dispatch_plan
+from prefect_fanout.errors import PlanValidationError
+from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan
 from tests.fakeopenai import Error, FakeOpenAI, Reply
 
@@ -64,7 +66,10 @@ def test_subtasks_get_their_type_settings_and_the_synthesis_gets_every_output(
     for name in ("M", "R", "D"):
         fake_openai.script(f"{name}-{key}", Reply(f"{name.lower()}-out"))
     fake_openai.script(f"Analyse the paper {key}\n\n## Upstream", Reply("final answer"))
-    result = dispatch_plan(write(tmp_path, paper_plan(key)), endpoint=endpoint)
+    result = dispatch_plan(
+        write(tmp_path, paper_plan(key)),
+        options=RunOptions(endpoint=endpoint),
+    )
 
     assert result.status == "completed"
     assert [t.task_id for t in result.tasks] == ["methods", "results", "discussion"]
@@ -93,14 +98,20 @@ def test_synthesis_failure_makes_the_dispatch_partial_and_is_skipped_under_all_o
 ) -> None:
     key = uuid.uuid4().hex[:12]
     fake_openai.script(f"Analyse the paper {key}\n\n## Upstream", Error(400))
-    result = dispatch_plan(write(tmp_path, paper_plan(key)), endpoint=endpoint)
+    result = dispatch_plan(
+        write(tmp_path, paper_plan(key)),
+        options=RunOptions(endpoint=endpoint),
+    )
     assert result.status == "partial" and result.synthesis is not None
     assert result.synthesis.status == "failed" and result.summary.completed == 3
 
     key = uuid.uuid4().hex[:12]
     fake_openai.script(f"M-{key}", Error(400))
     plan = paper_plan(key, config={"failure_policy": "all_or_nothing"})
-    result = dispatch_plan(write(tmp_path, plan), endpoint=endpoint)
+    result = dispatch_plan(
+        write(tmp_path, plan),
+        options=RunOptions(endpoint=endpoint),
+    )
     assert result.status == "failed" and result.synthesis is not None
     assert result.synthesis.status == "skipped"
     assert fake_openai.count(f"Analyse the paper {key}\n\n## Upstream") == 0

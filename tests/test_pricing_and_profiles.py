@@ -10,6 +10,7 @@ from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint, resolve_endpoint
 from prefect_fanout.llm.pricing import cost_usd, price_for
+from prefect_fanout.options import RunOptions
 
 
 def test_known_models_and_dated_snapshots_are_priced():
@@ -57,11 +58,11 @@ def test_keyless_local_server_from_base_url_only(monkeypatch):
 def test_fanout_model_overrides_profiles_but_not_an_explicit_model(monkeypatch):
     monkeypatch.setenv("FANOUT_MODEL", "test")
     assert Resolver().model(AgentProfile(model="gpt-4o")) == "test"
-    assert Resolver(model="gpt-4.1").model(AgentProfile(model="gpt-4o")) == "gpt-4.1"
+    assert Resolver(RunOptions(model="gpt-4.1")).model(AgentProfile(model="gpt-4o")) == "gpt-4.1"
     monkeypatch.delenv("FANOUT_MODEL")
     endpoint = LLMEndpoint(default_model="served-model")
-    assert Resolver(endpoint=endpoint).model(AgentProfile()) == "served-model"
-    assert Resolver(endpoint=endpoint).model(AgentProfile(model="gpt-4o")) == "gpt-4o"
+    assert Resolver(RunOptions(endpoint=endpoint)).model(AgentProfile()) == "served-model"
+    assert Resolver(RunOptions(endpoint=endpoint)).model(AgentProfile(model="gpt-4o")) == "gpt-4o"
 
 
 def test_prompt_template_renders_variables_and_names_missing_ones():

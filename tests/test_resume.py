@@ -17,6 +17,7 @@ import pytest
 from prefect_fanout import map_corpus
 from prefect_fanout.files import TEMP_SUFFIX
 from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import read_jsonl, tag, write_corpus
 
@@ -221,14 +222,16 @@ def test_a_damaged_cache_entry_is_asked_again_once_rewritten_and_reported(
     source = write_corpus(tmp_path / "in.jsonl", records)
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key="sk-test")
     options = {"agent": "default", "partition": "count:1", "output_dir": tmp_path / "out"}
-    map_corpus(source, endpoint=endpoint, **options)
+    map_corpus(source, options=RunOptions(endpoint=endpoint), **options)
     assert fake_openai.count(run) == 3
-    key = build_request(f"{run} 1", endpoint=endpoint, item_id=f"{run}-1").cache_key()
+    key = build_request(
+        f"{run} 1", options=RunOptions(endpoint=endpoint), item_id=f"{run}-1"
+    ).cache_key()
     (prefect_server.storage_path / key).write_bytes(b"\x00 not a record")
     with caplog.at_level("WARNING", logger="prefect_fanout.cache"):
-        second = map_corpus(source, endpoint=endpoint, **options)
+        second = map_corpus(source, options=RunOptions(endpoint=endpoint), **options)
     assert fake_openai.count(run) == 4  # only the damaged one was asked again
     assert second.completed == 3 and second.cached == 2
     assert any(key in record.getMessage() for record in caplog.records)
-    third = map_corpus(source, endpoint=endpoint, **options)
+    third = map_corpus(source, options=RunOptions(endpoint=endpoint), **options)
     assert fake_openai.count(run) == 4 and third.cached == 3  # the entry was rewritten

@@ -26,6 +26,7 @@ from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.execute import execute_request
 from prefect_fanout.llm.pricing import cost_usd
 from prefect_fanout.llm.transport import OpenAITransport
+from prefect_fanout.options import RunOptions
 from tests.conftest import free_port
 from tests.fakeopenai import Error, FakeOpenAI, Hang, Malformed, Reply
 
@@ -51,7 +52,11 @@ def run(
     fake: FakeOpenAI, prompt: str, profile: AgentProfile | None = None, model: str = "gpt-4o-mini"
 ):
     endpoint = endpoint_for(fake)
-    request = build_request(prompt, agent=profile or fast_profile(), endpoint=endpoint, model=model)
+    request = build_request(
+        prompt,
+        agent=profile or fast_profile(),
+        options=RunOptions(endpoint=endpoint, model=model),
+    )
     return execute_request(request, OpenAITransport(endpoint), LOG)
 
 
@@ -153,7 +158,11 @@ def test_timeout_is_retried_then_succeeds(fake_openai):
 def test_connection_refused_is_retried_up_to_the_budget():
     endpoint = LLMEndpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key=SecretStr("k"))
     profile = fast_profile(max_attempts=2)
-    request = build_request("hello", agent=profile, endpoint=endpoint, model="gpt-4o-mini")
+    request = build_request(
+        "hello",
+        agent=profile,
+        options=RunOptions(endpoint=endpoint, model="gpt-4o-mini"),
+    )
     with pytest.raises(RetriesExhaustedError) as info:
         execute_request(request, OpenAITransport(endpoint), LOG)
     assert info.value.attempts == 2
@@ -250,7 +259,11 @@ def test_profile_price_overrides_the_table(fake_openai):
 def test_api_key_never_reaches_the_request_model(fake_openai):
     key = token()
     endpoint = endpoint_for(fake_openai)
-    request = build_request(f"{key} hi", agent=fast_profile(), endpoint=endpoint, model="gpt-4o")
+    request = build_request(
+        f"{key} hi",
+        agent=fast_profile(),
+        options=RunOptions(endpoint=endpoint, model="gpt-4o"),
+    )
     assert "sk-test-secret" not in request.model_dump_json()
     execute_request(request, OpenAITransport(endpoint), LOG)
     headers = fake_openai.requests(key)[0].headers

@@ -26,6 +26,7 @@ from prefect_fanout import dispatch_plan, map_corpus
 from prefect_fanout.call.locks import FlockLockManager
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.model import Plan
 from prefect_fanout.runners import check_task_runner, dask_cluster_kwargs
 from tests.fakeopenai import FakeOpenAI, Reply
@@ -119,7 +120,7 @@ def test_a_lock_manager_travels_to_a_worker_as_its_directory(tmp_path: Path) -> 
 def test_a_transport_with_its_endpoint_pickles_for_workers(endpoint: LLMEndpoint) -> None:
     from prefect_fanout.agents.resolver import Resolver
 
-    transport = Resolver(endpoint=endpoint).transport("gpt-4o-mini")
+    transport = Resolver(RunOptions(endpoint=endpoint)).transport("gpt-4o-mini")
     copy = pickle.loads(cloudpickle.dumps(transport))
     assert copy == transport and copy.base_url == transport.base_url
 
@@ -193,7 +194,9 @@ def test_map_on_worker_processes_matches_the_thread_runner(
         "max_workers": 4,
     }
 
-    on_dask = map_corpus(source, output_dir=tmp_path / "dask", task_runner=runner, **options)
+    on_dask = map_corpus(
+        source, output_dir=tmp_path / "dask", options=RunOptions(task_runner=runner), **options
+    )
     assert (on_dask.total, on_dask.completed, on_dask.failed) == (12, 12, 0)
     assert on_dask.cached == 0 and fake_openai.count(run) == 12
     assert len(list((tmp_path / "dask" / "partitions").glob("partition-*.jsonl"))) == 3
@@ -202,7 +205,9 @@ def test_map_on_worker_processes_matches_the_thread_runner(
     cached = map_corpus(source, output_dir=tmp_path / "cached", **options)
     assert cached.cached == 12 and fake_openai.count(run) == 12
 
-    on_threads = map_corpus(source, output_dir=tmp_path / "thread", refresh=True, **options)
+    on_threads = map_corpus(
+        source, output_dir=tmp_path / "thread", options=RunOptions(cache="refresh"), **options
+    )
     assert on_threads.completed == 12 and fake_openai.count(run) == 24
     parts = sorted(p.name for p in (tmp_path / "dask" / "partitions").iterdir())
     for name in ("final.jsonl", *(f"partitions/{part}" for part in parts)):
@@ -226,7 +231,10 @@ def test_dispatch_on_worker_processes_matches_the_thread_runner(
         task("same1", f"SAME-{key}"),
         task("same2", f"SAME-{key}"),
     )
-    on_dask = dispatch_plan(plan, endpoint=endpoint, task_runner=runner, max_workers=4)
+    on_dask = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, task_runner=runner, max_workers=4),
+    )
     assert on_dask.status == "completed", on_dask.model_dump_json(indent=2)
     assert on_dask.summary.completed == 6
     # Two identical calls at once: the call lock (flock files beside result storage,
@@ -236,7 +244,10 @@ def test_dispatch_on_worker_processes_matches_the_thread_runner(
     (d,) = fake_openai.requests(f"D-{key}")
     assert "### b\n" in d.prompt and "### c\n" in d.prompt
 
-    on_threads = dispatch_plan(plan, endpoint=endpoint, cache="refresh")
+    on_threads = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, cache="refresh"),
+    )
     assert on_threads.status == "completed"
     assert [t.output for t in on_threads.tasks] == [t.output for t in on_dask.tasks]
 
@@ -284,13 +295,17 @@ def test_the_shipped_flow_honours_its_task_runner_parameter(
 
     key = uuid.uuid4().hex[:12]
     plan = plan_of(task("a", f"A-{key}"), task("b", f"B-{key}", "a"))
-    state = dispatch_flow(plan=plan, endpoint=endpoint, task_runner="dask", return_state=True)
+    state = dispatch_flow(
+        plan=plan, options=RunOptions(endpoint=endpoint, task_runner="dask"), return_state=True
+    )
     result = result_of(state)
     assert result.status == "completed" and fake_openai.count(key) == 2
     (b,) = fake_openai.requests(f"B-{key}")
     assert f"### a\n{result.task('a').output}" in b.prompt
 
-    bad = dispatch_flow(plan=plan, endpoint=endpoint, task_runner="spark", return_state=True)
+    bad = dispatch_flow(
+        plan=plan, options=RunOptions(endpoint=endpoint, task_runner="spark"), return_state=True
+    )
     assert bad.is_failed() and fake_openai.count(key) == 2
     with pytest.raises(ConfigurationError, match="unknown task runner 'spark'"):
         bad.result()
@@ -324,6 +339,9 @@ def test_a_tag_concurrency_limit_bounds_calls_on_dask_workers(
     plan = plan_of(
         *(task(f"t{n}", f"L{n}-{key}", agent=agent) for n in range(3)), agents={agent: {}}
     )
-    result = dispatch_plan(plan, endpoint=endpoint, task_runner="dask", max_workers=3)
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(endpoint=endpoint, task_runner="dask", max_workers=3),
+    )
     assert result.status == "completed" and fake_openai.count(key) == 3
     assert fake_openai.max_in_flight == 1  # the limit held across worker processes

@@ -19,6 +19,7 @@ from prefect_fanout import (
     submit_agent_call,
 )
 from prefect_fanout.call.tags import LIMITED_TAGS, LimitNames, run_tags
+from prefect_fanout.options import RunOptions
 from tests.fakeopenai import Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -73,8 +74,12 @@ def test_a_tag_concurrency_limit_created_with_the_prefect_cli_bounds_calls(
     def three_calls():
         futures = [
             submit_agent_call(
-                build_request(k, agent=profile, endpoint=endpoint, model="gpt-4o-mini"),
-                endpoint=endpoint,
+                build_request(
+                    k,
+                    agent=profile,
+                    options=RunOptions(endpoint=endpoint, model="gpt-4o-mini"),
+                ),
+                options=RunOptions(endpoint=endpoint),
             )
             for k in keys
         ]

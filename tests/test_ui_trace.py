@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from prefect_fanout import dispatch_plan
 from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, PrefectAPI, point_ui_at_api, poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,10 @@ def api(prefect_server) -> PrefectAPI:
 def traced_run(prefect_server, api, tmp_path_factory) -> dict[str, Any]:
     """One dispatch of the mixed-workflow plan with the offline model, read back from the API."""
     trace_dir = tmp_path_factory.mktemp("traces")
-    result = dispatch_plan(PLAN, model="test", trace_dir=trace_dir, cache="off")
+    result = dispatch_plan(
+        PLAN,
+        options=RunOptions(model="test", trace_dir=trace_dir, cache="off"),
+    )
     assert result.status == "completed", result
     flow_run_id = str(result.flow_run_id)
     task_runs = api.finished_task_runs(flow_run_id, len(_plan_tasks()))
@@ -129,7 +133,10 @@ def test_api_key_is_never_readable_through_the_api(api, fake_openai, monkeypatch
     key = f"sk-secret-{uuid.uuid4().hex}"
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr(key))
     plan = REPO / "examples" / "01_parallel_generation.json"
-    result = dispatch_plan(plan, model="fake-model", endpoint=endpoint, cache="off")
+    result = dispatch_plan(
+        plan,
+        options=RunOptions(model="fake-model", endpoint=endpoint, cache="off"),
+    )
     assert result.status == "completed", result
     assert fake_openai.total == 3
     assert {r.headers.get("authorization") for r in fake_openai.requests()} == {f"Bearer {key}"}

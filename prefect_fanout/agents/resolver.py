@@ -44,6 +44,7 @@ from prefect_fanout.llm.transport import (
     Transport,
     openai_client,
 )
+from prefect_fanout.options import RunOptions
 
 Prompt = str | list[dict[str, str]]
 
@@ -53,38 +54,30 @@ _TEST_TRANSPORT = TestTransport()
 class Resolver:
     """Resolves the agents, models, endpoint and transports of one call or run.
 
+    One resolver is made per run, from the run's merged options; it applies the lower
+    layers of the precedence (the agent's profile, then the endpoint block, then the
+    built-in default) under them, per agent (see :mod:`prefect_fanout.options`).
+
     Args:
+        options: The run's merged options (model, endpoint, max_tokens, temperature,
+            timeout_seconds and the limits are the ones read here). Limits change the
+            endpoint the calls use, never a request or its cache key.
         agents: The run's own profiles by name (a plan's ``agents``, an agents file).
-        endpoint: A saved ``LLMEndpoint`` block name, an endpoint, or None for
-            the ``OPENAI_*`` environment variables.
-        model: A model overriding every agent's (``test`` runs offline).
-        max_tokens: A completion budget overriding every agent's (``--max-tokens``).
-        temperature: A temperature overriding every agent's (``--temperature``).
-        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
-            ``requests_per_minute``, ``tokens_per_minute``; a plan's ``config``, the
-            CLI's ``--max-concurrency``, ``--rpm``, ``--tpm``), checked by the caller.
-            They change the endpoint the calls use, never a request or its cache key.
     """
 
     def __init__(
         self,
+        options: RunOptions | None = None,
         *,
         agents: Mapping[str, AgentProfile] | None = None,
-        endpoint: str | LLMEndpoint | None = None,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        limits: Mapping[str, int] | None = None,
     ) -> None:
-        self.limits = dict(limits or {})
+        self.options = options or RunOptions()
+        self.limits = self.options.limits()
         self.profiles: dict[str, AgentProfile] = dict(agents or {})
-        self.endpoint_ref = endpoint
-        self.model_override = model
-        self.max_tokens_override = max_tokens
-        self.temperature_override = temperature
+        self.endpoint_ref = self.options.endpoint
         self._served_model: str | None = None
         self._endpoint: LLMEndpoint | None = (
-            self._limited(endpoint) if isinstance(endpoint, LLMEndpoint) else None
+            self._limited(self.endpoint_ref) if isinstance(self.endpoint_ref, LLMEndpoint) else None
         )
         self._transport: OpenAITransport | None = None
         self._lock = threading.RLock()
@@ -133,7 +126,7 @@ class Resolver:
     def model(self, agent: str | AgentProfile) -> str:
         """The model an agent's calls use (resolving the endpoint only if that decides it)."""
         profile = self.agent(agent)
-        named = self.model_override or os.environ.get("FANOUT_MODEL") or profile.model
+        named = self.options.model or os.environ.get("FANOUT_MODEL") or profile.model
         if named == TEST_MODEL:
             return named
         if named:
@@ -196,7 +189,7 @@ class Resolver:
             variables: Values for the profile's prompt template.
             item_id: The item or task id, for the run name.
             tags: Extra tags for the task run.
-            timeout_seconds: Per-request timeout overriding the endpoint's and the profile's.
+            timeout_seconds: This call's own per-request timeout (beats the run's).
 
         Returns:
             The request.
@@ -224,10 +217,10 @@ class Resolver:
             messages = merge_system_messages(messages)
         endpoint_timeout = endpoint.request_timeout_seconds if endpoint else None
         style = profile.structured_output or (endpoint.structured_output if endpoint else "auto")
-        max_tokens = self.max_tokens_override or profile.max_tokens
+        max_tokens = self.options.max_tokens or profile.max_tokens
         temperature = (
-            self.temperature_override
-            if self.temperature_override is not None
+            self.options.temperature
+            if self.options.temperature is not None
             else profile.temperature
         )
         return CallRequest(
@@ -245,7 +238,10 @@ class Resolver:
             output_type=profile.output_type,
             prompt_parts={**profile.prompt_parts(), "system_prompt": system_prompt},
             max_validation_retries=profile.max_validation_retries,
-            timeout_seconds=timeout_seconds or endpoint_timeout or _timeout(profile, endpoint),
+            timeout_seconds=timeout_seconds
+            or self.options.timeout_seconds
+            or endpoint_timeout
+            or _timeout(profile, endpoint),
             retry=profile.retry_options(),
             input_price_per_million=profile.input_price_per_million,
             output_price_per_million=profile.output_price_per_million,

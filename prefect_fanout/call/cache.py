@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,60 +25,11 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.transactions import IsolationLevel
 
 from prefect_fanout.call.locks import FlockLockManager
-from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.options import CacheMode, CacheOptions
 
 logger = logging.getLogger("prefect_fanout.cache")
-
-
-class CacheMode(StrEnum):
-    """How a call uses the cache.
-
-    Attributes:
-        ON: Read a stored answer if there is one, else call and store.
-        REFRESH: Always call, and store the new answer over the old one.
-        OFF: Neither read nor write the cache.
-
-    """
-
-    ON = "on"
-    REFRESH = "refresh"
-    OFF = "off"
-
-
-@dataclass(frozen=True)
-class CacheOptions:
-    """Cache settings of a call.
-
-    Attributes:
-        mode: ``on``, ``refresh`` or ``off``.
-        expiration: How long a stored answer stays valid; None keeps it for ever.
-        result_storage: A Prefect storage block (or its slug) for results; None
-            uses Prefect's default (``PREFECT_LOCAL_STORAGE_PATH``).
-
-    """
-
-    mode: CacheMode = CacheMode.ON
-    expiration: timedelta | None = None
-    result_storage: Any = None
-
-    @classmethod
-    def of(cls, value: CacheOptions | CacheMode | str | None) -> CacheOptions:
-        """Options from options, a mode or a mode name (``None`` is ``on``).
-
-        Raises:
-            ConfigurationError: The name is not ``on``, ``refresh`` or ``off``.
-        """
-        if isinstance(value, CacheOptions):
-            return value
-        try:
-            return cls(mode=CacheMode(value or CacheMode.ON))
-        except ValueError:
-            valid = ", ".join(mode.value for mode in CacheMode)
-            raise ConfigurationError(
-                f"unknown cache mode {value!r}; valid modes: {valid}"
-            ) from None
 
 
 @dataclass

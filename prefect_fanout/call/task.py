@@ -28,19 +28,17 @@ from prefect.utilities.annotations import quote
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
 from prefect_fanout.call.cache import (
-    CacheMode,
-    CacheOptions,
     lock_directory,
     stored_answer,
     task_cache_options,
 )
 from prefect_fanout.call.tags import run_tags
 from prefect_fanout.errors import AgentCallError
-from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.execute import execute_request
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
+from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
 
 
 @task(name="agent-call", retries=0, persist_result=True)
@@ -140,9 +138,9 @@ def submit_agent_call(
     *,
     context: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str | None = None,
+    options: RunOptions | None = None,
     wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    run_name: str | None = None,
 ) -> PrefectFuture[AgentResult]:
     """Submit a call to the flow's task runner and return its future.
 
@@ -150,18 +148,31 @@ def submit_agent_call(
         request: The resolved request (see :func:`build_request`).
         context: Upstream results (or futures) by id, appended to the prompt.
         transport: What sends the request; by default the one the request's
-            model needs, with ``endpoint``.
-        endpoint: A saved ``LLMEndpoint`` block name or object (when no
-            transport is given); None uses the ``OPENAI_*`` environment.
-        cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
+            model needs, at the options' endpoint (None: ``OPENAI_*``).
+        options: The run's options (its ``endpoint`` and cache settings are used here).
         wait_for: Futures to wait for without passing their results.
+        run_name: The task run's name, instead of ``agent:item``.
 
     Returns:
         The future of the call's :class:`AgentResult`.
     """
+    options = options or RunOptions()
     if transport is None:
-        transport = Resolver(endpoint=endpoint).transport(request.model)
-    task_ = configured_call_task(request, CacheOptions.of(cache))
+        transport = Resolver(options).transport(request.model)
+    return _submit(request, context, transport, options.cache_options(), wait_for, run_name)
+
+
+def _submit(
+    request: CallRequest,
+    context: Mapping[str, Any] | None,
+    transport: Transport | None,
+    cache: CacheOptions,
+    wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    run_name: str | None = None,
+) -> PrefectFuture[AgentResult]:
+    task_ = configured_call_task(request, cache)
+    if run_name is not None:
+        task_ = task_.with_options(task_run_name=run_name)
     return task_.submit(**call_parameters(request, transport), context=context, wait_for=wait_for)
 
 
@@ -170,14 +181,16 @@ def submit_or_reuse(
     *,
     context: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
-    cache: CacheOptions | CacheMode | str | None = None,
+    cache: CacheOptions | None = None,
     answered: CallRequest | None = None,
+    run_name: str | None = None,
 ) -> PrefectFuture[AgentResult] | AgentResult:
     """The call's stored answer when the cache has one, else the call submitted as a task.
 
     The cache's fast path for shapes of many calls: a hit costs one read of the
     stored record and no task run (see :func:`~prefect_fanout.call.cache.stored_answer`).
     Upstream futures in ``context`` must be finished (a dependant starts after them).
+    Shapes reach it through :class:`~prefect_fanout.call.path.CallPath`.
 
     Args:
         request: The call's request, before its context.
@@ -186,11 +199,12 @@ def submit_or_reuse(
         cache: The call's cache options.
         answered: The request with its context already applied, when the caller has
             it (then the upstream futures are not read again for the lookup).
+        run_name: The task run's name, instead of ``agent:item``.
 
     Returns:
         The stored result (``cached`` is true), or the future of the submitted call.
     """
-    options = CacheOptions.of(cache)
+    options = cache or CacheOptions()
     if options.mode is CacheMode.ON:
         if answered is None:
             resolved = {
@@ -201,7 +215,7 @@ def submit_or_reuse(
         stored = stored_answer(answered, options)
         if stored is not None:
             return stored
-    return submit_agent_call(request, context=context, transport=transport, cache=options)
+    return _submit(request, context, transport, options, run_name=run_name)
 
 
 def build_request(
@@ -209,34 +223,27 @@ def build_request(
     *,
     agent: str | AgentProfile = "default",
     agents: Mapping[str, AgentProfile] | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    model: str | None = None,
     system: str | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
     variables: Mapping[str, Any] | None = None,
     item_id: str | None = None,
     tags: Iterable[str] = (),
-    timeout_seconds: float | None = None,
+    options: RunOptions | None = None,
 ) -> CallRequest:
     """Resolve a profile and an input into a fully specified request.
 
-    A shortcut for ``Resolver(agents=..., endpoint=..., model=...).request(...)``;
-    runs of many calls keep one :class:`~prefect_fanout.agents.resolver.Resolver`.
+    A shortcut for ``Resolver(options, agents=...).request(...)``; runs of many calls
+    keep one :class:`~prefect_fanout.agents.resolver.Resolver`.
 
     Args:
         prompt: The user prompt, or a full list of chat messages.
         agent: An agent name or profile.
         agents: Extra profiles by name (e.g. a plan's ``agents``).
-        endpoint: The endpoint (name or object); needed unless the model is ``test``.
-        model: A model overriding everything else.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
         system: A system prompt overriding the profile's.
         variables: Values for the profile's prompt template.
         item_id: The item or task id, for the run name.
         tags: Extra tags for the task run.
-        timeout_seconds: Per-request timeout overriding the profile's.
+        options: The run's options (model, endpoint, max_tokens, temperature,
+            timeout_seconds apply here).
 
     Returns:
         The request.
@@ -245,21 +252,8 @@ def build_request(
         ConfigurationError: Unknown agent, no endpoint, or a bad template.
 
     """
-    resolver = Resolver(
-        agents=agents,
-        endpoint=endpoint,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-    )
-    return resolver.request(
-        prompt,
-        agent=agent,
-        system=system,
-        variables=variables,
-        item_id=item_id,
-        tags=tags,
-        timeout_seconds=timeout_seconds,
+    return Resolver(options, agents=agents).request(
+        prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
     )
 
 
@@ -267,18 +261,12 @@ def call_agent(
     prompt: Prompt,
     *,
     agent: str | AgentProfile = "default",
-    endpoint: str | LLMEndpoint | None = None,
-    model: str | None = None,
     system: str | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
     item_id: str | None = None,
-    cache: CacheOptions | CacheMode | str = CacheMode.ON,
     agents: Mapping[str, AgentProfile] | None = None,
     variables: Mapping[str, Any] | None = None,
     tags: Iterable[str] = (),
-    timeout_seconds: float | None = None,
-    limits: Mapping[str, int] | None = None,
+    options: RunOptions | None = None,
 ) -> AgentResult:
     """Make one agent call as a Prefect task run and return its result.
 
@@ -287,20 +275,14 @@ def call_agent(
     Args:
         prompt: The user prompt or a list of chat messages.
         agent: An agent name (built-in, saved block) or an :class:`AgentProfile`.
-        endpoint: A saved ``LLMEndpoint`` block name or object; None uses the
-            environment (``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``).
-        model: A model overriding the profile's (``test`` runs offline).
         system: A system prompt overriding the profile's.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
         item_id: The item or task id, shown in the run name.
-        cache: ``on``, ``refresh``, ``off`` or full :class:`CacheOptions`.
         agents: Extra profiles by name.
         variables: Values for the profile's prompt template.
         tags: Extra tags for the task run.
-        timeout_seconds: Per-request timeout overriding the profile's.
-        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
-            ``requests_per_minute``, ``tokens_per_minute``; see :mod:`prefect_fanout.limits`).
+        options: The run's options: model, endpoint (None: ``OPENAI_API_KEY`` /
+            ``OPENAI_BASE_URL``), cache, max_tokens, temperature, timeout_seconds
+            and the endpoint limits (see :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The :class:`AgentResult`; ``cached`` is true when it came from the cache.
@@ -310,23 +292,11 @@ def call_agent(
         AgentCallError: The call failed for good.
 
     """
-    resolver = Resolver(
-        agents=agents,
-        endpoint=endpoint,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        limits=limits,
-    )
+    options = options or RunOptions()
+    resolver = Resolver(options, agents=agents)
     request = resolver.request(
-        prompt,
-        agent=agent,
-        system=system,
-        variables=variables,
-        item_id=item_id,
-        tags=tags,
-        timeout_seconds=timeout_seconds,
+        prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
     )
     transport = resolver.transport(request.model)
-    task_ = configured_call_task(request, CacheOptions.of(cache))
+    task_ = configured_call_task(request, options.cache_options())
     return result_from_state(task_(**call_parameters(request, transport), return_state=True))

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from prefect_fanout.cli.argtypes import add_sampling_arguments, one_line, positive_float
-from prefect_fanout.cli.limit_args import add_limit_arguments, limit_options
+from prefect_fanout.cli.argtypes import one_line
+from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -21,20 +21,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("prompt", help="the user prompt ('-' reads it from stdin)")
     parser.add_argument("--agent", default="default", help="agent name (default: default)")
-    parser.add_argument("--model", help="model overriding the agent's ('test' runs offline)")
     parser.add_argument("--system", help="system prompt overriding the agent's")
-    parser.add_argument("--endpoint", help="name of a saved LLMEndpoint block")
-    add_sampling_arguments(parser)
-    add_limit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
-    parser.add_argument("--refresh", action="store_true", help="ignore the cache, call again")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        metavar="SECONDS",
-        help="timeout of each HTTP request (default: the agent's, 120 s)",
-    )
+    add_run_option_arguments(parser, workers_help="", runner=False)
     parser.set_defaults(run=run)
 
 
@@ -45,33 +34,20 @@ def run(args: argparse.Namespace) -> int:
     from prefect_fanout.flows import INLINE_PARAMETER_BYTES, call_flow, stash
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    limits = limit_options(args)
     try:
-        Resolver(
-            endpoint=args.endpoint,
-            model=args.model,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            limits=limits,
-        ).check([args.agent])
+        options = run_options(args)
+        Resolver(options).check([args.agent])
     except ConfigurationError as exc:
         print(f"fanout call: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    cache = "off" if args.no_cache else ("refresh" if args.refresh else "on")
     inline = len(prompt.encode("utf-8")) <= INLINE_PARAMETER_BYTES
     try:
         state = call_flow(
             prompt=prompt if inline else None,
             prompt_path=None if inline else stash(prompt, ".prompt.txt"),
             agent=args.agent,
-            model=args.model,
             system=args.system,
-            endpoint=args.endpoint,
-            cache=cache,
-            timeout_seconds=args.timeout,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            **limits,
+            options=options,
             return_state=True,
         )
         result = state.result(raise_on_failure=True)

@@ -7,7 +7,6 @@ see :mod:`prefect_fanout.limits`. A zero or negative value exits 2 before any ca
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
 def positive_limit(text: str) -> int:
@@ -49,13 +48,3 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests in flight at once to the endpoint across processes (overrides the "
         "endpoint's max_concurrency)",
     )
-
-
-def limit_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The limit flags given, by endpoint field name; the unset ones are left out."""
-    given = {
-        "max_concurrency": args.max_concurrency,
-        "requests_per_minute": args.rpm,
-        "tokens_per_minute": args.tpm,
-    }
-    return {name: value for name, value in given.items() if value is not None}

@@ -13,14 +13,12 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import (
-    add_sampling_arguments,
     non_negative_float,
     non_negative_int,
     one_line,
     positive_int,
 )
-from prefect_fanout.cli.limit_args import add_limit_arguments, limit_options
-from prefect_fanout.cli.runner_args import add_runner_arguments
+from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -76,13 +74,6 @@ def add_parser(subparsers: Any) -> None:
         help=f"estimated tokens (chars/4) per reduce call (default {DEFAULT_REDUCE_BUDGET})",
     )
     parser.add_argument(
-        "--max-workers",
-        type=positive_int,
-        default=DEFAULT_MAX_WORKERS,
-        metavar="N",
-        help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
-    )
-    parser.add_argument(
         "--active-partitions",
         type=positive_int,
         default=DEFAULT_ACTIVE_PARTITIONS,
@@ -104,9 +95,6 @@ def add_parser(subparsers: Any) -> None:
         help="first partition retry delay, doubling each time "
         f"(default {DEFAULT_PARTITION_RETRY_DELAY})",
     )
-    parser.add_argument("--model", help="model overriding every agent's ('test' runs offline)")
-    parser.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
-    parser.add_argument("--endpoint", metavar="BLOCK", help="name of a saved LLMEndpoint block")
     parser.add_argument(
         "--encoding", default="utf-8", help="encoding of a directory's files (default utf-8)"
     )
@@ -117,22 +105,23 @@ def add_parser(subparsers: Any) -> None:
         help="a file that does not decode: strict = exit 2 naming it (default), "
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
-    add_sampling_arguments(parser)
-    add_limit_arguments(parser)
-    add_runner_arguments(parser)
+    add_run_option_arguments(
+        parser,
+        workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
+        no_cache=False,
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
     from prefect_fanout.agents.agentsfile import load_agents_file
-    from prefect_fanout.cli.runner_args import runner_options
     from prefect_fanout.errors import FanoutError, describe, exit_code_for
     from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
 
     try:
-        runner = runner_options(args)
+        options = run_options(args)
         agents = load_agents_file(args.agents) if args.agents else {}
         job = prepare_map(
             args.input,
@@ -143,18 +132,12 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             reduce=args.reduce,
             reduce_budget=args.reduce_budget,
-            max_workers=args.max_workers,
             active_partitions=args.active_partitions,
-            model=args.model,
-            endpoint=args.endpoint,
-            refresh=args.refresh,
             partition_retries=args.partition_retries,
             partition_retry_delay=args.retry_delay,
             encoding=args.encoding,
             errors=args.errors,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            limits=limit_options(args),
+            options=options,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -166,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             encoding=args.encoding,
             errors=args.errors,
-            **runner,
         )
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from prefect_fanout.runners import TASK_RUNNERS
 
@@ -13,7 +12,6 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task-runner",
         choices=TASK_RUNNERS,
-        default="thread",
         help="where the agent calls run: thread (default, threads in this process), dask "
         "(a Dask LocalCluster of worker processes started for the run, or --dask-address) "
         "or ray (a local Ray started for the run, or --ray-address)",
@@ -28,21 +26,3 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="an existing Ray cluster, e.g. ray://127.0.0.1:10001 (with --task-runner ray)",
     )
-
-
-def runner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed task runner options, checked (a wrong choice raises ConfigurationError).
-
-    Raises:
-        ConfigurationError: An address for another runner, a missing extra, or an
-            address nothing answers at; the message names the flag and the fix.
-    """
-    from prefect_fanout.runners import check_task_runner
-
-    options = {
-        "task_runner": args.task_runner,
-        "dask_address": args.dask_address,
-        "ray_address": args.ray_address,
-    }
-    check_task_runner(**options, cli=True)
-    return options

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome
 from prefect_fanout.dispatch.result import DISPATCH_TAG, Verdict
 from prefect_fanout.errors import AgentCallError, describe
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
     import logging
 
     from prefect_fanout.agents.resolver import Resolver
-    from prefect_fanout.call.cache import CacheOptions
+    from prefect_fanout.call.path import CallPath
     from prefect_fanout.call.window import CallWindow
     from prefect_fanout.dispatch.taskrun import TaskRun
     from prefect_fanout.plan.model import Plan
@@ -54,7 +53,7 @@ class Dispatcher(Protocol):
 
     plan: Plan
     resolver: Resolver
-    cache: CacheOptions
+    path: CallPath
     window: CallWindow[str]
     logger: logging.Logger | logging.LoggerAdapter[Any]
 
@@ -170,20 +169,19 @@ class AcceptanceLoop:
         run.phase = "judge"
         run.call_started = time.monotonic()
         try:
-            request = dispatcher.resolver.request(
+            request = dispatcher.path.request(
                 prompt,
                 agent=spec.judge,
                 variables=spec.input_data,
                 item_id=name,
                 tags=(DISPATCH_TAG,),
-                timeout_seconds=dispatcher.plan.config.timeout_seconds,
             ).model_copy(update={"output_schema": VERDICT_SCHEMA, "output_type": None})
-            transport = dispatcher.resolver.transport(request.model)
+            dispatcher.resolver.transport(request.model)  # fails here, not in the window
         except Exception as exc:  # the judge vanished since validation, a bad template
             self._end(run, f"judge {spec.judge!r} failed: {describe(exc)}", spec.judge, None, exc)
             return
         run.phase_request = request
-        self._submit(run, request, transport)
+        self._submit(run, request)
 
     def collect(self, run: TaskRun, done: CallOutcome[str]) -> None:
         """Handle the finished judge or revision call of ``run``."""
@@ -194,12 +192,9 @@ class AcceptanceLoop:
 
     # ------------------------------------------------------------------ helpers
 
-    def _submit(self, run: TaskRun, request: CallRequest, transport: Any) -> None:
+    def _submit(self, run: TaskRun, request: CallRequest) -> None:
         dispatcher = self.dispatcher
-        submit = partial(
-            submit_or_reuse, request, context=None, transport=transport, cache=dispatcher.cache
-        )
-        dispatcher.window.submit(run.spec.task_id, submit)
+        dispatcher.window.submit(run.spec.task_id, partial(dispatcher.path.submit, request))
 
     def _record(
         self,
@@ -305,11 +300,11 @@ class AcceptanceLoop:
         run.phase, run.phase_request = "revise", request
         run.call_started = time.monotonic()
         try:
-            transport = dispatcher.resolver.transport(request.model)
+            dispatcher.resolver.transport(request.model)  # fails here, not in the window
         except Exception as exc:  # the endpoint vanished since the first answer
             self._end(run, f"revision {run.revisions} failed: {describe(exc)}", agent, None, exc)
             return
-        self._submit(run, request, transport)
+        self._submit(run, request)
 
     def _revised(self, run: TaskRun, done: CallOutcome[str]) -> None:
         agent = run.chain[run.step] if run.chain else run.spec.agent

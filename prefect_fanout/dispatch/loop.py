@@ -15,11 +15,8 @@ from functools import partial
 from pathlib import Path
 
 from prefect.context import FlowRunContext
-from prefect.logging import get_run_logger
 
-from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.acceptance import AcceptanceLoop, criteria_block
 from prefect_fanout.dispatch.result import (
@@ -31,41 +28,43 @@ from prefect_fanout.dispatch.result import (
     with_synthesis,
 )
 from prefect_fanout.dispatch.taskrun import TaskRun
+from prefect_fanout.engine.run import Engine
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import write_json_atomic
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.model import Plan, TaskSpec
-from prefect_fanout.ui.artifacts import publish_run_artifacts
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
 from prefect_fanout.usage import Usage
 
 SYNTHESIS_ID = "synthesize"
+DEFAULT_PLAN_WORKERS = 4
+"""Tasks in flight at most when neither the options nor the plan say."""
 SYNTHESIS_PROMPT = "Synthesize the results of the tasks below into one coherent final answer."
 
 
 class Dispatcher:
     """Runs one plan inside the current flow run.
 
+    The run's :class:`~prefect_fanout.engine.run.Engine` makes the calls (its call path and
+    window), holds the failure policy, publishes the artifacts and gives the final state; the
+    dispatcher adds what a plan needs: dependencies, fallbacks, acceptance and traces.
+
     Args:
-        plan: The validated plan with its effective settings.
-        resolver: Resolves the run's agents, models and endpoint (each once).
-        cache: The calls' cache options.
+        plan: The validated plan.
+        path: The run's call path, whose options are the run's merged options (the plan's
+            ``config`` included, see :func:`~prefect_fanout.dispatch.run.check_plan`).
 
     """
 
-    def __init__(
-        self,
-        plan: Plan,
-        *,
-        resolver: Resolver,
-        cache: CacheOptions,
-    ) -> None:
+    def __init__(self, plan: Plan, *, path: CallPath) -> None:
         self.plan = plan
-        self.resolver = resolver
-        self.cache = cache
-        self.logger = get_run_logger()
+        self.engine = Engine("dispatch", path, default_workers=DEFAULT_PLAN_WORKERS)
+        self.path = path
+        self.resolver = path.resolver
+        self.options = path.options
+        self.logger = self.engine.logger
         context = FlowRunContext.get()
         self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
         self.runs = {
@@ -80,9 +79,9 @@ class Dispatcher:
         self.children = plan_graph.dependants_map(plan.dependency_graph())
         self.ready = [self.position[t] for t, n in self.unmet.items() if n == 0]
         heapq.heapify(self.ready)
-        self.window: CallWindow[str] = CallWindow(plan.config.max_workers)
+        self.window: CallWindow[str] = self.engine.window
         self.stopped_by: str | None = None
-        trace_dir = plan.config.trace_dir
+        trace_dir = self.options.trace_dir
         self.trace_dir = Path(trace_dir).expanduser() if trace_dir else None
         self.trace_names = trace_file_names(plan.task_ids)
         self.progress: ProgressReporter | None = None
@@ -97,9 +96,9 @@ class Dispatcher:
         self.logger.info(
             "dispatching %d task(s): max_workers=%d, failure_policy=%s, timeout=%gs",
             len(self.runs),
-            config.max_workers,
-            config.failure_policy,
-            config.timeout_seconds,
+            self.engine.workers,
+            self.engine.failure_policy,
+            self.options.timeout_seconds or config.timeout_seconds,
         )
         self.progress = ProgressReporter(len(self.runs), "fanout dispatch")
         while True:
@@ -113,7 +112,7 @@ class Dispatcher:
         self.progress.finish()
         outcomes = [run.outcome() for run in self.runs.values()]
         result = build_result(
-            outcomes, failure_policy=config.failure_policy, flow_run_id=self.flow_run_id
+            outcomes, failure_policy=self.engine.failure_policy, flow_run_id=self.flow_run_id
         )
         if config.synthesize:
             result = with_synthesis(result, self._synthesize(config.synthesize))
@@ -141,23 +140,19 @@ class Dispatcher:
             return TaskOutcome(task_id=SYNTHESIS_ID, agent=agent, status="skipped", error=reason)
         started = time.monotonic()
         try:
-            request = self.resolver.request(
+            request = self.path.request(
                 self.plan.goal or SYNTHESIS_PROMPT,
                 agent=agent,
                 item_id=SYNTHESIS_ID,
                 tags=(DISPATCH_TAG,),
-                timeout_seconds=self.plan.config.timeout_seconds,
             )
-            transport = self.resolver.transport(request.model)
+            self.resolver.transport(request.model)  # fails here, not in the window
         except Exception as exc:  # the agent vanished since validation
             return TaskOutcome(
                 task_id=SYNTHESIS_ID, agent=agent, status="failed", error=describe(exc)
             )
         context = {run.spec.task_id: run.future or run.result for run in done}
-        submit = partial(
-            submit_or_reuse, request, context=context, transport=transport, cache=self.cache
-        )
-        self.window.submit(SYNTHESIS_ID, submit)
+        self.window.submit(SYNTHESIS_ID, partial(self.path.submit, request, context=context))
         outcome = self.window.next_finished()
         duration = round(time.monotonic() - started, 6)
         if outcome.result is None:
@@ -225,7 +220,7 @@ class Dispatcher:
             run.attempt_started = time.monotonic()
             try:
                 request = self._request(run.spec, agent)
-                transport = self.resolver.transport(request.model)
+                self.resolver.transport(request.model)  # fails here, not in the window
             except Exception as exc:  # an unknown fallback, a bad template, no endpoint
                 self._record_attempt(run, agent, None, "failed", describe(exc), 0)
                 if not self._may_fall_back(run):
@@ -235,26 +230,18 @@ class Dispatcher:
             run.request = request.with_context({d: u.result for d, u in upstream.items()})
             # Upstream futures draw the edges in the UI; a reused (cached) upstream has none.
             context = {d: u.future or u.result for d, u in upstream.items()} or None
-            submit = partial(
-                submit_or_reuse,
-                request,
-                context=context,
-                transport=transport,
-                cache=self.cache,
-                answered=run.request,
-            )
+            submit = partial(self.path.submit, request, context=context, answered=run.request)
             self.window.submit(run.spec.task_id, submit)
             return
         self._fail(run)
 
     def _request(self, task: TaskSpec, agent: str) -> CallRequest:
-        return self.resolver.request(
+        return self.path.request(
             task_prompt(task),
             agent=agent,
             variables=task.input_data,
             item_id=task.task_id,
             tags=(DISPATCH_TAG,),
-            timeout_seconds=self.plan.config.timeout_seconds,
         )
 
     def _may_fall_back(self, run: TaskRun) -> bool:
@@ -389,7 +376,7 @@ class Dispatcher:
         self._finish(run)
         task_id = run.spec.task_id
         self.logger.error("task %r failed: %s", task_id, run.error)
-        if self.plan.config.failure_policy == "all_or_nothing":
+        if self.engine.failure_policy == "all_or_nothing":
             if self.stopped_by is None:
                 self.stopped_by = task_id
                 reason = f"not started: task {task_id!r} failed (failure_policy all_or_nothing)"
@@ -426,7 +413,7 @@ class Dispatcher:
             status=result.status,
             summary=result.summary.model_dump(),
             usage=result.usage.model_dump(),
-            config=self.plan.config.model_dump(mode="json"),
+            config=self.effective_config(),
             tasks=tasks,
             started=started,
             finished=time.time(),
@@ -445,18 +432,26 @@ class Dispatcher:
             links["dispatch-index"] = Path(result.trace_index)
         extra: dict[str, object] = {
             "Status": result.status,
-            "Failure policy": self.plan.config.failure_policy,
-            "Max workers": self.plan.config.max_workers,
+            "Failure policy": self.engine.failure_policy,
+            "Max workers": self.engine.workers,
         }
         judged = [outcome.acceptance for outcome in result.tasks if outcome.acceptance]
         if judged:
             accepted = sum(1 for record in judged if record.accepted)
             extra["Revisions"] = sum(record.revisions for record in judged)
             extra["Judged tasks"] = f"{len(judged)} ({accepted} accepted)"
-        try:
-            publish_run_artifacts("dispatch", "Fanout dispatch", records, extra=extra, links=links)
-        except Exception as exc:  # artifacts are informative; the result is what counts
-            self.logger.warning("could not publish the run's artifacts: %s", exc)
+        self.engine.publish("Fanout dispatch", records, extra, links)
+
+    def effective_config(self) -> dict[str, object]:
+        """The plan's ``config`` with the run's effective settings, for the trace index."""
+        return {
+            **self.plan.config.model_dump(mode="json"),
+            "max_workers": self.engine.workers,
+            "failure_policy": self.engine.failure_policy,
+            "trace_dir": self.options.trace_dir,
+            "timeout_seconds": self.options.timeout_seconds or self.plan.config.timeout_seconds,
+            **self.options.limits(),
+        }
 
 
 def task_prompt(task: TaskSpec) -> str:

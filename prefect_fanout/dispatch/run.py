@@ -22,113 +22,60 @@ profile's ``fallbacks``, in order; the outcome records the agent that answered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from prefect.states import Completed, Failed, State
-from pydantic import ValidationError
+from prefect.states import State
 
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheMode, CacheOptions
+from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
 from prefect_fanout.dispatch.result import DispatchResult
-from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.engine.run import carried_result
+from prefect_fanout.engine.run import final_state as engine_final_state
+from prefect_fanout.options import RunOptions, merge_options
 from prefect_fanout.plan.agents import plan_profiles
-from prefect_fanout.plan.model import Plan, PlanConfig
+from prefect_fanout.plan.model import Plan
 
 __all__ = [
     "check_plan",
     "final_state",
+    "plan_options",
     "result_of",
     "run_plan",
     "task_prompt",
-    "with_overrides",
 ]
 
 
-def with_overrides(
-    plan: Plan,
-    *,
-    max_workers: int | None = None,
-    failure_policy: str | None = None,
-    trace_dir: str | Path | None = None,
-    timeout_seconds: float | None = None,
-) -> Plan:
-    """The plan with run settings overridden (``None`` keeps the plan's value).
+def plan_options(plan: Plan) -> dict[str, Any]:
+    """The plan's ``config`` as a layer of run options (see :mod:`prefect_fanout.options`).
+
+    Its defaults (``max_workers`` 4, ``timeout_seconds`` 300, ``failure_policy``
+    ``partial``) are a dispatch's built-in defaults.
+    """
+    config = plan.config.model_dump(exclude_none=True)
+    return {name: value for name, value in config.items() if name in RunOptions.model_fields}
+
+
+def check_plan(plan: Plan, options: RunOptions | None = None) -> Resolver:
+    """Merge a plan's run options; resolve every agent, fallback and (if needed) the endpoint.
 
     Args:
         plan: A validated plan.
-        max_workers: Most tasks in flight.
-        failure_policy: ``partial`` or ``all_or_nothing``.
-        trace_dir: Directory for trace files.
-        timeout_seconds: Per-request timeout of every task's call.
+        options: The run's options (flags and options passed in Python, merged by the
+            caller); they win over the plan's ``config``.
 
     Returns:
-        A copy of the plan with the new ``config`` (the plan itself when
-        nothing is overridden).
+        The run's resolver, with everything resolved; its ``options`` are the run's
+        merged options (reuse it for the run: nothing is resolved twice).
 
     Raises:
-        ConfigurationError: An override is invalid (e.g. ``max_workers=0``).
+        ConfigurationError: An option is invalid, an agent cannot be resolved, or an
+            endpoint is needed and none is configured.
 
     """
-    updates: dict[str, Any] = {
-        "max_workers": max_workers,
-        "failure_policy": failure_policy,
-        "trace_dir": None if trace_dir is None else str(trace_dir),
-        "timeout_seconds": timeout_seconds,
-    }
-    updates = {key: value for key, value in updates.items() if value is not None}
-    if not updates:
-        return plan
-    try:
-        config = PlanConfig.model_validate({**plan.config.model_dump(), **updates})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise ConfigurationError(f"invalid dispatch option: {problems}") from None
-    return plan.model_copy(update={"config": config})
-
-
-def check_plan(
-    plan: Plan,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    *,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    limits: Mapping[str, int] | None = None,
-) -> Resolver:
-    """Resolve every agent, fallback and (when a model needs one) the endpoint of a plan.
-
-    Args:
-        plan: A validated plan.
-        model: The model override of the run, if any.
-        endpoint: An endpoint object or block name overriding ``config.endpoint``.
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        limits: Endpoint limits overriding the plan's ``config`` ones, which override
-            the endpoint's (see :mod:`prefect_fanout.limits`).
-
-    Returns:
-        The run's resolver, with everything resolved (reuse it for the run).
-
-    Raises:
-        ConfigurationError: An agent cannot be resolved, or an endpoint is
-            needed and none is configured.
-
-    """
-    resolver = Resolver(
-        agents=plan_profiles(plan),
-        endpoint=endpoint if endpoint is not None else plan.config.endpoint,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        limits={**plan.config.limits(), **(limits or {})},
-    )
+    merged = merge_options(options, plan_options(plan))
+    resolver = Resolver(merged, agents=plan_profiles(plan))
     names: dict[str, None] = {}
     for task in plan.tasks:
         names.update(dict.fromkeys(resolver.fallback_chain(task.agent)))
@@ -143,36 +90,34 @@ def check_plan(
 def run_plan(
     plan: Plan,
     *,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    cache: CacheOptions | CacheMode | str | None = None,
+    options: RunOptions | None = None,
     resolver: Resolver | None = None,
 ) -> DispatchResult:
     """Run a plan's tasks inside the current flow run and return the result.
 
     The ``fanout-dispatch`` flow is a thin flow around this; call it from your
-    own flow to dispatch a plan as part of it.
+    own flow to dispatch a plan as part of it. The plan's ``config`` applies
+    under ``options`` (max_workers, failure_policy, trace_dir, timeout_seconds,
+    endpoint, model, max_tokens, temperature and the limits).
 
     Args:
-        plan: A validated plan (settings already overridden as wanted).
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An endpoint object or block name; ``None`` uses the plan's
-            ``config.endpoint``, then ``OPENAI_*`` variables.
-        cache: Cache options or mode (``on``, ``refresh``, ``off``).
-        resolver: The run's resolver from :func:`check_plan` (made here when None).
+        plan: A validated plan.
+        options: The run's options; they win over the plan's ``config``.
+        resolver: The run's resolver from :func:`check_plan` (then ``options`` is
+            ignored: the resolver holds the merged options); made here when None.
 
     Returns:
         The dispatch result.
 
+    Raises:
+        ConfigurationError: An option is invalid, an agent unknown or no endpoint
+            configured (before any call).
+
     """
     if resolver is None:
-        resolver = Resolver(
-            agents=plan_profiles(plan),
-            endpoint=endpoint if endpoint is not None else plan.config.endpoint,
-            model=model,
-        )
+        resolver = check_plan(plan, options)
     LIMITED_TAGS.refresh()  # a limit created before this run applies to it
-    return Dispatcher(plan, resolver=resolver, cache=CacheOptions.of(cache)).run()
+    return Dispatcher(plan, path=CallPath(resolver)).run()
 
 
 def final_state(result: DispatchResult) -> State[Any]:
@@ -186,11 +131,7 @@ def final_state(result: DispatchResult) -> State[Any]:
         f"{summary.completed} of {summary.total} task(s) completed, {summary.failed} failed, "
         f"{summary.skipped} skipped, {summary.cached} from cache"
     )
-    if result.status == "completed":
-        return Completed(message=message, data=result)
-    if result.status == "partial":
-        return Completed(name="Partial", message=message, data=result)
-    return Failed(message=message, data=result)
+    return engine_final_state(result.status, message, result)
 
 
 def result_of(state: State[Any]) -> DispatchResult:
@@ -207,11 +148,4 @@ def result_of(state: State[Any]) -> DispatchResult:
             (its own error is re-raised).
 
     """
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, DispatchResult):
-        return data
-    if isinstance(data, Mapping):
-        return DispatchResult.model_validate(data)
-    if isinstance(data, BaseException):
-        raise data
-    raise RuntimeError(f"the dispatch flow ended {state.name} without a result: {state.message}")
+    return carried_result(state, DispatchResult, "the dispatch flow")

@@ -77,38 +77,3 @@ class LimitSpec:
             requests_per_minute=getattr(source, "requests_per_minute", None),
             tokens_per_minute=getattr(source, "tokens_per_minute", None),
         )
-
-
-def overrides(
-    *,
-    max_concurrency: int | None = None,
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
-    source: str = "cli",
-) -> dict[str, int]:
-    """The limits given (checked), as an update for an endpoint; unset ones are left out.
-
-    Args:
-        max_concurrency: Requests in flight at once.
-        requests_per_minute: Requests per minute.
-        tokens_per_minute: Tokens per minute.
-        source: ``cli`` (messages name the flags), ``plan`` (they name ``config.FIELD``)
-            or ``parameter`` (they name the field: a flow's or a function's parameter).
-
-    Raises:
-        ConfigurationError: A value is zero, negative or not whole; the message names
-            the flag or field and the fix.
-    """
-    given = {
-        "max_concurrency": max_concurrency,
-        "requests_per_minute": requests_per_minute,
-        "tokens_per_minute": tokens_per_minute,
-    }
-    checked: dict[str, int] = {}
-    for field, value in given.items():
-        plan_name, flag = LIMIT_NAMES[field]
-        where = {"cli": flag, "plan": plan_name}.get(source, field)
-        limit = check_limit(value, where)
-        if limit is not None:
-            checked[field] = limit
-    return checked

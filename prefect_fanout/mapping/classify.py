@@ -8,11 +8,10 @@ answer gives no label, are labelled ``unknown`` (and still mapped).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
-from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
@@ -54,22 +53,16 @@ def label_from_output(output: Any) -> str:
 
 
 def _jobs(
-    requests: Mapping[str, CallRequest], resolver: Resolver, cache: CacheOptions
+    requests: Mapping[str, CallRequest], path: CallPath
 ) -> Iterator[tuple[str, Callable[[], Submitted]]]:
     for item_id, request in requests.items():
-
-        def submit(request: CallRequest = request) -> Submitted:
-            transport = resolver.transport(request.model)
-            return submit_or_reuse(request, transport=transport, cache=cache)
-
-        yield item_id, submit
+        yield item_id, partial(path.submit, request)
 
 
 def classify_items(
     requests: Mapping[str, CallRequest],
     *,
-    resolver: Resolver,
-    cache: CacheOptions,
+    path: CallPath,
     window: CallWindow,
     logger: Any,
 ) -> tuple[dict[str, str], Ledger, list[CallRecord]]:
@@ -77,8 +70,7 @@ def classify_items(
 
     Args:
         requests: The classifier request of each item, by item id.
-        resolver: Gives each call its transport.
-        cache: Cache settings of the calls.
+        path: The run's call path (transports and cache settings).
         window: Bounds the calls in flight.
         logger: Where to log failures.
 
@@ -90,7 +82,7 @@ def classify_items(
     usage = Ledger()
     records: list[CallRecord] = []
     progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
-    for done in window.run(_jobs(requests, resolver, cache)):
+    for done in window.run(_jobs(requests, path)):
         request = requests[done.key]
         usage.add(done.result, failed=not done.ok, error=done.error)
         progress.advance(failed=not done.ok)

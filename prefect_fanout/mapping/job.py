@@ -18,9 +18,8 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheMode, CacheOptions
+from prefect_fanout.call.path import CallPath
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
 from prefect_fanout.mapping.defaults import (
@@ -32,6 +31,7 @@ from prefect_fanout.mapping.defaults import (
 )
 from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
 from prefect_fanout.mapping.prompts import check_template, item_prompt
+from prefect_fanout.options import CacheOptions, RunOptions
 
 __all__ = ["MapJob", "prepare_map"]
 
@@ -44,7 +44,8 @@ class MapJob:
         items: The corpus, in input order.
         source: The corpus path, or a description of the items given.
         agent: The mapping agent.
-        resolver: Resolves the run's agents, models and endpoint (each once).
+        path: The run's call path: its resolver (agents, models, endpoint, each once),
+            its merged options and its cache settings.
         spec: The partition spec, or a key function.
         spec_text: The spec as text, for reports.
         output_dir: Where outputs go.
@@ -54,9 +55,7 @@ class MapJob:
         classifier_requests: Its call for each item, by item id.
         reducer: The tree-reduce agent, if any.
         reduce_budget: Estimated tokens per reduce call.
-        max_workers: Calls in flight at most.
         active_partitions: Partitions mapped at once (their items interleaved).
-        cache: Cache settings of every call.
         partition_retries: Retries of a failing partition write.
         partition_retry_delay: Seconds before the first retry (then doubling).
 
@@ -65,7 +64,7 @@ class MapJob:
     items: list[Item]
     source: str
     agent: AgentProfile
-    resolver: Resolver
+    path: CallPath
     spec: PartitionSpec | Callable[[Item], str]
     spec_text: str
     output_dir: Path
@@ -75,11 +74,29 @@ class MapJob:
     classifier_requests: dict[str, CallRequest] = field(default_factory=dict)
     reducer: AgentProfile | None = None
     reduce_budget: int = DEFAULT_REDUCE_BUDGET
-    max_workers: int = DEFAULT_MAX_WORKERS
     active_partitions: int = DEFAULT_ACTIVE_PARTITIONS
-    cache: CacheOptions = field(default_factory=CacheOptions)
     partition_retries: int = DEFAULT_PARTITION_RETRIES
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
+
+    @property
+    def options(self) -> RunOptions:
+        """The run's merged options."""
+        return self.path.options
+
+    @property
+    def resolver(self) -> Resolver:
+        """The run's resolver."""
+        return self.path.resolver
+
+    @property
+    def cache(self) -> CacheOptions:
+        """Cache settings of every call."""
+        return self.path.cache
+
+    @property
+    def max_workers(self) -> int:
+        """Calls in flight at most."""
+        return self.options.workers(DEFAULT_MAX_WORKERS)
 
 
 def _items(items_or_path: Any, encoding: str, errors: str) -> tuple[list[Item], str, Path | None]:
@@ -158,9 +175,8 @@ def _check_decoding(encoding: str, errors: str) -> None:
         raise ConfigurationError(f"--errors {errors!r}: expected strict, replace or ignore")
 
 
-def _check_options(max_workers: int, active: int, retries: int, delay: float, budget: int) -> None:
+def _check_options(active: int, retries: int, delay: float, budget: int) -> None:
     checks = [
-        (max_workers >= 1, f"--max-workers must be at least 1, got {max_workers}"),
         (active >= 1, f"--active-partitions must be at least 1, got {active}"),
         (retries >= 0, f"partition retries must be at least 0, got {retries}"),
         (delay >= 0, f"partition retry delay must be at least 0, got {delay}"),
@@ -212,19 +228,12 @@ def prepare_map(
     prompt: str | None = None,
     reduce: str | AgentProfile | None = None,
     reduce_budget: int = DEFAULT_REDUCE_BUDGET,
-    max_workers: int = DEFAULT_MAX_WORKERS,
     active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    refresh: bool = False,
-    cache: CacheOptions | None = None,
     partition_retries: int = DEFAULT_PARTITION_RETRIES,
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
     encoding: str = "utf-8",
     errors: str = "strict",
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    limits: Mapping[str, int] | None = None,
+    options: RunOptions | Mapping[str, Any] | None = None,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -238,23 +247,17 @@ def prepare_map(
         prompt: A template rendering record fields into each item's prompt.
         reduce: An agent that combines the completed outputs in a tree, if any.
         reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
-        max_workers: Calls in flight at most.
         active_partitions: Partitions mapped at once; the next opens when one
             has handed out all its items.
-        model: A model overriding every agent's (``test`` runs offline).
-        max_tokens: A completion budget overriding every agent's.
-        temperature: A sampling temperature overriding every agent's.
-        limits: Endpoint limits overriding the endpoint's (``max_concurrency``,
-            ``requests_per_minute``, ``tokens_per_minute``; see :mod:`prefect_fanout.limits`).
-        endpoint: A saved LLMEndpoint block's name or an endpoint; None uses
-            ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
-        refresh: Ignore stored answers and call again (storing the new ones).
-        cache: Full cache settings; overrides ``refresh``.
         partition_retries: Retries of a partition whose output cannot be written.
         partition_retry_delay: Seconds before the first retry, doubling after each.
         encoding: How a directory corpus's files are decoded.
         errors: ``strict`` (a file that does not decode is an error), ``replace`` or
             ``ignore``.
+        options: The run's options: model, endpoint (None: ``OPENAI_API_KEY`` /
+            ``OPENAI_BASE_URL``), max_workers (default 8), cache (``refresh`` asks again),
+            max_tokens, temperature, timeout_seconds, the endpoint limits, task_runner
+            (see :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
@@ -271,18 +274,10 @@ def prepare_map(
     spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
     out = Path(output_dir)
     _check_output_dir(out, source_path)
-    _check_options(
-        max_workers, active_partitions, partition_retries, partition_retry_delay, reduce_budget
-    )
+    _check_options(active_partitions, partition_retries, partition_retry_delay, reduce_budget)
     check_template(items, prompt)  # input errors first, before agents and endpoints
-    resolver = Resolver(
-        agents=agents,
-        endpoint=endpoint,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        limits=limits,
-    )
+    path = CallPath.of(RunOptions.of(options), agents)
+    resolver = path.resolver
     profile = resolver.agent(agent)
     classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None
     classifier = resolver.agent(classifier_name) if classifier_name else None
@@ -300,13 +295,12 @@ def prepare_map(
             resolver=resolver,
             stage="classify",
         )
-    mode = CacheMode.REFRESH if refresh else CacheMode.ON
     probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
         items=items,
         source=source,
         agent=profile,
-        resolver=resolver,
+        path=path,
         spec=spec,
         spec_text=spec_text,
         output_dir=out,
@@ -316,9 +310,7 @@ def prepare_map(
         classifier_requests=classifier_requests,
         reducer=reducer,
         reduce_budget=reduce_budget,
-        max_workers=max_workers,
         active_partitions=active_partitions,
-        cache=cache or CacheOptions(mode=mode),
         partition_retries=partition_retries,
         partition_retry_delay=partition_retry_delay,
     )

@@ -13,15 +13,13 @@ the tree always ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.cache import CacheOptions, stored_answer
-from prefect_fanout.call.task import call_parameters, configured_call_task
-from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.call.window import CallOutcome
+from prefect_fanout.engine.run import Call, Engine
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.llm.request import output_as_text
@@ -37,6 +35,8 @@ __all__ = [
     "plan_groups",
     "tree_reduce",
 ]
+
+REDUCE_TAG = "fanout:reduce"
 
 REDUCE_INSTRUCTION = (
     "Combine the {count} results listed under 'Upstream results' into one answer. "
@@ -158,45 +158,20 @@ class _Group:
     pieces: list[Piece]
 
 
-def _submitter(
-    group: _Group, agent: AgentProfile, resolver: Resolver, cache: CacheOptions
-) -> Callable[[], Submitted]:
-    def submit() -> Submitted:
-        request = resolver.request(
-            REDUCE_INSTRUCTION.format(count=len(group.pieces)),
-            agent=agent,
-            item_id=group.id,
-            tags=("fanout:reduce",),
-        )
-        context = {piece.id: piece.text for piece in group.pieces}
-        stored = stored_answer(request.with_context(context), cache)
-        if stored is not None:
-            return stored
-        task = configured_call_task(request, cache).with_options(task_run_name=f"reduce:{group.id}")
-        transport = resolver.transport(request.model)
-        return task.submit(**call_parameters(request, transport), context=context)
-
-    return submit
-
-
 def tree_reduce(
     pieces: Sequence[Piece],
     *,
     agent: AgentProfile,
-    resolver: Resolver | None = None,
-    cache: CacheOptions | None = None,
+    engine: Engine,
     token_budget: int = DEFAULT_REDUCE_BUDGET,
-    window: CallWindow | None = None,
 ) -> TreeReduce:
     """Combine ``pieces`` into one answer with agent calls, level by level (inside a flow).
 
     Args:
         pieces: The outputs to combine, in order, with their partition as boundary.
         agent: The reducing agent.
-        resolver: Resolves the calls' model and endpoint (the environment's when None).
-        cache: Cache settings of the calls.
+        engine: The run's engine: its call path (resolver, cache) and window make the calls.
         token_budget: Estimated tokens one call may combine (at least 1).
-        window: Bounds the calls in flight (and measures them); 8 when None.
 
     Returns:
         The outcome; a failed call ends the reduce with status ``failed``.
@@ -207,9 +182,6 @@ def tree_reduce(
     )
     if not pieces:
         return outcome
-    window = window or CallWindow(8)
-    resolver = resolver or Resolver()
-    cache = cache or CacheOptions()
     current = list(pieces)
     level = 0
     while True:
@@ -227,8 +199,18 @@ def tree_reduce(
         numbered = {id(g): f"L{level}-G{n}" for n, g in enumerate(calls, start=1)}
         groups = [_Group(numbered[id(g)], level, g) for g in calls]
         finished: dict[str, CallOutcome[str]] = {}
-        jobs = ((g.id, _submitter(g, agent, resolver, cache)) for g in groups)
-        for done in window.run(jobs):
+        jobs = [
+            Call(
+                g.id,
+                agent,
+                REDUCE_INSTRUCTION.format(count=len(g.pieces)),
+                context={piece.id: piece.text for piece in g.pieces},
+                tags=(REDUCE_TAG,),
+                run_name=f"reduce:{g.id}",
+            )
+            for g in groups
+        ]
+        for done in engine.stream(jobs):
             finished[done.key] = done
             outcome.usage.add(done.result, failed=not done.ok, error=done.error)
         outcome.levels = level

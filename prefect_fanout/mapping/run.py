@@ -29,6 +29,7 @@ from typing import Any
 from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.engine.run import Engine
 from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
 from prefect_fanout.llm.request import output_as_text
@@ -126,14 +127,14 @@ def _reduce(
         if (done := stage.outcomes[item.id]).result is not None
     ]
     logger.info("reduce: combining %d outputs with agent %r", len(pieces), job.reducer.name)
-    tree = tree_reduce(
-        pieces,
-        agent=job.reducer,
-        resolver=job.resolver,
-        cache=job.cache,
-        token_budget=job.reduce_budget,
+    engine = Engine(
+        "reduce",
+        job.path,
+        default_workers=job.max_workers,
         window=window,
+        logger=logger,
     )
+    tree = tree_reduce(pieces, agent=job.reducer, engine=engine, token_budget=job.reduce_budget)
     write_json_atomic(job.output_dir / FILES["reduce"], tree.to_json())
     if tree.status == "failed":
         logger.error("reduce failed: %s", tree.error)
@@ -164,8 +165,7 @@ def run_map(job: MapJob) -> MapSummary:
     if job.classifier is not None:
         labels, usage["classify"], classified = classify_items(
             job.classifier_requests,
-            resolver=job.resolver,
-            cache=job.cache,
+            path=job.path,
             window=window,
             logger=logger,
         )

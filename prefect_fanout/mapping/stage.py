@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
@@ -158,12 +158,7 @@ class _Mapper:
     def submitter(self, key: str, item: Item) -> Callable[[], Submitted]:
         request = self.job.requests[item.id]
         request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
-        transport = self.job.resolver.transport(request.model)
-
-        def submit() -> Submitted:
-            return submit_or_reuse(request, transport=transport, cache=self.job.cache)
-
-        return submit
+        return partial(self.job.path.submit, request)
 
     def submit_write(self, key: str, name: str, items: list[Item]) -> PrefectFuture[Any]:
         retries = self.job.partition_retries

@@ -8,8 +8,7 @@ from typing import Any
 from prefect import flow
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.cache import CacheOptions
-from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.engine import Call, PatternRun, check_agent_arg
 from prefect_fanout.patterns.shapes import agent_list, item_prompt, keyed_inputs
 
@@ -25,11 +24,7 @@ def fan_in(
     prompt: str | None = None,
     aggregate_prompt: str = AGGREGATE_PROMPT,
     agents: Mapping[str, AgentProfile] | None = None,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    max_workers: int | None = None,
-    failure_policy: str = "partial",
-    cache: CacheOptions | str = "on",
+    options: RunOptions | None = None,
 ) -> Any:
     """Collect from every source in parallel, then aggregate all collected outputs in one call.
 
@@ -48,11 +43,9 @@ def fan_in(
         prompt: A template for each collector prompt (``{item}`` is the source).
         aggregate_prompt: The aggregator's prompt, before the collected results.
         agents: Extra profiles by name.
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object; None uses ``OPENAI_*``.
-        max_workers: Most calls in flight (default 8).
-        failure_policy: ``partial`` or ``all_or_nothing``.
-        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
+        options: The run's options (model, endpoint, max_workers (default 8),
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
+            :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The final state carrying the :class:`PatternResult`; ``output`` is the
@@ -64,15 +57,7 @@ def fan_in(
     pairs = keyed_inputs("sources", sources, "source")
     pool = agent_list("collector", collector)
     aggregator = check_agent_arg("aggregator", aggregator)
-    run = PatternRun(
-        "fan-in",
-        agents=agents,
-        model=model,
-        endpoint=endpoint,
-        cache=cache,
-        max_workers=max_workers,
-        failure_policy=failure_policy,
-    )
+    run = PatternRun("fan-in", agents=agents, options=options)
     run.check([*pool, aggregator])
     calls = (
         Call(key, pool[index % len(pool)], item_prompt(source, prompt), tags=("fan-in:collect",))

@@ -8,9 +8,8 @@ from typing import Any
 from prefect import flow
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.errors import PatternArgumentError
-from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.engine import Call, PatternRun
 from prefect_fanout.patterns.shapes import agent_list, item_prompt
 
@@ -22,11 +21,7 @@ def fan_out(
     *,
     agents: Mapping[str, AgentProfile] | None = None,
     prompt: str | None = None,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    max_workers: int | None = None,
-    failure_policy: str = "partial",
-    cache: CacheOptions | str = "on",
+    options: RunOptions | None = None,
 ) -> Any:
     """Make one agent call per item, in parallel, and return every output in item order.
 
@@ -41,11 +36,9 @@ def fan_out(
         agents: Extra profiles by name.
         prompt: A template for each item's prompt; ``{item}`` is replaced by the
             item (without it the item is appended).
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object; None uses ``OPENAI_*``.
-        max_workers: Most calls in flight (default 8).
-        failure_policy: ``partial`` or ``all_or_nothing``.
-        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
+        options: The run's options (model, endpoint, max_workers (default 8),
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
+            :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The final state carrying the :class:`PatternResult` (called directly:
@@ -53,22 +46,14 @@ def fan_out(
 
     Raises:
         PatternArgumentError: ``items`` is empty or not a list, ``agent`` is not
-            an agent, ``max_workers`` or ``failure_policy`` is invalid.
+            an agent.
     """
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
         raise PatternArgumentError("items", f"expected a list, got {type(items).__name__}")
     if not items:
         raise PatternArgumentError("items", "is empty")
     pool = agent_list("agent", agent)
-    run = PatternRun(
-        "fan-out",
-        agents=agents,
-        model=model,
-        endpoint=endpoint,
-        cache=cache,
-        max_workers=max_workers,
-        failure_policy=failure_policy,
-    )
+    run = PatternRun("fan-out", agents=agents, options=options)
     run.check(pool)
     keys = [f"item-{index}" for index in range(len(items))]
     calls = (

@@ -8,9 +8,8 @@ from typing import Any
 from prefect import flow
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.errors import PatternArgumentError
-from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.engine import Agent, Call, PatternRun
 from prefect_fanout.patterns.shapes import agent_list, item_prompt, stage_ids
 
@@ -38,11 +37,7 @@ def pipeline(
     *,
     prompt: str | None = None,
     agents: Mapping[str, AgentProfile] | None = None,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    max_workers: int | None = None,
-    failure_policy: str = "partial",
-    cache: CacheOptions | str = "on",
+    options: RunOptions | None = None,
 ) -> Any:
     """Run an item through stages; a stage of several agents runs them in parallel.
 
@@ -59,11 +54,9 @@ def pipeline(
         stages: Agents in order; a list in place of an agent is a parallel stage.
         prompt: A template for every call's prompt (``{item}`` is the item).
         agents: Extra profiles by name.
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object; None uses ``OPENAI_*``.
-        max_workers: Most calls in flight (default 8).
-        failure_policy: ``partial`` or ``all_or_nothing``.
-        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
+        options: The run's options (model, endpoint, max_workers (default 8),
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
+            :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The final state carrying the :class:`PatternResult`: ``output`` is the
@@ -74,15 +67,7 @@ def pipeline(
         PatternArgumentError: ``stages`` is empty, a stage is empty or not an agent.
     """
     plan = check_stages(stages)
-    run = PatternRun(
-        "pipeline",
-        agents=agents,
-        model=model,
-        endpoint=endpoint,
-        cache=cache,
-        max_workers=max_workers,
-        failure_policy=failure_policy,
-    )
+    run = PatternRun("pipeline", agents=agents, options=options)
     run.check([agent for stage in plan for agent in stage])
     text = item_prompt(item, prompt)
     previous: dict[str, Any] = {}  # call id -> future of the previous stage's completed calls

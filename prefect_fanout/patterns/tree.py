@@ -24,10 +24,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.call.cache import CacheOptions
 from prefect_fanout.errors import PatternArgumentError, describe
-from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.request import output_as_text
+from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.engine import Call, PatternRun, check_agent_arg
 
 #: The output schema a ``split`` agent should have: ``{"subproblems": [...]}`` (empty: a leaf).
@@ -104,11 +103,7 @@ def tree(
     max_depth: int,
     combine_prompt: str = COMBINE_PROMPT,
     agents: Mapping[str, AgentProfile] | None = None,
-    model: str | None = None,
-    endpoint: str | LLMEndpoint | None = None,
-    max_workers: int | None = None,
-    failure_policy: str = "partial",
-    cache: CacheOptions | str = "on",
+    options: RunOptions | None = None,
 ) -> Any:
     """Divide a problem into sub-problems, solve the leaves in parallel, combine up the tree.
 
@@ -132,11 +127,9 @@ def tree(
         max_depth: The deepest level (0: the root is a leaf, solved directly).
         combine_prompt: The combine agent's instruction, before the node's problem.
         agents: Extra profiles by name.
-        model: A model for every agent (``test`` runs offline).
-        endpoint: An ``LLMEndpoint`` block name or object; None uses ``OPENAI_*``.
-        max_workers: Most calls in flight (default 8).
-        failure_policy: ``partial`` or ``all_or_nothing``.
-        cache: ``on``, ``refresh``, ``off`` or :class:`CacheOptions`.
+        options: The run's options (model, endpoint, max_workers (default 8),
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
+            :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The final state carrying the :class:`PatternResult`: ``output`` is the
@@ -155,15 +148,7 @@ def tree(
         "solve": _check_step("solve", solve),
         "combine": _check_step("combine", combine),
     }
-    run = PatternRun(
-        "tree",
-        agents=agents,
-        model=model,
-        endpoint=endpoint,
-        cache=cache,
-        max_workers=max_workers,
-        failure_policy=failure_policy,
-    )
+    run = PatternRun("tree", agents=agents, options=options)
     run.check([step for step in steps.values() if isinstance(step, (str, AgentProfile))])
     builder = _Tree(run, steps, max_depth, combine_prompt)
     root = builder.build(problem)

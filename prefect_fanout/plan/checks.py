@@ -39,6 +39,9 @@ CONFIG_FIELDS = (
     "max_concurrency",
     "requests_per_minute",
     "tokens_per_minute",
+    "model",
+    "max_tokens",
+    "temperature",
 )
 LIMIT_FIELDS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
 """The config fields that set the endpoint's limits (see :mod:`prefect_fanout.limits`)."""
@@ -350,7 +353,16 @@ def _check_config(value: Any, problems: _Problems) -> dict[str, Any]:
             elif not math.isfinite(item) or item <= 0:
                 message = f"timeout_seconds must be a positive number of seconds, got {item}"
                 problems.add("config", message, where)
-        elif key in ("trace_dir", "endpoint", "synthesize"):
+        elif key == "max_tokens":
+            if item is not None and (not isinstance(item, int) or isinstance(item, bool)):
+                problems.add("config", f"max_tokens must be an integer, got {item!r}", where)
+            elif item is not None and item < 1:
+                problems.add("config", f"max_tokens must be at least 1, got {item}", where)
+        elif key == "temperature":
+            if item is not None and (not _is_number(item) or not 0 <= item <= 2):
+                message = f"temperature must be a number from 0 to 2, got {item!r}"
+                problems.add("config", message, where)
+        elif key in ("trace_dir", "endpoint", "synthesize", "model"):
             if item is not None and (not isinstance(item, str) or not item.strip()):
                 message = f"{key} must be a non-empty string or null, got {item!r}"
                 problems.add("config", message, where)

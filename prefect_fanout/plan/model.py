@@ -152,6 +152,9 @@ class PlanConfig(BaseModel):
             processes; overrides the endpoint's (``--max-concurrency`` overrides this).
         requests_per_minute: Requests per minute to the endpoint (``--rpm`` overrides).
         tokens_per_minute: Tokens per minute to the endpoint (``--tpm`` overrides).
+        model: A model for every agent of the plan (``--model`` overrides).
+        max_tokens: A completion budget for every agent (``--max-tokens`` overrides).
+        temperature: A sampling temperature for every agent (``--temperature`` overrides).
 
     """
 
@@ -167,6 +170,9 @@ class PlanConfig(BaseModel):
     max_concurrency: int | None = Field(default=None, gt=0)
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    model: str | None = Field(default=None, min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
 
     def limits(self) -> dict[str, int]:
         """The endpoint limits the plan sets (unset ones left out)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["unquoted"]
+__all__ = ["UnquotedSubmit", "unquoted"]
 
 
 def unquoted(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -21,3 +22,22 @@ def unquoted(parameters: dict[str, Any]) -> dict[str, Any]:
         name: value.unwrap() if isinstance(value, BaseAnnotation) else value
         for name, value in parameters.items()
     }
+
+
+class UnquotedSubmit:
+    """A task-runner mixin that submits task runs with their ``quote`` parameters unwrapped.
+
+    Put it before a remote runner (``DaskTaskRunner``, ``RayTaskRunner``) in the bases.
+    """
+
+    def submit(
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[Any] | None = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> Any:
+        """Submit a task run, its top-level ``quote`` parameters unwrapped."""
+        return super().submit(  # type: ignore[misc]
+            task, unquoted(parameters), wait_for=wait_for, dependencies=dependencies
+        )

@@ -1,32 +1,17 @@
 """The Ray task runner of ``--task-runner ray`` (imported only when Ray is chosen).
 
 ``prefect-ray``'s ``RayTaskRunner``, sending quoted parameters unwrapped
-(see :func:`prefect_fanout.runners.unquoted`).
+(see :class:`prefect_fanout.runners.quoting.UnquotedSubmit`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from prefect_ray import RayTaskRunner
 
-from prefect_fanout.runners.quoting import unquoted
+from prefect_fanout.runners.quoting import UnquotedSubmit
 
 __all__ = ["FanoutRayTaskRunner"]
 
 
-class FanoutRayTaskRunner(RayTaskRunner):
+class FanoutRayTaskRunner(UnquotedSubmit, RayTaskRunner):
     """``RayTaskRunner`` that sends quoted parameters to workers unwrapped."""
-
-    def submit(  # type: ignore[override]
-        self,
-        task: Any,
-        parameters: dict[str, Any],
-        wait_for: Iterable[Any] | None = None,
-        dependencies: dict[str, Any] | None = None,
-    ) -> Any:
-        """Submit a task run, its top-level ``quote`` parameters unwrapped."""
-        return super().submit(
-            task, unquoted(parameters), wait_for=wait_for, dependencies=dependencies
-        )

@@ -1,0 +1,93 @@
+"""The one path from a shape to a call: build the request, pick its transport, submit or reuse.
+
+Every shape (the map stage, the classifier, the tree reduce, the dispatcher and its acceptance
+loop, the patterns) reaches the agent-call task through a :class:`CallPath`, made once per run
+with the run's resolver and cache settings. It never asks which transport answers a model:
+the resolver does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Prompt, Resolver
+from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.window import Submitted
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.options import CacheOptions, RunOptions
+
+__all__ = ["CallPath"]
+
+
+class CallPath:
+    """How one run's calls are made: its resolver, its cache settings, one way to submit.
+
+    Args:
+        resolver: The run's resolver (agents, models, endpoint and transports, each once).
+        cache: The cache settings of every call; None takes the resolver's options'.
+    """
+
+    def __init__(self, resolver: Resolver, cache: CacheOptions | None = None) -> None:
+        self.resolver = resolver
+        self.cache = cache or resolver.options.cache_options()
+
+    @classmethod
+    def of(
+        cls, options: RunOptions | None = None, agents: Mapping[str, AgentProfile] | None = None
+    ) -> CallPath:
+        """A path with a new resolver for ``options`` and the run's own ``agents``."""
+        return cls(Resolver(options, agents=agents))
+
+    @property
+    def options(self) -> RunOptions:
+        """The run's options."""
+        return self.resolver.options
+
+    def request(
+        self,
+        prompt: Prompt,
+        *,
+        agent: str | AgentProfile,
+        item_id: str | None = None,
+        tags: Iterable[str] = (),
+        variables: Mapping[str, Any] | None = None,
+        system: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> CallRequest:
+        """The fully resolved request of one call (see :meth:`Resolver.request`)."""
+        return self.resolver.request(
+            prompt,
+            agent=agent,
+            item_id=item_id,
+            tags=tags,
+            variables=variables,
+            system=system,
+            timeout_seconds=timeout_seconds,
+        )
+
+    def submit(
+        self,
+        request: CallRequest,
+        *,
+        context: Mapping[str, Any] | None = None,
+        answered: CallRequest | None = None,
+        run_name: str | None = None,
+    ) -> Submitted:
+        """The call's stored answer, or the call submitted as an agent-call task run.
+
+        Args:
+            request: The call's request, before upstream context.
+            context: Upstream results or futures by id.
+            answered: The request with its context applied, when the caller has it.
+            run_name: The task run's name, instead of ``agent:item``.
+        """
+        return submit_or_reuse(
+            request,
+            context=context,
+            transport=self.resolver.transport(request.model),
+            cache=self.cache,
+            answered=answered,
+            run_name=run_name,
+        )

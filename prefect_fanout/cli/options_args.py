@@ -1,0 +1,157 @@
+"""The run-option flags every command shares, and the one :class:`RunOptions` a command builds.
+
+Each command adds the flags that apply to it (:func:`add_run_option_arguments`) and builds
+its run's options once, with :func:`run_options`: the flags given, over the options file of
+``--options FILE`` (options as they would be passed in Python; see README's "Run options"
+table). A flag left out is unset, never a default, so it does not hide a lower layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect_fanout.cli.argtypes import add_sampling_arguments, positive_float, positive_int
+from prefect_fanout.cli.limit_args import add_limit_arguments
+from prefect_fanout.cli.runner_args import add_runner_arguments
+from prefect_fanout.errors import ConfigurationError
+
+__all__ = ["add_run_option_arguments", "run_options"]
+
+
+def add_run_option_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    workers_help: str,
+    runner: bool = True,
+    dispatch: bool = False,
+    no_cache: bool = True,
+) -> None:
+    """Add the run-option flags to a command's parser.
+
+    Args:
+        parser: The command's parser.
+        workers_help: The help of ``--max-workers`` (its default differs by command).
+        runner: Add ``--task-runner``, ``--dask-address`` and ``--ray-address``.
+        dispatch: Add ``--failure-policy`` and ``--trace-dir``.
+        no_cache: Add ``--no-cache`` beside ``--refresh``.
+    """
+    parser.add_argument(
+        "--options",
+        metavar="FILE",
+        help="a JSON or YAML file of run options (the fields of RunOptions); flags win over it",
+    )
+    parser.add_argument("--model", help="model for every agent ('test' runs offline)")
+    parser.add_argument("--endpoint", metavar="BLOCK", help="name of a saved LLMEndpoint block")
+    if workers_help:
+        parser.add_argument("--max-workers", type=positive_int, metavar="N", help=workers_help)
+    if dispatch:
+        from prefect_fanout.plan.policies import FAILURE_POLICIES
+
+        parser.add_argument(
+            "--failure-policy", choices=FAILURE_POLICIES, help="what a failure does"
+        )
+        parser.add_argument("--trace-dir", help="write trace files here")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="deadline of each HTTP request (default: the endpoint's, then the agent's)",
+    )
+    add_sampling_arguments(parser)
+    add_limit_arguments(parser)
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
+    if no_cache:
+        cache.add_argument(
+            "--no-cache", action="store_true", help="neither read nor write the cache"
+        )
+    if runner:
+        add_runner_arguments(parser)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-option flags given, by RunOptions field name."""
+    cache = None
+    if getattr(args, "no_cache", False):
+        cache = "off"
+    elif getattr(args, "refresh", False):
+        cache = "refresh"
+    names = {
+        "model": "model",
+        "endpoint": "endpoint",
+        "max_workers": "max_workers",
+        "failure_policy": "failure_policy",
+        "trace_dir": "trace_dir",
+        "timeout_seconds": "timeout",
+        "max_tokens": "max_tokens",
+        "temperature": "temperature",
+        "max_concurrency": "max_concurrency",
+        "requests_per_minute": "rpm",
+        "tokens_per_minute": "tpm",
+        "task_runner": "task_runner",
+        "dask_address": "dask_address",
+        "ray_address": "ray_address",
+    }
+    flags = {field: getattr(args, attr, None) for field, attr in names.items()}
+    flags["cache"] = cache
+    return {field: value for field, value in flags.items() if value is not None}
+
+
+def _options_file(path: str) -> dict[str, Any]:
+    """The options in ``--options FILE`` (JSON, or YAML by extension).
+
+    Raises:
+        ConfigurationError: The file cannot be read or is not an object of options.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"--options {path}: {exc.strerror or exc}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--options {path}: not valid JSON/YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"--options {path}: expected an object of run options")
+    return data
+
+
+def run_options(args: argparse.Namespace) -> Any:
+    """The command's run options: flags over ``--options FILE``, merged once, checked.
+
+    The task runner choice is checked here too (an address nobody answers at, a
+    missing extra), so bad input exits 2 before anything runs.
+
+    Returns:
+        The :class:`~prefect_fanout.options.RunOptions` of the run.
+
+    Raises:
+        ConfigurationError: A bad options file, option value or task runner choice; the
+            message names the flag, the file or the field.
+    """
+    from prefect_fanout.options import merge_options
+
+    from_file = _options_file(args.options) if getattr(args, "options", None) else None
+    try:
+        merged = merge_options(_flags(args), from_file)
+    except ConfigurationError as exc:
+        where = f"--options {args.options}: " if from_file else ""
+        raise ConfigurationError(f"{where}{exc}") from None
+    if hasattr(args, "task_runner"):
+        from prefect_fanout.runners import check_task_runner
+
+        check_task_runner(
+            merged.runner(),
+            dask_address=merged.dask_address,
+            ray_address=merged.ray_address,
+            cli=True,
+        )
+    return merged

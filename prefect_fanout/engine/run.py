@@ -1,0 +1,248 @@
+"""The engine of one run: see :mod:`prefect_fanout.engine`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from prefect.logging import get_run_logger
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel
+
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.call.path import CallPath
+from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.errors import AgentCallError, describe
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.options import RunOptions
+from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.usage import CallRecord
+
+__all__ = ["Agent", "Call", "Engine", "RunStatus", "carried_result", "final_state"]
+
+Agent = str | AgentProfile
+RunStatus = Literal["completed", "partial", "failed"]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+@dataclass
+class Call:
+    """One agent call a shape wants made.
+
+    Attributes:
+        key: The call's id in records and context (``item-3``, ``split:0.1``, ``L1-G2``).
+        agent: The agent's name or profile.
+        prompt: The user prompt, before upstream results are added.
+        context: Upstream results (or futures) by id, rendered as ``## Upstream results``.
+        tags: Extra tags of the task run.
+        run_name: The task run's name, instead of ``agent:key``.
+    """
+
+    key: str
+    agent: Agent
+    prompt: str
+    context: Mapping[str, Any] | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    run_name: str | None = None
+
+
+def agent_name(agent: Agent) -> str:
+    """An agent's name, for records."""
+    return agent.name if isinstance(agent, AgentProfile) else str(agent)
+
+
+def final_state(status: RunStatus, message: str, data: Any) -> State[Any]:
+    """A flow run's final state: ``Completed``, ``Completed`` named ``Partial``, or ``Failed``.
+
+    The result is the state's data in every case, so ``state.result(raise_on_failure=False)``
+    returns it even for a failed run.
+    """
+    if status == "completed":
+        return Completed(message=message, data=data)
+    if status == "partial":
+        return Completed(name="Partial", message=message, data=data)
+    return Failed(message=message, data=data)
+
+
+def carried_result(state: State[Any], kind: type[ResultT], what: str) -> ResultT:
+    """The result a shape's final state carries (see :func:`final_state`), even when failed.
+
+    Args:
+        state: The flow run's final state.
+        kind: The result's model (``DispatchResult``, ``PatternResult``).
+        what: The flow's description for the error (``the dispatch flow``).
+
+    Raises:
+        Exception: The run failed before producing a result (its own error is re-raised).
+    """
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, kind):
+        return data
+    if isinstance(data, Mapping):
+        return kind.model_validate(data)
+    if isinstance(data, BaseException):
+        raise data
+    raise RuntimeError(f"{what} ended {state.name} without a result: {state.message}")
+
+
+class Engine:
+    """Runs one run's calls: a window of at most ``max_workers``, records, the failure policy.
+
+    Args:
+        name: The shape's name in logs and artifacts (``dispatch``, ``fan-out``, ``tree``).
+        path: The run's call path (its resolver and cache settings).
+        default_workers: ``max_workers`` when the options do not set it.
+        tag: A tag on every task run of the shape (``fanout:pattern``).
+        window: A window to share with the rest of a run (a map's reduce uses the map's);
+            a new one of ``max_workers`` by default.
+        logger: Where the run logs; the flow run's logger by default.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: CallPath,
+        *,
+        default_workers: int,
+        tag: str | None = None,
+        window: CallWindow[str] | None = None,
+        logger: Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.workers = path.options.workers(default_workers)
+        self.failure_policy = path.options.policy()
+        self.tag = tag
+        self.window: CallWindow[str] = window or CallWindow(self.workers)
+        self.records: list[CallRecord] = []
+        self.requests: dict[str, CallRequest] = {}
+        self.stopped_by: str | None = None
+        self.started = time.monotonic()
+        self.logger: Logger = logger or get_run_logger()
+
+    @property
+    def options(self) -> RunOptions:
+        """The run's merged options."""
+        return self.path.options
+
+    @property
+    def resolver(self) -> Any:
+        """The run's resolver."""
+        return self.path.resolver
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``all_or_nothing`` met a failure: no new call is made."""
+        return self.stopped_by is not None
+
+    def check(self, agents: Iterable[Agent]) -> None:
+        """Resolve every agent (and the endpoint when a model needs one) before any call.
+
+        Raises:
+            ConfigurationError: An agent is unknown or no endpoint is configured.
+        """
+        self.resolver.check(agents)
+
+    def failed(self, what: str) -> None:
+        """A call or step failed: under ``all_or_nothing`` the run stops starting new calls."""
+        if self.failure_policy == "all_or_nothing" and self.stopped_by is None:
+            self.stopped_by = what
+
+    # ------------------------------------------------------------------ calls
+
+    def submitter(self, call: Call) -> Callable[[], Submitted]:
+        """What submits ``call`` when the window has room (its request is built then)."""
+        return partial(self._submit, call)
+
+    def _submit(self, call: Call) -> Submitted:
+        tags = (self.tag, *call.tags) if self.tag else call.tags
+        request = self.path.request(call.prompt, agent=call.agent, item_id=call.key, tags=tags)
+        self.requests[call.key] = request
+        return self.path.submit(request, context=call.context, run_name=call.run_name)
+
+    def stream(self, calls: Iterable[Call]) -> Iterator[CallOutcome[str]]:
+        """Make the calls (at most ``max_workers`` in flight); yield outcomes as they finish.
+
+        Nothing is recorded and no policy applied: for shapes that keep their own books.
+        """
+        yield from self.window.run((call.key, self.submitter(call)) for call in calls)
+
+    def run_calls(self, calls: Iterable[Call]) -> dict[str, CallOutcome[str]]:
+        """Make the calls, record each, apply the failure policy; the outcomes by key.
+
+        Calls not yet submitted when ``all_or_nothing`` meets a failure are recorded as
+        ``skipped`` and have no outcome.
+        """
+        outcomes: dict[str, CallOutcome[str]] = {}
+        for outcome in self.window.run(self._entries(calls)):
+            outcomes[outcome.key] = outcome
+            self.record(outcome)
+        return outcomes
+
+    def _entries(self, calls: Iterable[Call]) -> Iterator[tuple[str, Any]]:
+        for call in calls:
+            if self.stopped:
+                self.skip(call.key, call.agent, f"not started: {self.stopped_by} failed")
+                continue
+            yield call.key, self.submitter(call)
+
+    # ---------------------------------------------------------------- records
+
+    def record(self, outcome: CallOutcome[str]) -> None:
+        """Record a finished call; a failure is logged and may stop the run."""
+        request = self.requests.get(outcome.key)
+        if outcome.result is not None:
+            self.records.append(CallRecord.from_result(outcome.key, outcome.result))
+            return
+        error = outcome.error
+        self.records.append(
+            CallRecord(
+                id=outcome.key,
+                agent=request.agent if request else "?",
+                model=request.model if request else None,
+                status="failed",
+                attempts=error.attempts if isinstance(error, AgentCallError) else 0,
+                error=describe(error),
+            )
+        )
+        self.logger.error("%s call %r failed: %s", self.name, outcome.key, describe(error))
+        self.failed(f"call {outcome.key!r}")
+
+    def skip(self, key: str, agent: Agent, reason: str) -> None:
+        """Record a call that will not be made."""
+        self.records.append(
+            CallRecord(id=key, agent=agent_name(agent), status="skipped", error=reason)
+        )
+
+    def fail(self, key: str, agent: Agent, error: str) -> None:
+        """Record a step that failed without a call (e.g. a ``split`` function that raised)."""
+        self.records.append(
+            CallRecord(id=key, agent=agent_name(agent), status="failed", error=error)
+        )
+        self.failed(f"step {key!r}")
+
+    # ----------------------------------------------------------------- the end
+
+    def publish(
+        self,
+        title: str,
+        records: list[CallRecord],
+        extra: Mapping[str, object],
+        links: Mapping[str, Path] | None = None,
+    ) -> None:
+        """Publish the run's artifacts (best effort: the result is what counts)."""
+        try:
+            publish_run_artifacts(self.name, title, records, dict(extra), links=dict(links or {}))
+        except Exception as exc:  # artifacts are informative
+            self.logger.warning("could not publish the run's artifacts: %s", exc)
+
+    def end(self, status: RunStatus, message: str, data: Any) -> State[Any]:
+        """Log the run's end and return the flow run's final state carrying ``data``."""
+        self.logger.info("%s %s: %s", self.name, status, message)
+        return final_state(status, message, data)
