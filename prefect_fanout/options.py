@@ -75,11 +75,6 @@ class CacheOptions:
     expiration: timedelta | None = None
     result_storage: Any = None
 
-    @field_validator("trace_dir", mode="before")
-    @classmethod
-    def _path_as_text(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
     @classmethod
     def of(cls, value: CacheOptions | CacheMode | str | None) -> CacheOptions:
         """Options from options, a mode or a mode name (``None`` is ``on``).
@@ -150,6 +145,11 @@ class RunOptions(BaseModel):
     dask_address: str | None = None
     ray_address: str | None = None
     trace_dir: str | None = None
+
+    @field_validator("trace_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @classmethod
     def of(cls, value: RunOptions | Mapping[str, Any] | None) -> RunOptions:

@@ -19,14 +19,8 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
+from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.result import AgentResult
-
-
-def add_costs(total: float | None, cost: float | None) -> float | None:
-    """Add a cost to a total; unknown (None) stays unknown."""
-    if total is None or cost is None:
-        return None
-    return round(total + cost, 10)
 
 
 class Usage(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from prefect_fanout import AgentProfile, LLMEndpoint, call_agent
 from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
 from prefect_fanout.errors import NonRetryableAPIError
-from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
+from prefect_fanout.options import CacheMode, RunOptions
 from tests.fakeopenai import Error, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -218,17 +218,9 @@ def test_an_expired_answer_is_asked_again(fake_openai):
     @flow
     def twice(expiration: timedelta):
         ep = endpoint(fake_openai)
-        options = CacheOptions(expiration=expiration)
-        first = call_agent(
-            prompt,
-            agent=profile(),
-            options=RunOptions(endpoint=ep, model="gpt-4o-mini", cache=options),
-        )
-        second = call_agent(
-            prompt,
-            agent=profile(),
-            options=RunOptions(endpoint=ep, model="gpt-4o-mini", cache=options),
-        )
+        options = RunOptions(endpoint=ep, model="gpt-4o-mini", cache_expiration=expiration)
+        first = call_agent(prompt, agent=profile(), options=options)
+        second = call_agent(prompt, agent=profile(), options=options)
         return first, second
 
     _, second = twice(timedelta(microseconds=1))

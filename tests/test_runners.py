@@ -28,7 +28,8 @@ from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.model import Plan
-from prefect_fanout.runners import check_task_runner, dask_cluster_kwargs
+from prefect_fanout.runners import check_task_runner
+from prefect_fanout.runners.choice import dask_cluster_kwargs
 from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 

@@ -32,8 +32,8 @@ from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import (
     DEFAULT_MODEL,
-    OPENAI_BASE_URL,
     LLMEndpoint,
+    is_openai,
     resolve_endpoint,
 )
 from prefect_fanout.llm.request import CallRequest
@@ -143,7 +143,7 @@ class Resolver:
         Raises:
             ConfigurationError: The server lists several models.
         """
-        if endpoint.base_url.rstrip("/") == OPENAI_BASE_URL:
+        if is_openai(endpoint.base_url):
             return None
         with self._lock:
             if self._served_model is None:
@@ -257,7 +257,7 @@ answers a few requests at a time and queues the rest, and the wait in its queue 
 def _timeout(profile: AgentProfile, endpoint: LLMEndpoint | None) -> float:
     """The profile's timeout, or :data:`LOCAL_TIMEOUT_SECONDS` for a local server when unset."""
     explicit = "timeout_seconds" in profile.model_fields_set
-    local = endpoint is not None and endpoint.base_url.rstrip("/") != OPENAI_BASE_URL
+    local = endpoint is not None and not is_openai(endpoint.base_url)
     return LOCAL_TIMEOUT_SECONDS if local and not explicit else profile.timeout_seconds
 
 

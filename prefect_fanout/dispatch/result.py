@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
-from prefect_fanout.usage import CallRecord, Ledger, Usage, add_costs
+from prefect_fanout.llm.pricing import add_costs
+from prefect_fanout.usage import CallRecord, Ledger, Usage
 
 DISPATCH_TAG = "fanout:dispatch"
 """The tag on every task run a dispatch makes."""

@@ -8,11 +8,12 @@ from typing import Any
 from prefect.futures import PrefectFuture
 
 from prefect_fanout.dispatch.result import Acceptance, TaskOutcome, Verdict
+from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.plan.model import TaskSpec
 from prefect_fanout.ui.traces import iso
-from prefect_fanout.usage import Usage, add_costs
+from prefect_fanout.usage import Usage
 
 
 @dataclass

@@ -19,6 +19,12 @@ DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 
+
+def is_openai(base_url: str) -> bool:
+    """True when ``base_url`` is OpenAI's own API (not a compatible server elsewhere)."""
+    return base_url.rstrip("/") == OPENAI_BASE_URL
+
+
 #: Placeholder key for OpenAI-compatible servers that need none (Ollama, vLLM, ...).
 NO_KEY = "not-needed"
 

@@ -17,9 +17,10 @@ import jsonschema
 from pydantic import ValidationError
 
 from prefect_fanout.errors import AgentCallError, OutputValidationError, TruncatedOutputError
-from prefect_fanout.llm.pricing import cost_usd
+from prefect_fanout.llm.pricing import add_costs, cost_usd
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.llm.testmodel import is_offline
 from prefect_fanout.llm.transport import Transport
 
 
@@ -173,7 +174,7 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         attempts=attempts,
         cache_key=request.cache_key(),
         limit_wait_s=round(waited, 6),
-        endpoint=None if request.base_url.startswith("test://") else request.base_url,
+        endpoint=None if is_offline(request.base_url) else request.base_url,
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
     logger.info(
@@ -189,13 +190,6 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
     )
     logger.debug("[%s] prompt=%r answer=%r", request.label, request.prompt, raw)
     return result
-
-
-def add_costs(total: float | None, cost: float | None) -> float | None:
-    """Add a cost to a total; unknown (None) stays unknown."""
-    if total is None or cost is None:
-        return None
-    return round(total + cost, 10)
 
 
 def _short_error(exc: Exception) -> str:

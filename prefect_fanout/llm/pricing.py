@@ -10,8 +10,10 @@ override the table.
 
 from __future__ import annotations
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-TABLE_BASE_URLS = frozenset({OPENAI_BASE_URL, "test://offline"})
+from prefect_fanout.llm.endpoints import OPENAI_BASE_URL
+from prefect_fanout.llm.testmodel import TEST_BASE_URL
+
+TABLE_BASE_URLS = frozenset({OPENAI_BASE_URL, TEST_BASE_URL})
 """Base URLs whose calls the price table prices (OpenAI's, and the offline ``test`` model)."""
 
 
@@ -85,3 +87,10 @@ def cost_usd(
         input_price = table[0] if input_price is None else input_price
         output_price = table[1] if output_price is None else output_price
     return round((prompt_tokens * input_price + completion_tokens * output_price) / 1e6, 10)
+
+
+def add_costs(total: float | None, cost: float | None) -> float | None:
+    """Add a cost to a total; unknown (None) stays unknown."""
+    if total is None or cost is None:
+        return None
+    return round(total + cost, 10)

@@ -13,6 +13,17 @@ from typing import Any
 
 from prefect_fanout.llm.request import CallRequest
 
+TEST_MODEL = "test"
+"""The model name of the built-in offline model."""
+
+TEST_BASE_URL = "test://offline"
+"""The base URL recorded (and keyed) for calls answered by the ``test`` model."""
+
+
+def is_offline(base_url: str | None) -> bool:
+    """True when ``base_url`` is the offline ``test`` model's (no server, no endpoint)."""
+    return bool(base_url) and str(base_url).startswith("test://")
+
 
 def count_tokens(text: str) -> int:
     """A rough token count: whitespace-separated words (at least 1 for non-empty text)."""

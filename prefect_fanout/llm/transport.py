@@ -29,7 +29,7 @@ import openai
 from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
 from prefect_fanout.limits.hook import WaitClock, limited
 from prefect_fanout.llm import testmodel
-from prefect_fanout.llm.endpoints import OPENAI_BASE_URL, LLMEndpoint
+from prefect_fanout.llm.endpoints import LLMEndpoint, is_openai
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.retry import (
     call_with_retries,
@@ -40,11 +40,8 @@ from prefect_fanout.llm.styles import STRUCTURED_STYLES
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-TEST_MODEL = "test"
-"""The model name of the built-in offline model."""
-
-TEST_BASE_URL = "test://offline"
-"""The base URL recorded (and keyed) for calls answered by the ``test`` model."""
+TEST_MODEL = testmodel.TEST_MODEL
+TEST_BASE_URL = testmodel.TEST_BASE_URL
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,7 @@ def _needs_probe(request: CallRequest, base_url: str) -> bool:
     """
     if request.output_schema is None or (request.structured_output or "auto") != "auto":
         return False
-    return base_url.rstrip("/") != OPENAI_BASE_URL and learned_style(base_url) is None
+    return not is_openai(base_url) and learned_style(base_url) is None
 
 
 def styles_to_try(request: CallRequest, base_url: str) -> tuple[str | None, ...]:

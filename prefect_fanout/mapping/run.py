@@ -33,6 +33,7 @@ from prefect_fanout.engine.run import Engine
 from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
 from prefect_fanout.llm.request import output_as_text
+from prefect_fanout.llm.testmodel import is_offline
 from prefect_fanout.mapping.classify import classify_items
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import MapJob
@@ -80,7 +81,7 @@ def _record(
     record = CallRecord.from_error(
         item.id, request.agent, request.model, done.error, status, error, partition=key
     )
-    endpoint = None if request.base_url.startswith("test://") else request.base_url
+    endpoint = None if is_offline(request.base_url) else request.base_url
     return record.model_copy(update={"endpoint": endpoint})
 
 
