@@ -215,6 +215,13 @@ _checked_plan: contextvars.ContextVar[tuple[Plan, Resolver] | None] = contextvar
 )
 
 
+def _checked_resolver(plan: Plan) -> Resolver | None:
+    # A function, not inline in dispatch_flow: the flow object travels to Dask and Ray
+    # workers in the run's context, and its body must not reference the ContextVar itself.
+    handed = _checked_plan.get()
+    return handed[1] if handed is not None and handed[0] is plan else None
+
+
 @flow(name="fanout-dispatch", log_prints=False, validate_parameters=True)
 def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
@@ -236,11 +243,7 @@ def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
         The final state, carrying the :class:`DispatchResult`.
     """
     loaded = load_dispatch_plan(plan) if isinstance(plan, str) else plan
-    handed = _checked_plan.get()
-    if handed is not None and handed[0] is loaded:
-        resolver = handed[1]
-    else:
-        resolver = check_plan(loaded, options)
+    resolver = _checked_resolver(loaded) or check_plan(loaded, options)
     merged = resolver.options
     with _on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
         outcome = run_plan(loaded, resolver=resolver)

@@ -314,13 +314,13 @@ def test_bad_inputs_are_found_before_any_call(tmp_path: Path) -> None:
             output_dir=tmp_path / "o",
             options=RunOptions(model="test"),
         )
-    with pytest.raises(ConfigurationError, match="max-workers"):
+    with pytest.raises(ConfigurationError, match="max_workers"):
         prepare_map(
             source,
             agent="default",
             partition="count:1",
             output_dir=tmp_path / "o",
-            options=RunOptions(model="test", max_workers=0),
+            options={"model": "test", "max_workers": 0},
         )
 
 
@@ -445,7 +445,7 @@ def test_a_cached_rerun_reads_stored_answers_without_task_runs_and_lists_them_as
         "agent": "default",
         "partition": "count:1",
         "output_dir": tmp_path / "out",
-        "endpoint": endpoint_for(fake_openai),
+        "options": RunOptions(endpoint=endpoint_for(fake_openai)),
     }
     first = map_corpus(source, **options)
     second = map_corpus(source, **options)

@@ -341,7 +341,8 @@ def test_two_distinct_cycles_are_both_reported() -> None:
             "config.max_worker",
             "unknown config key 'max_worker' (did you mean 'max_workers'?); valid keys: "
             "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize, "
-            "max_revisions, max_concurrency, requests_per_minute, tokens_per_minute",
+            "max_revisions, max_concurrency, requests_per_minute, tokens_per_minute, model, "
+            "max_tokens, temperature",
         ),
         (
             {"requests_per_minute": 0},

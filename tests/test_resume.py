@@ -132,7 +132,7 @@ def test_rerun_is_served_entirely_from_the_cache(
         "output_dir": out,
         "reduce": "default",
         "reduce_budget": 60,
-        "endpoint": LLMEndpoint(base_url=fake_openai.base_url, api_key="k"),
+        "options": RunOptions(endpoint=LLMEndpoint(base_url=fake_openai.base_url, api_key="k")),
     }
     first = map_corpus(source, **options)
     assert first.ok and first.cached == 0 and first.reduce is not None
@@ -151,7 +151,8 @@ def test_rerun_is_served_entirely_from_the_cache(
         partitions_after_first
     )
 
-    third = map_corpus(source, **{**options, "refresh": True, "reduce": None})
+    refresh = options["options"].model_copy(update={"cache": "refresh"})
+    third = map_corpus(source, **{**options, "options": refresh, "reduce": None})
     assert fake_openai.total == requests_after_first + 24  # --refresh asks again
     assert third.cached == 0
     assert not (out / "reduce.json").exists()  # no longer part of this run's outputs
@@ -167,7 +168,7 @@ def test_rerun_after_a_failed_item_asks_only_for_that_item(
         "agent": "default",
         "partition": "count:2",
         "output_dir": tmp_path / "out",
-        "endpoint": LLMEndpoint(base_url=fake_openai.base_url, api_key="k"),
+        "options": RunOptions(endpoint=LLMEndpoint(base_url=fake_openai.base_url, api_key="k")),
     }
     fake_openai.script(f"{run} item-2.", Error(400, "bad luck"))
     first = map_corpus(source, **options)
@@ -194,7 +195,7 @@ def test_rerun_after_a_dead_lettered_partition_writes_it_from_the_cache(
         "agent": "default",
         "partition": "count:2",
         "output_dir": out,
-        "endpoint": LLMEndpoint(base_url=fake_openai.base_url, api_key="k"),
+        "options": RunOptions(endpoint=LLMEndpoint(base_url=fake_openai.base_url, api_key="k")),
         "partition_retries": 1,
         "partition_retry_delay": 0.01,
     }

@@ -188,26 +188,28 @@ def test_map_on_worker_processes_matches_the_thread_runner(
     run = tag()
     records = [{"id": f"{run}-{n:02d}", "text": f"{run} item {n}"} for n in range(12)]
     source = write_corpus(tmp_path / "items.jsonl", records)
-    options: dict[str, Any] = {
-        "agent": "default",
-        "partition": "count:3",
-        "endpoint": endpoint,
-        "max_workers": 4,
-    }
+    base = RunOptions(endpoint=endpoint, max_workers=4)
+    options: dict[str, Any] = {"agent": "default", "partition": "count:3"}
 
     on_dask = map_corpus(
-        source, output_dir=tmp_path / "dask", options=RunOptions(task_runner=runner), **options
+        source,
+        output_dir=tmp_path / "dask",
+        options=base.model_copy(update={"task_runner": runner}),
+        **options,
     )
     assert (on_dask.total, on_dask.completed, on_dask.failed) == (12, 12, 0)
     assert on_dask.cached == 0 and fake_openai.count(run) == 12
     assert len(list((tmp_path / "dask" / "partitions").glob("partition-*.jsonl"))) == 3
 
     # The workers stored every answer where the flow's process finds it: all cached.
-    cached = map_corpus(source, output_dir=tmp_path / "cached", **options)
+    cached = map_corpus(source, output_dir=tmp_path / "cached", options=base, **options)
     assert cached.cached == 12 and fake_openai.count(run) == 12
 
     on_threads = map_corpus(
-        source, output_dir=tmp_path / "thread", options=RunOptions(cache="refresh"), **options
+        source,
+        output_dir=tmp_path / "thread",
+        options=base.model_copy(update={"cache": "refresh"}),
+        **options,
     )
     assert on_threads.completed == 12 and fake_openai.count(run) == 24
     parts = sorted(p.name for p in (tmp_path / "dask" / "partitions").iterdir())

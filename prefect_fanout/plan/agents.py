@@ -50,14 +50,17 @@ def profile_from_plan(name: str, fields: Mapping[str, Any]) -> AgentProfile:
 
 
 def plan_profiles(plan: Plan) -> dict[str, AgentProfile]:
-    """The profiles defined by a plan's ``agents`` section, by name."""
-    return {name: profile_from_plan(name, fields) for name, fields in plan.agents.items()}
+    """The profiles of a plan's ``agents`` section, and the saved blocks its validation loaded."""
+    own = {name: profile_from_plan(name, fields) for name, fields in plan.agents.items()}
+    return {**plan._saved_profiles, **own}
 
 
-def _saved_profile_exists(name: str, cache: dict[str, bool]) -> bool:
+def _saved_profile_exists(
+    name: str, cache: dict[str, bool], loaded: dict[str, AgentProfile]
+) -> bool:
     if name not in cache:
         try:
-            resolve_agent(name)
+            loaded[name] = resolve_agent(name)
             cache[name] = True
         except ConfigurationError:
             cache[name] = False
@@ -127,11 +130,12 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>") -> Plan:
     if isinstance(names_from, dict) and isinstance(names_from.get("agents"), dict):
         plan_agents = {k for k, v in names_from["agents"].items() if isinstance(v, dict)}
     lookups: dict[str, bool] = {}
+    loaded: dict[str, AgentProfile] = {}
 
     def is_known(name: str) -> bool:
         if name in builtins or name in plan_agents:
             return True
-        return _saved_profile_exists(name, lookups)
+        return _saved_profile_exists(name, lookups, loaded)
 
     saved = {name for name in _task_agent_names(names_from) if is_known(name)} - plan_agents
     listed = ", ".join(sorted(builtins | plan_agents | {k for k, v in lookups.items() if v}))
@@ -140,7 +144,9 @@ def validate_dispatch_data(raw: Any, *, source: str = "<plan>") -> Plan:
         return _profile_problems(name, fields, is_known, listed)
 
     known = builtins | saved
-    return validate_plan(raw, source=source, known_agents=known, check_agent=check_agent)
+    plan = validate_plan(raw, source=source, known_agents=known, check_agent=check_agent)
+    plan._saved_profiles.update(loaded)  # the run's resolver reads each block once, here
+    return plan
 
 
 def _task_agent_names(raw: Any) -> set[str]:

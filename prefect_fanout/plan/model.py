@@ -38,6 +38,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
@@ -206,6 +207,9 @@ class Plan(BaseModel):
     config: PlanConfig = Field(default_factory=PlanConfig)
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     goal: str | None = None
+    # Saved AgentProfile blocks the plan's validation loaded, by name: the run's resolver
+    # starts with them, so a block is read once per run (see plan/agents.py).
+    _saved_profiles: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_graph(self) -> Plan:
