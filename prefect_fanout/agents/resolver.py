@@ -44,6 +44,7 @@ from prefect_fanout.call.transport import (
     openai_client,
 )
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.limits.spec import check_completion_budget
 
 Prompt = str | list[dict[str, str]]
 
@@ -163,7 +164,10 @@ class Resolver:
                 none is configured.
         """
         for agent in agents:
-            self.transport(self.model(agent))
+            transport = self.transport(self.model(agent))
+            if isinstance(transport, OpenAITransport):  # a budget over --tpm: exit 2 now
+                max_tokens = self.max_tokens_override or self.agent(agent).max_tokens
+                check_completion_budget(transport.endpoint, max_tokens)
 
     def request(
         self,
