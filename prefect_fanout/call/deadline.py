@@ -1,11 +1,11 @@
 """One deadline per HTTP request: connect, send, headers and the whole body.
 
-httpx's timeouts are per operation: a server that sends its headers and then one
-byte a second never trips a read timeout, so a request with ``timeout=3`` can run
-for ever. :class:`DeadlineTransport` wraps httpx's transport and gives each request
-one deadline, its timeout (the ``read`` value of the request's timeout, which the
-``openai`` client sets from the call's ``timeout_seconds``), counted from when the
-request is handed to the transport:
+httpx's timeouts (``httpx2``'s, under ``openai`` 3) are per operation: a server
+that sends its headers and then one byte a second never trips a read timeout, so a
+request with ``timeout=3`` can run for ever. :class:`DeadlineTransport` wraps
+httpx's transport and gives each request one deadline, its timeout (the largest
+value of the request's timeout, which the ``openai`` client sets from the call's
+``timeout_seconds``), counted from when the request is handed to the transport:
 
 - the request (connect, send, headers, and every byte of the body) runs on a helper
   thread; the caller waits for it until the deadline and then raises
@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+try:  # the HTTP library the ``openai`` client is built on (``httpx2`` in openai 3)
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - openai 1.x and 2.x use httpx
+    import httpx  # type: ignore[no-redef]
 
 _hooks = threading.local()
 

@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
 import openai
 
 from prefect_fanout.agents.endpoints import OPENAI_BASE_URL, LLMEndpoint
 from prefect_fanout.agents.profiles import STRUCTURED_STYLES
 from prefect_fanout.call import testmodel
-from prefect_fanout.call.deadline import DeadlineTransport, on_status
+from prefect_fanout.call.deadline import DeadlineTransport, httpx, on_status
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.retry import (
     call_with_retries,
