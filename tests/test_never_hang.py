@@ -178,7 +178,7 @@ def test_a_sigkilled_holder_s_slots_come_back_and_the_wait_is_logged(
     key = f"sk-{uuid.uuid4().hex}"
     env = env_for(fake_openai, key, prefect_server, tmp_path / "home")
     held, waiting = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
-    fake_openai.script(held, Hang(600))
+    fake_openai.script(held, Hang(600), Hang(600))
     flags = ("--max-concurrency", "2", "--max-workers", "2")
     holder = start_map(write_items(tmp_path / "a.jsonl", held, 2), tmp_path / "a", env, *flags)
     try:
