@@ -295,3 +295,27 @@ def _fresh_limiters() -> Any:
     forget_limiters()
     yield
     forget_limiters()
+
+
+# ------------------------------------------------------------------ the summary's truth
+
+
+@pytest.mark.server
+@pytest.mark.timeout(400)
+def test_the_summary_s_concurrency_is_what_the_server_saw(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """4 workers, one place in flight: the summary says 1, as the server saw, not the 4
+    calls that were submitted (three of them waiting for the limit)."""
+    fake_openai.default_latency = 0.3
+    run = uuid.uuid4().hex[:8]
+    env = env_for(fake_openai, f"sk-{uuid.uuid4().hex}", prefect_server, tmp_path / "home")
+    source = write_items(tmp_path / "in.jsonl", run, 8)
+    flags = ("--max-workers", "4", "--max-concurrency", "1")
+    process = start_map(source, tmp_path / "out", env, *flags)
+    code, err = finish(process, HANG_SECONDS)
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert fake_openai.max_in_flight == 1
+    assert summary["concurrency_reached"] == 1
+    assert sum(summary["limit_wait_s"].values()) > 0  # the waits are reported apart

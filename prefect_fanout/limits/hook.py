@@ -13,7 +13,10 @@ Once the process is stopping (a signal), no attempt starts a request
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import contextlib
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import openai
@@ -49,6 +52,54 @@ def _refuse_too_big(limiter: EndpointLimiter, tokens: int, max_tokens: int | Non
         )
     except ConfigurationError as exc:
         raise NonRetryableAPIError(str(exc), 0) from None
+
+
+class Peak:
+    """The most HTTP requests this process had on their way at once, since it was made.
+
+    Attributes:
+        value: That most.
+    """
+
+    def __init__(self, now: int) -> None:
+        self.value = now
+
+
+class RequestGauge:
+    """HTTP requests of this process on their way to any endpoint (sent, not yet answered).
+
+    This is what "concurrency reached" means in a run's summary: requests at the
+    server, not calls waiting for a limit, a probe or a lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._peaks: weakref.WeakSet[Peak] = weakref.WeakSet()
+
+    def peak(self) -> Peak:
+        """A peak that follows this process's requests from now on."""
+        with self._lock:
+            peak = Peak(self.in_flight)
+            self._peaks.add(peak)
+            return peak
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Count one request while it is on its way."""
+        with self._lock:
+            self.in_flight += 1
+            for peak in self._peaks:
+                peak.value = max(peak.value, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+REQUESTS = RequestGauge()
+"""The process's one :class:`RequestGauge`."""
 
 
 class WaitClock:
@@ -95,7 +146,8 @@ def limited(
             clock.add(permit.waited_s)
             hold_if_stopping()  # a signal while it waited: no new request
             try:
-                body = send()
+                with REQUESTS.sending():
+                    body = send()
             except Exception as exc:
                 _note(limiter, exc)
                 raise
@@ -123,7 +175,8 @@ def alimited(
             clock.add(permit.waited_s)
             await _ahold_if_stopping()
             try:
-                body = await send()
+                with REQUESTS.sending():
+                    body = await send()
             except Exception as exc:
                 _note(limiter, exc)
                 raise
