@@ -204,12 +204,20 @@ class _Probe:
         with self.changed:
             self.changed.notify_all()
 
-    def wait(self, base_url: str) -> None:
-        """Wait until the style is known or no probe runs."""
+    def wait(self, base_url: str, seconds: float) -> bool:
+        """Wait until the style is known or no probe runs (True), or ``seconds`` (False)."""
+        deadline = time.monotonic() + seconds
         with self.changed:
             while self.running and learned_style(base_url) is None:
-                self.changed.wait(1.0)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 1.0))
+            return True
 
+
+PROBE_LOG_SECONDS = 30.0
+"""A call that has waited this long for the probe says so (and again after as long)."""
 
 _probes: dict[str, _Probe] = {}
 
@@ -318,7 +326,15 @@ class OpenAITransport:
                 finally:
                     probe.end()
             began = time.monotonic()
-            probe.wait(self.base_url)
+            while not probe.wait(self.base_url, PROBE_LOG_SECONDS):
+                logger.warning(
+                    "[%s] has waited %.0fs for the structured-output probe of %s (the first "
+                    "structured call, finding the style the server takes); set "
+                    "structured_output on the endpoint or profile to skip the probe",
+                    request.label,
+                    time.monotonic() - began,
+                    self.base_url,
+                )
             clock.add(time.monotonic() - began)
         return self._complete(request, messages, logger, clock)
 
