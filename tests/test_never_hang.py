@@ -135,7 +135,7 @@ def test_a_small_token_limit_runs_or_exits_2_with_a_standalone_server(
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("tpm", [1000, 6300])
+@pytest.mark.parametrize("tpm", [1000, 6300, 6400])
 def test_a_small_token_limit_runs_or_exits_2_with_the_embedded_server(
     fake_openai: FakeOpenAI, tmp_path: Path, tpm: int
 ) -> None:
