@@ -23,6 +23,12 @@ while it waits for a span another process holds (each waiting for the other).
 Both APIs drive the same steps (a generator yielding what to wait for), so the
 state is one, guarded by one lock, whichever API a caller uses. The time from
 asking to getting the permit is the permit's ``waited_s``.
+
+No wait is silent: a caller that has waited
+:data:`~prefect_fanout.limits.server.WAIT_LOG_SECONDS` says in the run's log what it
+waits for (a place in flight, a rate, a span another caller fetches, a 429 pause),
+and again after each further stretch as long; the Prefect server's layer says the
+same of a concurrency slot or a span another process holds.
 """
 
 from __future__ import annotations
