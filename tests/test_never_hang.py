@@ -63,7 +63,9 @@ def env_for(fake: FakeOpenAI, api_key: str, prefect_server: Any | None, home: Pa
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_HOME=str(home),
     )
-    if prefect_server is not None:
+    if prefect_server is None:  # the embedded server: give it time on a loaded machine
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    else:
         env.update(
             PREFECT_API_URL=prefect_server.api_url,
             PREFECT_LOCAL_STORAGE_PATH=str(prefect_server.storage_path),
