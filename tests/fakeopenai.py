@@ -124,7 +124,16 @@ class Malformed:
     latency: float = 0.0
 
 
-Step = Reply | Error | Hang | Malformed
+@dataclass
+class Drip:
+    """Answer 200 at once, then drip the body: one space every `interval` seconds for
+    `seconds`, then a valid completion (so only a deadline on the whole body stops it)."""
+
+    interval: float = 1.0
+    seconds: float = 60.0
+
+
+Step = Reply | Error | Hang | Malformed | Drip
 
 
 @dataclass
@@ -633,6 +642,11 @@ class FakeOpenAI:
                 headers["retry-after-ms"] = _header_number(step.retry_after_ms)
             content = error_body(step.status, step.message, step.code)
             return JSONResponse(content, step.status, headers=headers)
+        if isinstance(step, Drip):
+            text = json.dumps(self._completion(body, Reply(), default_answer(body)))
+            return StreamingResponse(
+                self._drip(step, text, generation), media_type="application/json"
+            )
         if isinstance(step, Malformed):
             await self._pause(step.latency, request, generation)
             broken = '{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{'
@@ -652,6 +666,16 @@ class FakeOpenAI:
             chunks = _stream(completion, bool(options.get("include_usage")))
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         return JSONResponse(completion, headers=headers)
+
+    async def _drip(self, step: Drip, text: str, generation: int) -> AsyncIterator[bytes]:
+        end = time.monotonic() + step.seconds
+        yield b" "
+        while time.monotonic() < end:
+            if self._stopping or self._generation != generation:
+                return
+            await asyncio.sleep(step.interval)
+            yield b" "
+        yield text.encode()
 
     @staticmethod
     def _completion(body: dict[str, Any], reply: Reply, content: str) -> dict[str, Any]:

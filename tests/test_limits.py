@@ -153,7 +153,7 @@ def test_two_processes_share_rpm_and_concurrency_set_on_the_cli(
     assert fake_openai.max_in_flight <= concurrency
 
     key = endpoint_key(fake_openai.base_url, api_key)
-    shared = server_limit(limit_name("rpm", key))
+    shared = server_limit(limit_name("rpm", key, rpm))
     assert shared.slot_decay_per_second == pytest.approx(rpm / 60)
     assert server_limit(limit_name("concurrency", key)).limit == concurrency
 
@@ -292,7 +292,7 @@ def test_limits_set_on_a_block_hold_and_reach_the_server(
     seen = fake_openai.requests(run)
     assert len(seen) == count
     assert most_in_window([r.arrived for r in seen]) <= rpm // 6 + 1
-    shared = server_limit(limit_name("rpm", endpoint_key(fake_openai.base_url, api_key)))
+    shared = server_limit(limit_name("rpm", endpoint_key(fake_openai.base_url, api_key), rpm))
     assert shared.slot_decay_per_second == pytest.approx(rpm / 60)
     assert "## Waiting for capacity" in summary_wait(prefect_server, json.loads(out))
 

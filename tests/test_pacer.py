@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,3 +64,82 @@ def test_a_correction_gives_back_only_the_last_interval() -> None:
     assert bucket.cursor == 24.0  # a later interval exists: nothing moves back
     bucket.correct(14.0, counted=10.0, used=13.0)
     assert bucket.cursor == 27.0  # used more: this process's next requests make up for it
+
+
+# ----------------------------------------------- token rates, requests bigger than a span
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tpm=st.integers(1_000, 10_000_000),
+    asks=st.lists(
+        st.tuples(
+            st.integers(0, 1),  # which process asks
+            st.floats(0.0, 1.0),  # max_tokens, as a share of the limit
+            st.integers(0, 200_000),  # prompt characters
+            st.floats(0.0, 5.0),  # seconds since the process's previous request
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**32),  # the server's order, delays and round trips
+)
+def test_two_processes_hold_any_token_limit_with_requests_of_any_size(
+    tpm: int, asks: list[tuple[int, float, int, float]], seed: int
+) -> None:
+    """The TPM bound over random T, max_tokens and prompt sizes, two processes sharing
+    spans as the Prefect server hands them out: no 10-second window sees more than T/6
+    plus one request's tokens, a request over T is refused before it is sent, and every
+    other request is placed (no run fails to progress)."""
+    from prefect_fanout.errors import ConfigurationError
+    from prefect_fanout.limits.estimate import estimate_tokens
+    from prefect_fanout.limits.server import TPM_SPAN_SECONDS, span_units
+    from prefect_fanout.limits.spec import check_request_fits
+
+    rate = tpm / 60.0
+    units = span_units(tpm, TPM_SPAN_SECONDS)
+    buckets = [Bucket(rate=rate, span_units=units) for _ in range(2)]
+    queues: list[list[tuple[int, float]]] = [[], []]
+    for process, share, chars, pause in asks:
+        max_tokens = max(1, int(share * tpm))
+        tokens = estimate_tokens([{"content": "a" * chars}], max_tokens)
+        try:
+            check_request_fits(tpm, tokens, "test")
+        except ConfigurationError:
+            assert tokens > tpm
+            continue
+        queues[process].append((tokens, pause))
+    clocks = [0.0, 0.0]
+    placed: list[tuple[float, int]] = []
+    server_free = 0.0  # when the last span's slots have decayed, in server time
+    server = random.Random(seed)
+    for _ in range(20 + 10 * len(asks)):  # a request over a span owes at most 5 more
+        owner, delay, trip = server.randint(0, 1), server.uniform(0, 0.5), server.uniform(0, 0.2)
+        wanting = [p for p in (owner, 1 - owner) if queues[p]]
+        if not wanting:
+            break
+        process = wanting[0]
+        asked = max(server_free, clocks[process]) + delay
+        admitted = asked + trip / 2
+        buckets[process].add_span(Span(admitted + trip / 2, asked + units / rate))
+        server_free = admitted + units / rate
+        bucket = buckets[process]
+        while queues[process]:
+            tokens, pause = queues[process][0]
+            duration = bucket.duration(tokens)
+            start = bucket.earliest(clocks[process] + pause, duration)
+            if start is None:
+                break  # this process needs another span
+            assert bucket.fits(start, duration)
+            bucket.take(start, duration)
+            clocks[process] = start
+            placed.append((start, tokens))
+            queues[process].pop(0)
+    assert not queues[0] and not queues[1], "a request was never placed"
+    if not placed:
+        return
+    placed.sort()
+    largest = max(tokens for _, tokens in placed)
+    for i, (first, _) in enumerate(placed):
+        inside = sum(tokens for start, tokens in placed[i:] if start <= first + WINDOW)
+        assert inside <= tpm / 6 + largest + 1e-6

@@ -30,6 +30,7 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
 from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.limits.spec import check_completion_budget
 from prefect_fanout.llm.endpoints import (
     DEFAULT_MODEL,
     LLMEndpoint,
@@ -167,7 +168,10 @@ class Resolver:
                 none is configured.
         """
         for agent in agents:
-            self.transport(self.model(agent))
+            transport = self.transport(self.model(agent))
+            if isinstance(transport, OpenAITransport):  # a budget over --tpm: exit 2 now
+                max_tokens = self.max_tokens_override or self.agent(agent).max_tokens
+                check_completion_budget(transport.endpoint, max_tokens)
 
     def request(
         self,

@@ -26,6 +26,7 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.task import result_from_future
+from prefect_fanout.limits.hook import REQUESTS
 from prefect_fanout.llm.result import AgentResult
 
 __all__ = ["CallOutcome", "CallWindow"]
@@ -67,7 +68,8 @@ class CallWindow(Generic[K]):
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.window = window
-        self.peak = 0
+        self._calls_peak = 0
+        self._requests = REQUESTS.peak()
         self.submitted = 0
         self.in_flight = 0
         self._guard = guard
@@ -75,6 +77,16 @@ class CallWindow(Generic[K]):
         self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
             queue.SimpleQueue()
         )
+
+    @property
+    def peak(self) -> int:
+        """The concurrency reached: the most requests at the server at once.
+
+        Counted from this process's HTTP requests since the window was made; when it
+        sent none (the offline ``test`` model, or calls run in other processes), the
+        most calls in flight at once.
+        """
+        return self._requests.value or self._calls_peak
 
     @property
     def has_room(self) -> bool:
@@ -92,7 +104,7 @@ class CallWindow(Generic[K]):
         submitted = submit()
         self.in_flight += 1
         self.submitted += 1
-        self.peak = max(self.peak, self.in_flight)
+        self._calls_peak = max(self._calls_peak, self.in_flight)
         if isinstance(submitted, AgentResult):
             self._finished.put((key, submitted))
         else:

@@ -3,8 +3,12 @@
 - SIGINT or SIGTERM at any point interrupts the command (a KeyboardInterrupt in the
   main thread, so Prefect marks the flow run Crashed when its API answers) and the
   process exits within :data:`SIGNAL_GRACE_SECONDS` with 130 (SIGINT) or 143 (SIGTERM),
-  whatever is still running; a second signal exits at once. Every answer that
-  finished before the signal is in the cache, so rerunning the command resumes.
+  whatever is still running; a second signal exits at once. From the signal on, no new
+  HTTP request starts (:mod:`prefect_fanout.stopping`: worker threads that would start
+  one are parked), and once the command has printed that it was interrupted the process
+  ends at once (``os._exit``), without the interpreter's teardown, whose joins of busy
+  worker threads printed tracebacks. Every answer that finished before the signal is in
+  the cache, so rerunning the command resumes.
 - After the command has written its outputs and printed its result, Prefect's
   background workers (events, logs) and the embedded server get
   :data:`EXIT_GRACE_SECONDS` to finish; a process whose Prefect API went away would
@@ -19,8 +23,13 @@ import sys
 import threading
 from types import FrameType
 
+from prefect_fanout.stopping import request_stop
+
 SIGNAL_GRACE_SECONDS = 5.0
 EXIT_GRACE_SECONDS = 5.0
+
+
+_signalled: list[int] = []
 
 
 def _hard_exit_after(seconds: float, code: int) -> None:
@@ -50,12 +59,13 @@ class Interrupted(KeyboardInterrupt):
 
 def install_signal_handlers() -> None:
     """Make SIGINT and SIGTERM interrupt the command, and bound how long it may take to end."""
-    received: list[int] = []
+    received = _signalled
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if received:
             os._exit(128 + signum)  # a second signal: now
         received.append(signum)
+        request_stop()
         _hard_exit_after(SIGNAL_GRACE_SECONDS, 128 + signum)
         raise Interrupted(signum)
 
@@ -68,5 +78,7 @@ def bounded_exit(code: int) -> int:
     """Give Prefect's teardown :data:`EXIT_GRACE_SECONDS`, then end the process with ``code``."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if _signalled:  # interrupted: what is done is cached; nothing else is worth waiting for
+        os._exit(code)
     _hard_exit_after(EXIT_GRACE_SECONDS, code)
     return code

@@ -11,7 +11,9 @@ The rule:
   :data:`MIN_FACTOR`). The factor slows the request and token rates (their
   intervals last ``1 / factor`` times as long) and caps the requests in flight at
   ``factor`` times ``max_concurrency`` (or, with no ``max_concurrency``, times the
-  requests that were in flight at the first 429), at least 1.
+  most requests the process has had in flight so far, never the accidental low of
+  the moment: a 429 while one probe is alone in flight must not cap a run at 1),
+  at least 1.
 - **Recovery.** After :data:`RECOVERY_SECONDS` without a 429 the factor doubles,
   and so on every :data:`RECOVERY_SECONDS` until it is back to 1.
 
@@ -99,9 +101,9 @@ class Adaptation:
         self.reference: int | None = None
 
     def on_429(self, now: float, in_flight: int) -> None:
-        """A 429: halve the factor; remember the requests in flight at the first one."""
+        """A 429: halve the factor; remember the most requests in flight so far."""
         if self.factor >= 1.0:
-            self.reference = max(1, in_flight)
+            self.reference = max(1, in_flight, self.reference or 0)
         self.factor = max(MIN_FACTOR, self.factor / 2.0)
         self.changed = now
 

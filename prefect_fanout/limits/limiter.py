@@ -23,6 +23,12 @@ while it waits for a span another process holds (each waiting for the other).
 Both APIs drive the same steps (a generator yielding what to wait for), so the
 state is one, guarded by one lock, whichever API a caller uses. The time from
 asking to getting the permit is the permit's ``waited_s``.
+
+No wait is silent: a caller that has waited
+:data:`~prefect_fanout.limits.server.WAIT_LOG_SECONDS` says in the run's log what it
+waits for (a place in flight, a rate, a span another caller fetches, a 429 pause),
+and again after each further stretch as long; the Prefect server's layer says the
+same of a concurrency slot or a span another process holds.
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ from prefect_fanout.limits.server import (
     LEASE_SECONDS,
     RPM_SPAN_SECONDS,
     TPM_SPAN_SECONDS,
+    WAIT_LOG_SECONDS,
     Lease,
+    clock_time,
     limit_name,
     span_units,
+    wait_logger,
 )
 from prefect_fanout.limits.spec import LimitSpec
 
@@ -95,6 +104,7 @@ class _Wait:
 
     version: int
     seconds: float | None = None
+    why: str = "the endpoint's limits"
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,7 @@ class EndpointLimiter:
         self._slot_name = limit_name("concurrency", key)
         self._shared_slots = shared and spec.max_concurrency is not None
         self._in_flight = 0
+        self._peak = 0
         self._free: list[Lease] = []
         self._waiting = 0
         self._fetching_slots = 0
@@ -218,7 +229,7 @@ class EndpointLimiter:
         with self._cond:
             now = time.monotonic()
             self._pause_until = max(self._pause_until, now + seconds)
-            self._adapt.on_429(now, self._in_flight)
+            self._adapt.on_429(now, max(self._in_flight, self._peak))
             self._rate_limited += 1
             self._changed()
 
@@ -253,6 +264,7 @@ class EndpointLimiter:
                     if now < reservation.deadline and now >= self._pause_until:
                         waited = now - began
                         self._permits += 1
+                        self._peak = max(self._peak, self._in_flight)
                         self._waited += waited
                         return Permit(waited, tokens, self, reservation.start, factor), lease
                 # the place in flight came too late for the interval (or a 429 paused
@@ -291,7 +303,11 @@ class EndpointLimiter:
                     self._in_flight += 1
                 return lease
             try:
-                yield _Wait(version)
+                yield _Wait(
+                    version,
+                    why=f"a place in flight (max_concurrency {self.spec.max_concurrency}, "
+                    f"cap {cap}, {self._in_flight} in flight in this process)",
+                )
             finally:
                 with self._cond:
                     self._waiting -= 1
@@ -314,7 +330,9 @@ class EndpointLimiter:
                 now = time.monotonic()
                 factor = self._adapt.current(now)
                 if now < self._pause_until:
-                    step: _Step | None = _Wait(self._version, self._pause_until - now)
+                    step: _Step | None = _Wait(
+                        self._version, self._pause_until - now, "the pause a 429 asked for"
+                    )
                     reservation = None
                 else:
                     reservation, step = self._plan(tokens, now, factor)
@@ -345,7 +363,7 @@ class EndpointLimiter:
                 # Intervals are only placed when they can start now: a caller waits for
                 # its turn and looks again, so an answer that used fewer tokens than
                 # counted hands the rest to the next request.
-                return None, _Wait(self._version, start - now)
+                return None, _Wait(self._version, start - now, self._rates())
             if all(bucket.fits(start, duration) for bucket, duration in parts):
                 for bucket, duration in parts:
                     bucket.take(start, duration)
@@ -361,11 +379,12 @@ class EndpointLimiter:
         Called with the lock held.
         """
         if bucket.fetching or self.backend is None:
-            return _Wait(self._version)
+            return _Wait(self._version, why=f"a span of {self._rates()} another caller fetches")
         bucket.fetching = True
         backend = self.backend
         kind = "rpm" if bucket is self._rpm else "tpm"
-        name = limit_name(kind, self.key)
+        rate = self.spec.requests_per_minute if kind == "rpm" else self.spec.tokens_per_minute
+        name = limit_name(kind, self.key, rate)
 
         def fetch() -> None:
             try:
@@ -375,10 +394,18 @@ class EndpointLimiter:
                     bucket.fetching = False
                     self._changed()
             with self._cond:
-                bucket.spans.append(span)
+                bucket.add_span(span)
                 self._changed()
 
         return _Call(fetch)
+
+    def _rates(self) -> str:
+        rates = []
+        if self.spec.requests_per_minute:
+            rates.append(f"the request rate ({self.spec.requests_per_minute}/min)")
+        if self.spec.tokens_per_minute:
+            rates.append(f"the token rate ({self.spec.tokens_per_minute}/min)")
+        return " and ".join(rates) or "the rates"
 
     def _correct(self, permit: Permit, tokens: int) -> None:
         if self._tpm is None:
@@ -406,10 +433,36 @@ class EndpointLimiter:
             self.backend.give_back(lease)
 
 
+class _WaitLog:
+    """Says what a caller waits for once it has waited :data:`WAIT_LOG_SECONDS`.
+
+    And again after each further stretch as long.
+    """
+
+    def __init__(self, limiter: EndpointLimiter) -> None:
+        self.limiter = limiter
+        self.began = self.last = time.monotonic()
+
+    def note(self, step: _Wait) -> float | None:
+        """Log when due; the longest this wait may last before the next check."""
+        now = time.monotonic()
+        if now - self.last >= WAIT_LOG_SECONDS:
+            self.last = now
+            wait_logger().warning(
+                "a request to %s has waited %.0fs (since %s) for %s",
+                self.limiter.key,
+                now - self.began,
+                clock_time(self.began),
+                step.why,
+            )
+        return WAIT_LOG_SECONDS if step.seconds is None else min(step.seconds, WAIT_LOG_SECONDS)
+
+
 def _run_sync(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter) -> Any:
     """Drive the steps on this thread."""
     value: Any = None
     error: BaseException | None = None
+    log = _WaitLog(limiter)
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -420,9 +473,10 @@ def _run_sync(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter) -> An
             if isinstance(step, _Call):
                 value = step.function()
             else:
+                seconds = log.note(step)
                 with limiter._cond:
                     if limiter._version == step.version:
-                        limiter._cond.wait(step.seconds)
+                        limiter._cond.wait(seconds)
         except BaseException as exc:  # handed to the steps, which clean up and re-raise
             error = exc
 
@@ -431,6 +485,7 @@ async def _run_async(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter
     """Drive the steps on the running event loop (API calls on a worker thread)."""
     value: Any = None
     error: BaseException | None = None
+    log = _WaitLog(limiter)
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -441,7 +496,8 @@ async def _run_async(steps: Generator[_Step, Any, Any], limiter: EndpointLimiter
             if isinstance(step, _Call):
                 value = await asyncio.to_thread(step.function)
             else:
-                deadline = None if step.seconds is None else time.monotonic() + step.seconds
+                seconds = log.note(step)
+                deadline = None if seconds is None else time.monotonic() + seconds
                 while limiter._version == step.version:
                     left = ASYNC_POLL_SECONDS if deadline is None else deadline - time.monotonic()
                     if left <= 0:

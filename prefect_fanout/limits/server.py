@@ -3,7 +3,9 @@
 Every process that calls an endpoint asks the same global concurrency limits,
 named after the endpoint's key (:func:`limit_name`):
 
-- ``fanout-rpm-KEY`` and ``fanout-tpm-KEY`` (rates): a limit of ``G`` slots that
+- ``fanout-rpm-KEY-R`` and ``fanout-tpm-KEY-T`` (rates; the name carries the rate per
+  minute, so a run with another rate uses another limit and never waits out the
+  slots a faster or slower run left behind): a limit of ``G`` slots that
   decay at the rate per second (``R/60``, ``T/60``). A process takes all ``G``
   slots in one request, which the server admits only when the previous holder's
   slots have fully decayed: that gives the process a :class:`~.pacer.Span` of
@@ -12,12 +14,19 @@ named after the endpoint's key (:func:`limit_name`):
   requests inside the span by itself (:mod:`prefect_fanout.limits.pacer`). ``G``
   covers :data:`RPM_SPAN_SECONDS` of requests and :data:`TPM_SPAN_SECONDS` of
   tokens, so a span serves many requests for one or two API calls.
-- ``fanout-concurrency-KEY``: a limit of ``max_concurrency`` slots without decay.
-  A process takes one slot (with a lease of :data:`LEASE_SECONDS`, so the slots
-  of a process that died come back) per request in flight, and keeps a slot it
-  holds for its next request while it has callers waiting, for at most
-  :data:`HOLD_SECONDS`; then it gives the slot back so other processes get
-  their turn.
+- ``fanout-concurrency-KEY``: a limit of ``max_concurrency`` slots without decay
+  (resized in place when ``max_concurrency`` changes). A process takes one slot per
+  request in flight with a short lease (:data:`LEASE_SECONDS`, Prefect's shortest)
+  that a background thread renews every :data:`RENEW_SECONDS` while the process
+  lives, so the slots of a process that died come back within
+  :data:`DEAD_HOLDER_BOUND_SECONDS` (the lease, plus the server's lease sweep every
+  15 s). It keeps a slot it holds for its next request while it has callers
+  waiting, for at most :data:`HOLD_SECONDS`; then it gives the slot back so other
+  processes get their turn.
+
+A caller that has waited :data:`WAIT_LOG_SECONDS` for a slot or a span says so in
+the run's log (and on the command line), naming the limit, how many slots are
+held, and since when; again every :data:`WAIT_LOG_SECONDS`.
 
 Prefect's server restarts the decay of a limit whenever it denies a request for
 slots, so a process never asks for a span it would be denied: it reads the limit
@@ -29,6 +38,7 @@ calls to the Prefect API per span are a read and an increment; see
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -50,12 +60,43 @@ from prefect_fanout.limits.pacer import Span
 RPM_SPAN_SECONDS = 5.0
 """The stretch of time one request-rate span covers."""
 
-TPM_SPAN_SECONDS = 10.0
-"""The stretch of time one token-rate span covers (a request counted for more tokens
-than this holds is counted for a whole span)."""
+TPM_SPAN_SECONDS = 12.0
+"""The stretch of time one token-rate span covers: longer than the 10-second window by more
+than :data:`~prefect_fanout.limits.pacer.BIG_START_SECONDS`, so that two requests bigger
+than a span are never in one window (a request bigger than a span takes a fresh one and
+owes the rest, see :mod:`prefect_fanout.limits.pacer`)."""
 
-LEASE_SECONDS = 600.0
-"""The lease of a concurrency slot: a process that dies holding one frees it after this."""
+LEASE_SECONDS = 60.0
+"""The lease of a concurrency slot (Prefect's shortest); renewed while the process lives."""
+
+RENEW_SECONDS = 20.0
+"""How often a process renews the leases of the slots it holds."""
+
+DEAD_HOLDER_BOUND_SECONDS = LEASE_SECONDS + 15.0
+"""The longest the slots of a process that died stay taken: the lease, plus the server's
+sweep of expired leases (every 15 s by default)."""
+
+WAIT_LOG_SECONDS = 30.0
+"""A caller that waited this long for the limits says what it waits for (and again after
+each further stretch as long)."""
+
+_log = logging.getLogger("prefect_fanout.limits")
+
+
+def wait_logger() -> logging.Logger | logging.LoggerAdapter[Any]:
+    """The run's logger when called inside a flow or task run, else this package's."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run (MissingContextError) or no Prefect context at all
+        return _log
+
+
+def clock_time(monotonic: float) -> str:
+    """A ``time.monotonic()`` instant as local wall-clock ``HH:MM:SS``."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - monotonic)))
+
 
 HOLD_SECONDS = 5.0
 """The longest a process keeps a concurrency slot for its own waiting callers."""
@@ -77,9 +118,14 @@ def endpoint_key(base_url: str, api_key: str | None) -> str:
     return f"{host}-{digest}"
 
 
-def limit_name(kind: str, key: str) -> str:
-    """The Prefect global concurrency limit of one kind (rpm, tpm, concurrency) for an endpoint."""
-    return f"fanout-{kind}-{key}"
+def limit_name(kind: str, key: str, per_minute: int | None = None) -> str:
+    """The Prefect global concurrency limit of one kind (rpm, tpm, concurrency) for an endpoint.
+
+    A rate limit's name ends with the rate per minute (``per_minute``): its slots are
+    spans of that rate, and a run at another rate must not wait out their decay.
+    """
+    suffix = f"-{per_minute}" if per_minute is not None else ""
+    return f"fanout-{kind}-{key}{suffix}"
 
 
 def span_units(rate_per_minute: int, seconds: float) -> int:
@@ -113,6 +159,9 @@ class PrefectBackend:
         self._client: Any = None
         self._lock = threading.Lock()
         self._ensured: set[tuple[str, int, float]] = set()
+        self._held: dict[UUID, Lease] = {}
+        self._renewer: threading.Thread | None = None
+        self._renew_wake = threading.Event()
         self.api_calls = 0
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -168,6 +217,7 @@ class PrefectBackend:
             The span, in this process's monotonic clock.
         """
         self.ensure(name, units, rate)
+        began = last_log = time.monotonic()
         while True:
             try:
                 found = self._call("read_global_concurrency_limit_by_name", name)
@@ -176,7 +226,20 @@ class PrefectBackend:
                 self.ensure(name, units, rate)
                 continue
             if found.active_slots > 0:
-                time.sleep(found.active_slots / rate)
+                now = time.monotonic()
+                if now - last_log >= WAIT_LOG_SECONDS:
+                    last_log = now
+                    wait_logger().warning(
+                        "waiting %.0fs (since %s) for a span of the rate limit %s: %d of its "
+                        "%d slots are held by another run or process, decaying at %.4g/s",
+                        now - began,
+                        clock_time(began),
+                        name,
+                        found.active_slots,
+                        units,
+                        rate,
+                    )
+                time.sleep(min(found.active_slots / rate, WAIT_LOG_SECONDS))
                 continue
             asked = time.monotonic()
             try:
@@ -196,6 +259,7 @@ class PrefectBackend:
     def take_slot(self, name: str, limit: int) -> Lease:
         """Wait for, then take, one slot of a concurrency limit (with a lease)."""
         self.ensure(name, limit, 0.0)
+        began = last_log = time.monotonic()
         while True:
             try:
                 response = self._call(
@@ -208,11 +272,61 @@ class PrefectBackend:
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise
+                now = time.monotonic()
+                if now - last_log >= WAIT_LOG_SECONDS:
+                    last_log = now
+                    self._log_slot_wait(name, limit, began)
                 asked = _seconds(exc.response.headers.get("retry-after"), SLOT_POLL_SECONDS)
                 time.sleep(min(asked, SLOT_POLL_SECONDS))
                 continue
             now = time.monotonic()
-            return Lease(UUID(response.json()["lease_id"]), now, now)
+            lease = Lease(UUID(response.json()["lease_id"]), now, now)
+            self._hold(lease)
+            return lease
+
+    def _log_slot_wait(self, name: str, limit: int, began: float) -> None:
+        try:
+            held: Any = self._call("read_global_concurrency_limit_by_name", name).active_slots
+        except Exception:  # the message matters more than the count
+            held = "?"
+        wait_logger().warning(
+            "waiting %.0fs (since %s) for a slot of the concurrency limit %s: %s of %d "
+            "slots held (%d by this process); a slot whose holder died comes back within %.0fs",
+            time.monotonic() - began,
+            clock_time(began),
+            name,
+            held,
+            limit,
+            len(self._held),
+            DEAD_HOLDER_BOUND_SECONDS,
+        )
+
+    def _hold(self, lease: Lease) -> None:
+        """Keep renewing ``lease`` until it is given back (starts the renewer once)."""
+        with self._lock:
+            self._held[lease.lease_id] = lease
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="fanout-lease-renewer", daemon=True
+                )
+                self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while True:
+            self._renew_wake.wait(RENEW_SECONDS / 4)
+            with self._lock:
+                due = [
+                    lease
+                    for lease in self._held.values()
+                    if time.monotonic() - lease.taken >= RENEW_SECONDS
+                ]
+            for lease in due:
+                try:
+                    self.renew(lease)
+                except Exception:  # gone (expired, released) or the API is down: try later
+                    with self._lock:
+                        if time.monotonic() - lease.taken > LEASE_SECONDS:
+                            self._held.pop(lease.lease_id, None)
 
     def renew(self, lease: Lease) -> None:
         """Renew a slot's lease."""
@@ -221,6 +335,8 @@ class PrefectBackend:
 
     def give_back(self, lease: Lease) -> None:
         """Release a slot (best effort: a lease that expired is gone already)."""
+        with self._lock:
+            self._held.pop(lease.lease_id, None)
         try:
             self._call("release_concurrency_slots_with_lease", lease.lease_id)
         except (httpx.HTTPStatusError, ObjectNotFound):

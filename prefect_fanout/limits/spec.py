@@ -77,3 +77,53 @@ class LimitSpec:
             requests_per_minute=getattr(source, "requests_per_minute", None),
             tokens_per_minute=getattr(source, "tokens_per_minute", None),
         )
+
+
+def check_request_fits(tokens_per_minute: int | None, estimate: int, what: str) -> None:
+    """Refuse a request counted for more tokens than the whole per-minute limit.
+
+    Such a request could never be sent within the limit (a smaller one always can:
+    one bigger than a span takes a span of its own and owes the rest).
+
+    Args:
+        tokens_per_minute: The endpoint's token limit (None: no limit, nothing to check).
+        estimate: The tokens the request is counted for before it is sent.
+        what: How the estimate is made up, for the message (e.g. ``max_tokens 1024 + prompt``).
+
+    Raises:
+        ConfigurationError: The estimate is above ``tokens_per_minute``.
+    """
+    if tokens_per_minute is None or estimate <= tokens_per_minute:
+        return
+    raise ConfigurationError(
+        f"--tpm {tokens_per_minute} (tokens_per_minute) is below one request's estimate "
+        f"of {estimate:,} tokens ({what}), so no request could ever be sent; lower the "
+        f"completion budget (--max-tokens, the profile's max_tokens) or the prompt so a "
+        f"request is counted for at most {tokens_per_minute:,} tokens, or raise --tpm"
+    )
+
+
+def check_completion_budget(endpoint: Any, max_tokens: int | None) -> None:
+    """Refuse, before any call, a completion budget that alone is above the token limit.
+
+    Args:
+        endpoint: The endpoint (its ``tokens_per_minute``, if any, is checked).
+        max_tokens: The agent's completion budget (None: the default one).
+
+    Raises:
+        ConfigurationError: Even the smallest request would be counted for more tokens
+            than ``tokens_per_minute``; the message names ``--tpm``, the estimate and
+            ``--max-tokens``.
+    """
+    from prefect_fanout.limits.estimate import (
+        DEFAULT_COMPLETION_TOKENS,
+        TOKENS_PER_MESSAGE,
+        estimate_tokens,
+    )
+
+    budget = DEFAULT_COMPLETION_TOKENS if max_tokens is None else max_tokens
+    check_request_fits(
+        getattr(endpoint, "tokens_per_minute", None),
+        estimate_tokens([{"content": ""}], max_tokens),
+        f"max_tokens {budget} + at least {TOKENS_PER_MESSAGE} for the prompt",
+    )

@@ -4,7 +4,9 @@ The question goes through the call's transport (:mod:`prefect_fanout.llm.transpo
 which owns the HTTP request and its retries. With an output schema the answer is
 validated (Pydantic for classes, jsonschema for schemas from files) and an invalid
 one is re-asked with the validation error, at most ``max_validation_retries``
-times. The result carries usage, cost, latency and attempts.
+times. The result carries usage, cost, latency and attempts; its latency leaves out
+the seconds spent waiting for the endpoint's limits or a structured-output probe,
+which are reported apart (``limit_wait_s``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
                 attempts,
             )
         )
-    latency = time.perf_counter() - started
+    # the time at the server and in the retries, without the waits for limits and probes
+    latency = max(0.0, time.perf_counter() - started - waited)
     result = AgentResult(
         agent=request.agent,
         item_id=request.item_id,

@@ -4,6 +4,16 @@ The ``openai`` client is created with ``max_retries=0``; this module owns every
 retry, so the attempt budget is exact: with ``max_attempts=n`` the server sees
 at most ``n`` requests for one call. Prefect task retries stay at zero for
 agent calls, so they never multiply this budget.
+
+The budget's time is bounded too (:func:`retry_budget_seconds`): each request
+ends by its deadline (``timeout_seconds`` for connect, send and the whole body,
+see :mod:`prefect_fanout.llm.deadline`), and each wait between requests is at
+most ``max(max_retry_after_seconds, backoff_max_seconds)`` (a longer Retry-After
+fails at once). So one ask of a call takes at most ``n * timeout + (n - 1) *
+max(max_retry_after_seconds, backoff_max_seconds)`` seconds, plus the time it
+waits for the endpoint's limits (reported apart as ``limit_wait_s``). With the
+defaults (4 attempts, 60 s, 30 s) and a 600 s timeout that is 2,580 s; with a
+60 s timeout, 420 s.
 """
 
 from __future__ import annotations
@@ -104,6 +114,17 @@ def backoff_seconds(attempt: int, options: RetryOptions) -> float:
     """Exponential backoff with full jitter for the given (1-based) failed attempt."""
     ceiling = min(options.backoff_max_seconds, options.backoff_initial_seconds * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_budget_seconds(options: RetryOptions, timeout_seconds: float) -> float:
+    """The longest one ask with retries can take, waits for limits aside (see the module).
+
+    Args:
+        options: The retry budget.
+        timeout_seconds: Each request's deadline.
+    """
+    longest_wait = max(options.max_retry_after_seconds, options.backoff_max_seconds)
+    return options.max_attempts * timeout_seconds + (options.max_attempts - 1) * longest_wait
 
 
 def describe_api_error(exc: BaseException) -> str:

@@ -18,9 +18,11 @@ Dask and Ray workers as task parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +31,7 @@ import openai
 from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
 from prefect_fanout.limits.hook import WaitClock, limited
 from prefect_fanout.llm import testmodel
+from prefect_fanout.llm.deadline import DeadlineTransport, httpx, on_status
 from prefect_fanout.llm.endpoints import LLMEndpoint, is_openai
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.retry import (
@@ -115,11 +118,14 @@ def openai_client(endpoint: LLMEndpoint) -> openai.OpenAI:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
+            # One deadline per request, whatever the server does (see llm.deadline).
+            inner = httpx.HTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS)
             client = openai.OpenAI(
                 base_url=endpoint.base_url,
                 api_key=endpoint.key_value(),
                 organization=endpoint.organization,
                 max_retries=0,
+                http_client=openai.DefaultHttpxClient(transport=DeadlineTransport(inner)),
             )
             _clients[key] = client
         return client
@@ -136,8 +142,11 @@ or a profile):
 - ``auto`` (the default): the styles of :data:`AUTO_ORDER` in turn, moving on only when the
   server answers a 4xx/5xx naming ``response_format``; the style that worked is remembered
   for the endpoint (its base URL) for the rest of the process. Until it is known, one
-  structured call at a time asks a server that is not OpenAI's (the others wait), so a run
-  sends each refused style once.
+  structured call (the probe) asks a server that is not OpenAI's; the other structured calls
+  wait only until the probe's status says its style is taken (a 2xx, heard when its headers
+  arrive, before its body), then all go at once. So a run sends each refused style once and
+  the probe costs the others one request's time to headers, never a queue. If the probe
+  fails for another reason the next waiting call probes in its turn.
 
 Whatever the style, the answer is validated against the schema.
 """
@@ -166,12 +175,53 @@ def _remember_style(base_url: str, style: str) -> None:
         _learned_styles[base_url] = style
 
 
-_probe_locks: dict[str, threading.Lock] = {}
+class _Probe:
+    """The one structured-output probe of a base URL, and the calls waiting for its verdict."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.changed = threading.Condition()
+
+    def start(self) -> bool:
+        """Become the probe (True), unless one is running."""
+        with self.changed:
+            if self.running:
+                return False
+            self.running = True
+            return True
+
+    def end(self) -> None:
+        """The probe is over (answered or failed): wake the waiting calls."""
+        with self.changed:
+            self.running = False
+            self.changed.notify_all()
+
+    def heard(self) -> None:
+        """A style was found working: wake the waiting calls."""
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait(self, base_url: str, seconds: float) -> bool:
+        """Wait until the style is known or no probe runs (True), or ``seconds`` (False)."""
+        deadline = time.monotonic() + seconds
+        with self.changed:
+            while self.running and learned_style(base_url) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 1.0))
+            return True
 
 
-def _probe_lock(base_url: str) -> threading.Lock:
+PROBE_LOG_SECONDS = 30.0
+"""A call that has waited this long for the probe says so (and again after as long)."""
+
+_probes: dict[str, _Probe] = {}
+
+
+def _probe_for(base_url: str) -> _Probe:
     with _learned_lock:
-        return _probe_locks.setdefault(base_url, threading.Lock())
+        return _probes.setdefault(base_url, _Probe())
 
 
 def _needs_probe(request: CallRequest, base_url: str) -> bool:
@@ -262,23 +312,50 @@ class OpenAITransport:
             AgentCallError: A permanent error, a too-long Retry-After, or the
                 budget used up; or an answer without choices.
         """
-        if _needs_probe(request, self.base_url):
-            # The first structured call to a server finds its style while the others wait,
-            # so a run sends at most one request in a refused style per style and endpoint.
-            with _probe_lock(self.base_url):
-                return self._complete(request, messages, logger)
-        return self._complete(request, messages, logger)
+        clock = WaitClock()
+        while _needs_probe(request, self.base_url):
+            probe = _probe_for(self.base_url)
+            if probe.start():
+                # The first structured call to a server finds its style; the others wait
+                # only for the status of a request in a style that works (see STYLES).
+                try:
+                    return self._complete(request, messages, logger, clock, probe)
+                finally:
+                    probe.end()
+            began = time.monotonic()
+            while not probe.wait(self.base_url, PROBE_LOG_SECONDS):
+                logger.warning(
+                    "[%s] has waited %.0fs for the structured-output probe of %s (the first "
+                    "structured call, finding the style the server takes); set "
+                    "structured_output on the endpoint or profile to skip the probe",
+                    request.label,
+                    time.monotonic() - began,
+                    self.base_url,
+                )
+            clock.add(time.monotonic() - began)
+        return self._complete(request, messages, logger, clock)
 
     def _complete(
-        self, request: CallRequest, messages: list[dict[str, str]], logger: Logger
+        self,
+        request: CallRequest,
+        messages: list[dict[str, str]],
+        logger: Logger,
+        clock: WaitClock,
+        probe: _Probe | None = None,
     ) -> Completion:
         client = openai_client(self.endpoint)
         styles = styles_to_try(request, self.base_url)
         spent = 0
-        clock = WaitClock()
         for position, style in enumerate(styles):
+
+            def heard(status: int, style: str | None = style) -> None:
+                if probe is not None and 200 <= status < 300:
+                    _remember_style(self.base_url, str(style))
+                    probe.heard()
+
             try:
-                body, attempts = self._send(client, request, messages, style, logger, clock)
+                with on_status(heard) if probe is not None else contextlib.nullcontext():
+                    body, attempts = self._send(client, request, messages, style, logger, clock)
             except AgentCallError as exc:
                 spent += exc.attempts
                 exc.limit_wait_s = clock.seconds
