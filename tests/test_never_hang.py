@@ -23,9 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_fanout.agents.endpoints import LLMEndpoint
-from prefect_fanout.call.execute import execute_request
-from prefect_fanout.call.transport import forget_learned_styles
 from pydantic import SecretStr
 
 from prefect_fanout.agents.profiles import AgentProfile
@@ -34,6 +31,9 @@ from prefect_fanout.errors import CallTimeoutError
 from prefect_fanout.limits import LimitSpec, forget_limiters
 from prefect_fanout.limits.limiter import EndpointLimiter
 from prefect_fanout.limits.server import DEAD_HOLDER_BOUND_SECONDS, endpoint_key, limit_name
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.llm.execute import execute_request
+from prefect_fanout.llm.transport import forget_learned_styles
 from tests.conftest import stop_process_group
 from tests.fakeopenai import Drip, FakeOpenAI, Hang, format_style
 
