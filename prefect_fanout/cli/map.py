@@ -117,6 +117,18 @@ def add_parser(subparsers: Any) -> None:
         help="a file that does not decode: strict = exit 2 naming it (default), "
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --output directory that holds files fanout did not write: files "
+        "named like its outputs are replaced, nothing else is changed or deleted (never "
+        "overrides an input inside the output or another run writing there)",
+    )
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read links in a directory corpus that point outside it (default: refused)",
+    )
     add_sampling_arguments(parser)
     add_limit_arguments(parser)
     add_runner_arguments(parser)
@@ -155,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             temperature=args.temperature,
             limits=limit_options(args),
+            force=args.force,  # issue 22; the lead folds these into RunOptions
+            follow_symlinks=args.follow_symlinks,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

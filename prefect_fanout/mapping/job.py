@@ -32,6 +32,7 @@ from prefect_fanout.mapping.defaults import (
 )
 from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
 from prefect_fanout.mapping.prompts import check_template, item_prompt
+from prefect_fanout.outputs import check_output_ownership
 
 __all__ = ["MapJob", "prepare_map"]
 
@@ -59,6 +60,8 @@ class MapJob:
         cache: Cache settings of every call.
         partition_retries: Retries of a failing partition write.
         partition_retry_delay: Seconds before the first retry (then doubling).
+        source_path: The corpus file or directory, when it came from a path.
+        force: Write among files fanout did not write (``--force``).
 
     """
 
@@ -80,6 +83,8 @@ class MapJob:
     cache: CacheOptions = field(default_factory=CacheOptions)
     partition_retries: int = DEFAULT_PARTITION_RETRIES
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
+    source_path: Path | None = None
+    force: bool = False
 
 
 def _items(items_or_path: Any, encoding: str, errors: str) -> tuple[list[Item], str, Path | None]:
@@ -225,6 +230,8 @@ def prepare_map(
     max_tokens: int | None = None,
     temperature: float | None = None,
     limits: Mapping[str, int] | None = None,
+    force: bool = False,
+    follow_symlinks: bool = False,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -255,6 +262,9 @@ def prepare_map(
         encoding: How a directory corpus's files are decoded.
         errors: ``strict`` (a file that does not decode is an error), ``replace`` or
             ``ignore``.
+        force: Write into an output directory holding files fanout did not write
+            (files named like its outputs are replaced; nothing else is touched).
+        follow_symlinks: Read links in a directory corpus that point outside it.
 
     Returns:
         The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
@@ -271,6 +281,7 @@ def prepare_map(
     spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
     out = Path(output_dir)
     _check_output_dir(out, source_path)
+    check_output_ownership(out, source_path, force)  # issue 22: outputs are owned
     _check_options(
         max_workers, active_partitions, partition_retries, partition_retry_delay, reduce_budget
     )
@@ -321,4 +332,6 @@ def prepare_map(
         cache=cache or CacheOptions(mode=mode),
         partition_retries=partition_retries,
         partition_retry_delay=partition_retry_delay,
+        source_path=source_path,
+        force=force,
     )

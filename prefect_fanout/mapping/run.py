@@ -46,6 +46,7 @@ from prefect_fanout.mapping.stage import (
     partition_file_names,
 )
 from prefect_fanout.mapping.summary import MapSummary, ReduceReport
+from prefect_fanout.outputs import OutputClaim, claim_output
 from prefect_fanout.ui.artifacts import publish_run_artifacts
 from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
@@ -149,7 +150,19 @@ def run_map(job: MapJob) -> MapSummary:
     Returns:
         The summary (also written to ``summary.json``).
 
+    Raises:
+        OutputOwnershipError: The output directory is not this run's to write
+            (see :mod:`prefect_fanout.outputs.ownership`).
+
     """
+    owner = claim_output(job.output_dir, job.source_path, job.force, _flow_run_id())
+    try:
+        return _run_map(job, owner)
+    finally:
+        owner.release()
+
+
+def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     started = time.perf_counter()
     LIMITED_TAGS.refresh()  # a limit created before this run applies to it
     logger = _logger()
@@ -182,7 +195,10 @@ def run_map(job: MapJob) -> MapSummary:
         )
     targets = [FILES["final"], FILES["summary"], FILES["dead_letters"]]
     targets += [f"{PARTITIONS_DIR}/{name}" for name in names.values()]
+    if job.reducer is not None:
+        targets.append(FILES["reduce"])
     replaced = sorted(name for name in targets if (out / name).is_file())
+    owner.record(targets)  # listed before written: a killed run still owns what it left
     logger.info(
         "map: %d items in %d partitions (%s), agent %r, up to %d calls at once",
         len(job.items),
@@ -209,7 +225,7 @@ def run_map(job: MapJob) -> MapSummary:
             error=tree.error,
         )
     else:
-        (out / FILES["reduce"]).unlink(missing_ok=True)  # an earlier run's, not this one's
+        owner.remove(FILES["reduce"])  # an earlier run's, and only if fanout wrote it
     total = Ledger()
     for figures in usage.values():
         total.merge(figures)
