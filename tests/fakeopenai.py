@@ -96,6 +96,8 @@ class Error:
         retry_after: Value of the ``Retry-After`` header (seconds or an HTTP date).
         retry_after_ms: Value of the ``retry-after-ms`` header.
         latency: Seconds to wait before answering.
+        echo_headers: Append the request's headers (``Authorization`` included) to the
+            message, as some gateways and proxies do.
     """
 
     status: int
@@ -104,6 +106,7 @@ class Error:
     retry_after: float | str | None = None
     retry_after_ms: float | None = None
     latency: float = 0.0
+    echo_headers: bool = False
 
 
 @dataclass
@@ -631,7 +634,10 @@ class FakeOpenAI:
                 headers["retry-after"] = _header_number(step.retry_after)
             if step.retry_after_ms is not None:
                 headers["retry-after-ms"] = _header_number(step.retry_after_ms)
-            content = error_body(step.status, step.message, step.code)
+            message = step.message
+            if step.echo_headers:
+                message += f" (request headers: {dict(request.headers)})"
+            content = error_body(step.status, message, step.code)
             return JSONResponse(content, step.status, headers=headers)
         if isinstance(step, Malformed):
             await self._pause(step.latency, request, generation)
