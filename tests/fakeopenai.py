@@ -76,6 +76,9 @@ class Reply:
         finish_reason: The choice's ``finish_reason``.
         prompt_tokens: Reported prompt tokens; ``None`` means the word count of all messages.
         completion_tokens: Reported completion tokens; ``None`` means the content's word count.
+        null_content: Send ``"content": null`` (what a filtered or tool-calling answer carries).
+        tool_calls: Function names sent as ``message.tool_calls``.
+        refusal: ``message.refusal``.
     """
 
     content: str | None = None
@@ -83,6 +86,9 @@ class Reply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    null_content: bool = False
+    tool_calls: tuple[str, ...] = ()
+    refusal: str | None = None
 
 
 @dataclass
@@ -648,6 +654,19 @@ class FakeOpenAI:
         await self._pause(reply.latency, request, generation)
         content = default_answer(body) if reply.content is None else reply.content
         completion = self._completion(body, reply, content)
+        message = completion["choices"][0]["message"]
+        if reply.null_content:
+            message["content"] = None
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{n}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": "{}"},
+                }
+                for n, name in enumerate(reply.tool_calls)
+            ]
+        message["refusal"] = reply.refusal
         if record is not None:
             record.tokens = completion["usage"]["total_tokens"]
         if self.reported_model:

@@ -29,6 +29,7 @@ import openai
 from prefect_fanout.agents.endpoints import OPENAI_BASE_URL, LLMEndpoint
 from prefect_fanout.agents.profiles import STRUCTURED_STYLES
 from prefect_fanout.call import testmodel
+from prefect_fanout.call.answer import check_answer
 from prefect_fanout.call.request import CallRequest
 from prefect_fanout.call.retry import (
     call_with_retries,
@@ -383,6 +384,13 @@ def _completion(
     usage = body.get("usage") if isinstance(body, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     reported = body.get("model") if isinstance(body, dict) else None
+    try:  # issue 22: an answer must be an answer (prefect_fanout.call.answer)
+        check_answer(request.label, choice, attempts)
+    except AgentCallError as exc:
+        exc.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        exc.completion_tokens = int(usage.get("completion_tokens") or 0)
+        exc.model, exc.finish_reason = (str(reported) if reported else None), finish
+        raise
     return Completion(
         text=str(text),
         finish_reason=finish,
