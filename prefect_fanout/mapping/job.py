@@ -87,10 +87,13 @@ class MapJob:
     force: bool = False
 
 
-def _items(items_or_path: Any, encoding: str, errors: str) -> tuple[list[Item], str, Path | None]:
+def _items(
+    items_or_path: Any, encoding: str, errors: str, follow_symlinks: bool = False
+) -> tuple[list[Item], str, Path | None]:
     if isinstance(items_or_path, str | Path):
         path = Path(items_or_path)
-        return load_items(path, encoding=encoding, errors=errors), str(path), path
+        items = load_items(path, encoding=encoding, errors=errors, follow_symlinks=follow_symlinks)
+        return items, str(path), path
     items: list[Item] = []
     seen: set[str] = set()
     for index, entry in enumerate(items_or_path):
@@ -276,7 +279,7 @@ def prepare_map(
 
     """
     _check_decoding(encoding, errors)
-    items, source, source_path = _items(items_or_path, encoding, errors)
+    items, source, source_path = _items(items_or_path, encoding, errors, follow_symlinks)
     spec = parse_partition_spec(partition) if isinstance(partition, str) else partition
     spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
     out = Path(output_dir)
