@@ -49,6 +49,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_REDUCE_BUDGET,
 )
 from prefect_fanout.mapping.job import MapJob, prepare_map
+from prefect_fanout.mapping.outcome import map_final_state
 from prefect_fanout.mapping.run import run_map
 from prefect_fanout.mapping.summary import MapSummary
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
@@ -540,7 +541,7 @@ def map_flow(
         )
     with _on_task_runner(task_runner, job.max_workers, dask_address, ray_address):
         summary = run_map(job)
-    return _keep(summary)
+    return map_final_state(_keep(summary))  # issue 22: "Partial" when items failed
 
 
 def run_map_flow(job: MapJob, **parameters: Any) -> MapSummary:

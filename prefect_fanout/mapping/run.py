@@ -48,6 +48,7 @@ from prefect_fanout.mapping.stage import (
 from prefect_fanout.mapping.summary import MapSummary, ReduceReport
 from prefect_fanout.outputs import OutputClaim, claim_output
 from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.ui.failures import publish_failures
 from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 __all__ = ["FILES", "run_map"]
@@ -264,7 +265,24 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     )
     write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
     _publish(summary, records, out, logger)
+    _publish_failures(job, summary, records, logger)
     return summary
+
+
+def _publish_failures(
+    job: MapJob, summary: MapSummary, records: list[CallRecord], logger: Any
+) -> None:
+    """The failed calls' errors and prompt excerpts as a markdown artifact (issue 22)."""
+
+    def prompt_of(record: CallRecord) -> str | None:
+        request = job.requests.get(record.id)
+        return request.prompt if request is not None else None
+
+    title = f"fanout map: {summary.agent}"
+    try:
+        publish_failures("map", title, records, prompt_of)
+    except Exception as exc:  # artifacts inform; they never fail a finished run
+        logger.warning("could not publish the failures artifact: %s", exc)
 
 
 def _flow_run_id() -> str | None:
