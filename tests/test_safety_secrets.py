@@ -104,3 +104,4 @@ def test_an_echoed_block_key_appears_nowhere_in_dispatch(
     for place, text in places.items():
         assert key not in text, f"the key leaked into {place}"
     assert "bad key" in places["traces"]
+    assert "fanout-dispatch-failures" in places["Prefect (logs, artifacts, states)"]

@@ -37,6 +37,7 @@ from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.agents import fallback_chain
 from prefect_fanout.plan.model import Plan, TaskSpec
 from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.ui.failures import publish_failures
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
 from prefect_fanout.usage import Usage
@@ -458,6 +459,16 @@ class Dispatcher:
             publish_run_artifacts("dispatch", "Fanout dispatch", records, extra=extra, links=links)
         except Exception as exc:  # artifacts are informative; the result is what counts
             self.logger.warning("could not publish the run's artifacts: %s", exc)
+        specs = {run.spec.task_id: run.spec for run in self.runs.values()}
+        try:  # issue 22: failures readable in the UI, not only through file:// trace links
+            publish_failures(
+                "dispatch",
+                "Fanout dispatch",
+                records,
+                lambda r: task_prompt(specs[r.id]) if r.id in specs else None,
+            )
+        except Exception as exc:
+            self.logger.warning("could not publish the failures artifact: %s", exc)
 
 
 def task_prompt(task: TaskSpec) -> str:
