@@ -193,10 +193,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
     if not summary.ok:
-        print(
-            f"{PROG}: {summary.failed} failed, {summary.dead_letter} dead-lettered of "
-            f"{summary.total} items; see {summary.output_dir}",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)  # issue 22
         return EXIT_FAILED
     return EXIT_OK

@@ -26,6 +26,10 @@ def map_state_message(summary: MapSummary) -> str:
             f"{summary.failed + summary.dead_letter} of {summary.total} items failed "
             f"({summary.failed} failed, {summary.dead_letter} dead-lettered)"
         )
+    if summary.unstored:
+        text += f"; {summary.unstored} answer(s) not stored"
+    if summary.missing_outputs:
+        text += "; not written: " + ", ".join(summary.missing_outputs)
     if summary.reduce is not None:
         text += f"; reduce {summary.reduce.status}"
     return text

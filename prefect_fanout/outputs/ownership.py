@@ -121,8 +121,18 @@ class OutputClaim:
         return relative in read_manifest(self.directory)
 
     def record(self, relatives: Iterable[str]) -> None:
-        """List files as this run's, before writing them."""
-        write_manifest(self.directory, add=relatives, run_id=self.run_id)
+        """List files as this run's, before writing them.
+
+        Raises:
+            ConfigurationError: The manifest cannot be written (e.g. a full disk).
+        """
+        try:
+            write_manifest(self.directory, add=relatives, run_id=self.run_id)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--output {self.directory}: cannot record the run's files in its manifest: "
+                f"{exc.strerror or exc}; nothing was written"
+            ) from None
 
     def remove(self, relative: str) -> bool:
         """Delete a file only if fanout wrote it; returns whether it was removed."""
