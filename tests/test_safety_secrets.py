@@ -17,7 +17,6 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_fanout.agents.endpoints import LLMEndpoint
-from prefect_fanout.redact import mask
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import tag, write_corpus
 from tests.test_cli_dispatch import fanout
@@ -71,7 +70,7 @@ def test_an_echoed_environment_key_appears_nowhere(
     }
     for place, text in places.items():
         assert key not in text, f"the key leaked into {place}"
-    assert mask(key) in places["output files"]  # the error is kept, its key masked
+    assert f"{key[:3]}****{key[-4:]}" in places["output files"]  # the error kept, key masked
     assert "bad key" in places["output files"] and "upstream" in places["output files"]
 
 
