@@ -508,7 +508,8 @@ def map_flow(
         tokens_per_minute: Tokens per minute to the endpoint.
 
     Returns:
-        The run's summary (also written to ``summary.json``).
+        The final state, Completed or Completed named ``Partial``, carrying the run's
+        summary (also written to ``summary.json``): calling the flow returns the summary.
     """
     job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
