@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from prefect_fanout.redact import redact
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -136,6 +138,7 @@ class AgentCallError(FanoutError):
     exit_code = EXIT_FAILED
 
     def __init__(self, message: str, attempts: int = 1) -> None:
+        message = redact(message)  # a server may echo the key back (issue 22)
         super().__init__(message, attempts)
         self.message = message
         self.attempts = attempts
@@ -181,4 +184,4 @@ def exit_code_for(error: BaseException) -> int:
 
 def describe(error: BaseException | None) -> str:
     """An error as one ``Type: message`` line (for results, rows, traces and logs)."""
-    return f"{type(error).__name__}: {error}"
+    return redact(f"{type(error).__name__}: {error}")

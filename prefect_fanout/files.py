@@ -18,6 +18,8 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
+from prefect_fanout.redact import redact
+
 __all__ = [
     "TEMP_SUFFIX",
     "jsonable",
@@ -38,7 +40,8 @@ def jsonable(value: Any) -> Any:
 
 
 def _dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(jsonable(value), ensure_ascii=False, indent=indent, default=_default)
+    text = json.dumps(jsonable(value), ensure_ascii=False, indent=indent, default=_default)
+    return redact(text)  # no known key ever reaches an output or trace file (issue 22)
 
 
 def _default(value: Any) -> Any:

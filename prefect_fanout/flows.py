@@ -48,6 +48,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_REDUCE_BUDGET,
 )
 from prefect_fanout.mapping.job import MapJob, prepare_map
+from prefect_fanout.mapping.outcome import map_final_state
 from prefect_fanout.mapping.run import run_map
 from prefect_fanout.mapping.summary import MapSummary
 from prefect_fanout.options import RunOptions
@@ -346,8 +347,10 @@ def map_flow(
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
     encoding: str = "utf-8",
     errors: str = "strict",
+    force: bool = False,
+    follow_symlinks: bool = False,
     options: RunOptions | None = None,
-) -> MapSummary:
+) -> Any:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Args:
@@ -366,13 +369,17 @@ def map_flow(
         encoding: How a directory corpus's files are decoded.
         errors: ``strict`` (a file that does not decode fails the run before any call),
             ``replace`` or ``ignore``.
+        force: Write into an output directory holding files fanout did not write (files
+            named like its outputs are replaced; nothing else is touched).
+        follow_symlinks: Read links in a directory corpus that point outside it.
         options: The run's options: model, endpoint, max_workers (default 8), cache
             (``refresh`` asks again), max_tokens, temperature, timeout_seconds, the
             limits, task_runner and its addresses (see
             :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
-        The run's summary (also written to ``summary.json``).
+        The final state, Completed or Completed named ``Partial``, carrying the run's
+        summary (also written to ``summary.json``): calling the flow returns the summary.
     """
     job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
@@ -390,11 +397,13 @@ def map_flow(
             partition_retry_delay=partition_retry_delay,
             encoding=encoding,
             errors=errors,
+            force=force,
+            follow_symlinks=follow_symlinks,
             options=options,
         )
     with _on_task_runner(job.options, job.max_workers):
         summary = run_map(job)
-    return _keep(summary)
+    return map_final_state(_keep(summary))  # issue 22: "Partial" when items failed
 
 
 def run_map_flow(
@@ -404,6 +413,7 @@ def run_map_flow(
     prompt: str | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
+    follow_symlinks: bool = False,
 ) -> MapSummary:
     """Run a prepared job as a ``fanout-map`` flow run (or in the current flow run, if any).
 
@@ -417,6 +427,7 @@ def run_map_flow(
         prompt: The prompt template the job was prepared with.
         encoding: The corpus encoding the job was prepared with.
         errors: The decoding policy the job was prepared with.
+        follow_symlinks: Whether the job's corpus was read following links out of it.
 
     Returns:
         The run's summary.
@@ -442,6 +453,8 @@ def run_map_flow(
         "partition_retry_delay": job.partition_retry_delay,
         "encoding": encoding,
         "errors": errors,
+        "force": job.force,
+        "follow_symlinks": follow_symlinks,
         "options": job.options,
     }
     key = _job_key(
@@ -482,7 +495,8 @@ def map_corpus(
         **settings: The map's own settings, as for
             :func:`~prefect_fanout.mapping.job.prepare_map`: ``agents``, ``prompt``,
             ``reduce``, ``reduce_budget``, ``active_partitions``, ``partition_retries``,
-            ``partition_retry_delay``, ``encoding``, ``errors``.
+            ``partition_retry_delay``, ``encoding``, ``errors``, ``force``,
+            ``follow_symlinks``.
 
     Returns:
         The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
@@ -513,4 +527,5 @@ def map_corpus(
         prompt=settings.get("prompt"),
         encoding=settings.get("encoding", "utf-8"),
         errors=settings.get("errors", "strict"),
+        follow_symlinks=settings.get("follow_symlinks", False),
     )

@@ -76,6 +76,9 @@ class Reply:
         finish_reason: The choice's ``finish_reason``.
         prompt_tokens: Reported prompt tokens; ``None`` means the word count of all messages.
         completion_tokens: Reported completion tokens; ``None`` means the content's word count.
+        null_content: Send ``"content": null`` (what a filtered or tool-calling answer carries).
+        tool_calls: Function names sent as ``message.tool_calls``.
+        refusal: ``message.refusal``.
     """
 
     content: str | None = None
@@ -83,6 +86,9 @@ class Reply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    null_content: bool = False
+    tool_calls: tuple[str, ...] = ()
+    refusal: str | None = None
 
 
 @dataclass
@@ -96,6 +102,8 @@ class Error:
         retry_after: Value of the ``Retry-After`` header (seconds or an HTTP date).
         retry_after_ms: Value of the ``retry-after-ms`` header.
         latency: Seconds to wait before answering.
+        echo_headers: Append the request's headers (``Authorization`` included) to the
+            message, as some gateways and proxies do.
     """
 
     status: int
@@ -104,6 +112,7 @@ class Error:
     retry_after: float | str | None = None
     retry_after_ms: float | None = None
     latency: float = 0.0
+    echo_headers: bool = False
 
 
 @dataclass
@@ -640,7 +649,10 @@ class FakeOpenAI:
                 headers["retry-after"] = _header_number(step.retry_after)
             if step.retry_after_ms is not None:
                 headers["retry-after-ms"] = _header_number(step.retry_after_ms)
-            content = error_body(step.status, step.message, step.code)
+            message = step.message
+            if step.echo_headers:
+                message += f" (request headers: {dict(request.headers)})"
+            content = error_body(step.status, message, step.code)
             return JSONResponse(content, step.status, headers=headers)
         if isinstance(step, Drip):
             text = json.dumps(self._completion(body, Reply(), default_answer(body)))
@@ -656,6 +668,19 @@ class FakeOpenAI:
         await self._pause(reply.latency, request, generation)
         content = default_answer(body) if reply.content is None else reply.content
         completion = self._completion(body, reply, content)
+        message = completion["choices"][0]["message"]
+        if reply.null_content:
+            message["content"] = None
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{n}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": "{}"},
+                }
+                for n, name in enumerate(reply.tool_calls)
+            ]
+        message["refusal"] = reply.refusal
         if record is not None:
             record.tokens = completion["usage"]["total_tokens"]
         if self.reported_model:

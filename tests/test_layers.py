@@ -17,11 +17,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "prefect_fanout"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("errors", "files", "bounded", "stopping")),
+    ("core", ("redact", "textcheck", "stopping", "errors", "files", "bounded")),
     ("limits", ("limits",)),
     ("wire", ("llm",)),
     ("config", ("agents", "usage", "plan", "options")),
-    ("task", ("call", "runners", "ui")),
+    ("task", ("call", "runners", "ui", "outputs")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),
     ("edges", ("flows", "cli", "blocks", "__init__")),

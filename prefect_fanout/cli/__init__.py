@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from prefect_fanout.cli.lifecycle import Interrupted, bounded_exit, install_signal_handlers
 from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.errors import EXIT_USAGE
+from prefect_fanout.redact import register_environment
 
 COMMANDS = ("call", "validate", "dispatch", "map")
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fanout`` command line and return its exit code."""
     tune_embedded_server()  # before Prefect reads its settings
+    register_environment()  # issue 22: OPENAI_API_KEY is masked in every message
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

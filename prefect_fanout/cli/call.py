@@ -32,8 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from prefect_fanout.agents.resolver import Resolver
     from prefect_fanout.errors import ConfigurationError, FanoutError, describe, exit_code_for
     from prefect_fanout.flows import INLINE_PARAMETER_BYTES, call_flow, stash
+    from prefect_fanout.textcheck import prompt_problem
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if problem := prompt_problem(prompt):  # issue 22: empty or unencodable prompt, exit 2
+        print(f"fanout call: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         options = run_options(args)
         Resolver(options).check([args.agent])

@@ -105,6 +105,18 @@ def add_parser(subparsers: Any) -> None:
         help="a file that does not decode: strict = exit 2 naming it (default), "
         "replace = U+FFFD for bad bytes, ignore = drop them",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --output directory that holds files fanout did not write: files "
+        "named like its outputs are replaced, nothing else is changed or deleted (never "
+        "overrides an input inside the output or another run writing there)",
+    )
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read links in a directory corpus that point outside it (default: refused)",
+    )
     add_run_option_arguments(
         parser,
         workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
@@ -138,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
             encoding=args.encoding,
             errors=args.errors,
             options=options,
+            force=args.force,
+            follow_symlinks=args.follow_symlinks,
         )
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -149,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             encoding=args.encoding,
             errors=args.errors,
+            follow_symlinks=args.follow_symlinks,
         )
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:
@@ -161,10 +176,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
     if not summary.ok:
-        print(
-            f"{PROG}: {summary.failed} failed, {summary.dead_letter} dead-lettered of "
-            f"{summary.total} items; see {summary.output_dir}",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)  # issue 22
         return EXIT_FAILED
     return EXIT_OK

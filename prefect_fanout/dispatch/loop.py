@@ -34,6 +34,7 @@ from prefect_fanout.files import write_json_atomic
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.model import Plan, TaskSpec
+from prefect_fanout.ui.failures import publish_failures
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
 from prefect_fanout.usage import Usage
@@ -441,6 +442,16 @@ class Dispatcher:
             extra["Revisions"] = sum(record.revisions for record in judged)
             extra["Judged tasks"] = f"{len(judged)} ({accepted} accepted)"
         self.engine.publish("Fanout dispatch", records, extra, links)
+        specs = {run.spec.task_id: run.spec for run in self.runs.values()}
+        try:  # failures readable in the UI, not only through file:// trace links
+            publish_failures(
+                "dispatch",
+                "Fanout dispatch",
+                records,
+                lambda r: task_prompt(specs[r.id]) if r.id in specs else None,
+            )
+        except Exception as exc:
+            self.logger.warning("could not publish the failures artifact: %s", exc)
 
     def effective_config(self) -> dict[str, object]:
         """The plan's ``config`` with the run's effective settings, for the trace index."""

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.styles import check_style
+from prefect_fanout.redact import register_secret
 
 LOGO_URL = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
 DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
@@ -88,6 +89,14 @@ class LLMEndpoint(Block):
 
     _check_style = field_validator("structured_output")(check_style)
 
+    @field_validator("api_key")
+    @classmethod
+    def _remember_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Register the key for redaction as soon as an endpoint holds it."""
+        if value is not None:
+            register_secret(value.get_secret_value())
+        return value
+
     @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute")
     @classmethod
     def _check_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -100,7 +109,9 @@ class LLMEndpoint(Block):
 
     def key_value(self) -> str:
         """The API key in clear, or a placeholder for keyless servers."""
-        return self.api_key.get_secret_value() if self.api_key else NO_KEY
+        value = self.api_key.get_secret_value() if self.api_key else NO_KEY
+        register_secret(value if value != NO_KEY else None)  # masked everywhere (issue 22)
+        return value
 
 
 _loaded: dict[str, LLMEndpoint] = {}

@@ -31,6 +31,7 @@ import openai
 from prefect_fanout.errors import AgentCallError, NonRetryableAPIError
 from prefect_fanout.limits.hook import WaitClock, limited
 from prefect_fanout.llm import testmodel
+from prefect_fanout.llm.answer import check_answer
 from prefect_fanout.llm.deadline import DeadlineTransport, httpx, on_status
 from prefect_fanout.llm.endpoints import LLMEndpoint, is_openai
 from prefect_fanout.llm.request import CallRequest
@@ -457,6 +458,13 @@ def _completion(
     usage = body.get("usage") if isinstance(body, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     reported = body.get("model") if isinstance(body, dict) else None
+    try:  # issue 22: an answer must be an answer (prefect_fanout.llm.answer)
+        check_answer(request.label, choice, attempts)
+    except AgentCallError as exc:
+        exc.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        exc.completion_tokens = int(usage.get("completion_tokens") or 0)
+        exc.model, exc.finish_reason = (str(reported) if reported else None), finish
+        raise
     return Completion(
         text=str(text),
         finish_reason=finish,

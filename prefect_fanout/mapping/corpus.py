@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from prefect_fanout.errors import CorpusError
+from prefect_fanout.textcheck import clean_text, unencodable
 
 __all__ = ["CorpusError", "Item", "load_items"]
 
@@ -61,7 +62,11 @@ class Item(BaseModel):
 
 
 def load_items(
-    source: str | Path, *, encoding: str = "utf-8", errors: str = "strict"
+    source: str | Path,
+    *,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    follow_symlinks: bool = False,
 ) -> list[Item]:
     """Read a JSONL file or a directory of files into items, in input order.
 
@@ -75,8 +80,12 @@ def load_items(
     Args:
         source: Path of a JSONL file or of a directory.
         encoding: How the files of a directory are decoded (JSONL is UTF-8).
-        errors: ``strict`` (default: a file that does not decode is an error
-            naming the file and byte offset), ``replace`` or ``ignore``.
+        errors: ``strict`` (default: a file that does not decode, or a JSONL
+            line whose text cannot be encoded -- a lone UTF-16 surrogate escape
+            -- is an error naming the file and line), ``replace``
+            or ``ignore``.
+        follow_symlinks: Read links that point outside a directory corpus
+            (default: such a link is an error naming it).
 
     Returns:
         The items, with `index` set to their position.
@@ -88,7 +97,10 @@ def load_items(
     """
     path = Path(source)
     if path.is_dir() or path.is_file():
-        items = _load_directory(path, encoding, errors) if path.is_dir() else _load_jsonl(path)
+        if path.is_dir():
+            items = _load_directory(path, encoding, errors, follow_symlinks)
+        else:
+            items = _load_jsonl(path, errors)
         if not items:
             what = "directory has no (non-hidden) files" if path.is_dir() else "file has no items"
             raise CorpusError(f"{path}: the {what}; nothing to map (no output was touched)")
@@ -106,7 +118,7 @@ def _read_bytes(path: Path) -> bytes:
         raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def _load_jsonl(path: Path) -> list[Item]:
+def _load_jsonl(path: Path, errors: str = "strict") -> list[Item]:
     data = _read_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -127,6 +139,7 @@ def _load_jsonl(path: Path) -> list[Item]:
         if not isinstance(record, dict):
             kind = type(record).__name__
             raise CorpusError(f"{where}: expected a JSON object, got {kind}")
+        record = _encodable(record, where, errors)
         item_id = _record_id(record, where)
         if item_id in first_line:
             raise CorpusError(
@@ -145,6 +158,19 @@ def _load_jsonl(path: Path) -> list[Item]:
     return items
 
 
+def _encodable(record: dict[str, Any], where: str, errors: str) -> dict[str, Any]:
+    bad = unencodable(record)
+    if not bad:
+        return record
+    if errors != "strict":
+        return clean_text(record, errors)
+    raise CorpusError(
+        f"{where}: field {bad[0][0] or '(root)'}: text that cannot be encoded as UTF-8 "
+        f"({bad[0][1]}, a lone surrogate); "
+        "fix the line, or pass --errors replace (U+FFFD) or --errors ignore"
+    )
+
+
 def _record_id(record: dict[str, Any], where: str) -> str:
     if "id" not in record:
         raise CorpusError(f"{where}: missing 'id' field")
@@ -158,23 +184,39 @@ def _record_id(record: dict[str, Any], where: str) -> str:
     return item_id
 
 
-def _walk_files(root: Path) -> list[tuple[str, Path]]:
+def _walk_files(root: Path, follow_symlinks: bool = False) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
+    real_root = root.resolve()
 
     def on_error(exc: OSError) -> None:
         raise CorpusError(f"{exc.filename}: cannot list directory: {exc.strerror}") from exc
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+    for dirpath, dirnames, filenames in os.walk(
+        root, onerror=on_error, followlinks=follow_symlinks
+    ):
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
         base = Path(dirpath)
         for name in filenames:
             if name.startswith("."):
                 continue
             full = base / name
+            if not follow_symlinks:
+                _refuse_outside_link(full, real_root)
             if full.is_file():
                 found.append((full.relative_to(root).as_posix(), full))
     found.sort(key=lambda pair: pair[0])
     return found
+
+
+def _refuse_outside_link(full: Path, real_root: Path) -> None:
+    """A link (or a file under a linked directory) resolving outside the corpus is an error."""
+    target = full.resolve()
+    if target == real_root or real_root in target.parents:
+        return
+    raise CorpusError(
+        f"{full}: a symbolic link to {target}, outside the corpus directory {real_root}; "
+        "its content is not read unless --follow-symlinks is given"
+    )
 
 
 def _decode(full: Path, data: bytes, encoding: str, errors: str) -> str:
@@ -189,9 +231,11 @@ def _decode(full: Path, data: bytes, encoding: str, errors: str) -> str:
         raise CorpusError(f"{full}: cannot decode: {exc}") from None
 
 
-def _load_directory(root: Path, encoding: str = "utf-8", errors: str = "strict") -> list[Item]:
+def _load_directory(
+    root: Path, encoding: str = "utf-8", errors: str = "strict", follow_symlinks: bool = False
+) -> list[Item]:
     items: list[Item] = []
-    for rel, full in _walk_files(root):
+    for rel, full in _walk_files(root, follow_symlinks):
         text = _decode(full, _read_bytes(full), encoding, errors)
         try:
             mtime = full.stat().st_mtime

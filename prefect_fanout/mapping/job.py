@@ -32,6 +32,7 @@ from prefect_fanout.mapping.defaults import (
 from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
 from prefect_fanout.mapping.prompts import check_template, item_prompt
 from prefect_fanout.options import CacheOptions, RunOptions
+from prefect_fanout.outputs import check_output_ownership
 
 __all__ = ["MapJob", "prepare_map"]
 
@@ -58,6 +59,8 @@ class MapJob:
         active_partitions: Partitions mapped at once (their items interleaved).
         partition_retries: Retries of a failing partition write.
         partition_retry_delay: Seconds before the first retry (then doubling).
+        source_path: The corpus file or directory, when it came from a path.
+        force: Write among files fanout did not write (``--force``).
 
     """
 
@@ -77,6 +80,8 @@ class MapJob:
     active_partitions: int = DEFAULT_ACTIVE_PARTITIONS
     partition_retries: int = DEFAULT_PARTITION_RETRIES
     partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
+    source_path: Path | None = None
+    force: bool = False
 
     @property
     def options(self) -> RunOptions:
@@ -99,10 +104,13 @@ class MapJob:
         return self.options.workers(DEFAULT_MAX_WORKERS)
 
 
-def _items(items_or_path: Any, encoding: str, errors: str) -> tuple[list[Item], str, Path | None]:
+def _items(
+    items_or_path: Any, encoding: str, errors: str, follow_symlinks: bool = False
+) -> tuple[list[Item], str, Path | None]:
     if isinstance(items_or_path, str | Path):
         path = Path(items_or_path)
-        return load_items(path, encoding=encoding, errors=errors), str(path), path
+        items = load_items(path, encoding=encoding, errors=errors, follow_symlinks=follow_symlinks)
+        return items, str(path), path
     items: list[Item] = []
     seen: set[str] = set()
     for index, entry in enumerate(items_or_path):
@@ -234,6 +242,8 @@ def prepare_map(
     encoding: str = "utf-8",
     errors: str = "strict",
     options: RunOptions | Mapping[str, Any] | None = None,
+    force: bool = False,
+    follow_symlinks: bool = False,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
@@ -258,6 +268,9 @@ def prepare_map(
             ``OPENAI_BASE_URL``), max_workers (default 8), cache (``refresh`` asks again),
             max_tokens, temperature, timeout_seconds, the endpoint limits, task_runner
             (see :class:`~prefect_fanout.options.RunOptions`).
+        force: Write into an output directory holding files fanout did not write
+            (files named like its outputs are replaced; nothing else is touched).
+        follow_symlinks: Read links in a directory corpus that point outside it.
 
     Returns:
         The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
@@ -269,11 +282,12 @@ def prepare_map(
 
     """
     _check_decoding(encoding, errors)
-    items, source, source_path = _items(items_or_path, encoding, errors)
+    items, source, source_path = _items(items_or_path, encoding, errors, follow_symlinks)
     spec = parse_partition_spec(partition) if isinstance(partition, str) else partition
     spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
     out = Path(output_dir)
     _check_output_dir(out, source_path)
+    check_output_ownership(out, source_path, force)  # outputs are owned
     _check_options(active_partitions, partition_retries, partition_retry_delay, reduce_budget)
     check_template(items, prompt)  # input errors first, before agents and endpoints
     path = CallPath.of(RunOptions.of(options), agents)
@@ -313,4 +327,6 @@ def prepare_map(
         active_partitions=active_partitions,
         partition_retries=partition_retries,
         partition_retry_delay=partition_retry_delay,
+        source_path=source_path,
+        force=force,
     )

@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect_fanout.call.recording import recording_guard
+from prefect_fanout.call.stored import (
+    first_commit_error,
+    quiet_commit_errors,
+    storage_path,
+    unstored,
+)
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.engine.run import Engine
@@ -48,7 +54,10 @@ from prefect_fanout.mapping.stage import (
     partition_file_names,
 )
 from prefect_fanout.mapping.summary import MapSummary, ReduceReport
+from prefect_fanout.outputs import OutputClaim, claim_output
+from prefect_fanout.outputs.writing import OutputWrites
 from prefect_fanout.ui.artifacts import publish_run_artifacts
+from prefect_fanout.ui.failures import publish_failures
 from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 __all__ = ["FILES", "run_map"]
@@ -86,7 +95,11 @@ def _record(
 
 
 def _merge(
-    job: MapJob, groups: Mapping[str, list[Item]], stage: MapStage, records: list[CallRecord]
+    job: MapJob,
+    groups: Mapping[str, list[Item]],
+    stage: MapStage,
+    records: list[CallRecord],
+    writes: OutputWrites,
 ) -> tuple[list[str], list[str]]:
     """Write final.jsonl and dead_letters.jsonl; return the failed and dead-letter ids."""
     key_of = {item.id: key for key, items in groups.items() for item in items}
@@ -106,8 +119,8 @@ def _merge(
             failed.append(item.id)
         status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
         records.append(_record(job, item, key, done, status, error))
-    write_jsonl_atomic(job.output_dir / FILES["final"], rows)
-    write_jsonl_atomic(job.output_dir / FILES["dead_letters"], dead_rows)
+    for name, content in ((FILES["final"], rows), (FILES["dead_letters"], dead_rows)):
+        writes.attempt(name, lambda n=name, c=content: write_jsonl_atomic(job.output_dir / n, c))
     return failed, [row["id"] for row in dead_rows]
 
 
@@ -117,6 +130,7 @@ def _reduce(
     stage: MapStage,
     window: CallWindow,
     logger: Any,
+    writes: OutputWrites,
 ) -> TreeReduce:
     """Run the tree reduce over the completed outputs, partition by partition; write reduce.json."""
     assert job.reducer is not None
@@ -136,7 +150,8 @@ def _reduce(
         logger=logger,
     )
     tree = tree_reduce(pieces, agent=job.reducer, engine=engine, token_budget=job.reduce_budget)
-    write_json_atomic(job.output_dir / FILES["reduce"], tree.to_json())
+    path = job.output_dir / FILES["reduce"]
+    writes.attempt(FILES["reduce"], lambda: write_json_atomic(path, tree.to_json()))
     if tree.status == "failed":
         logger.error("reduce failed: %s", tree.error)
     return tree
@@ -151,10 +166,24 @@ def run_map(job: MapJob) -> MapSummary:
     Returns:
         The summary (also written to ``summary.json``).
 
+    Raises:
+        OutputOwnershipError: The output directory is not this run's to write
+            (see :mod:`prefect_fanout.outputs.ownership`).
+
     """
+    owner = claim_output(job.output_dir, job.source_path, job.force, _flow_run_id())
+    try:
+        return _run_map(job, owner)
+    finally:
+        owner.release()
+
+
+def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     started = time.perf_counter()
     LIMITED_TAGS.refresh()  # a limit created before this run applies to it
     logger = _logger()
+    quiet_commit_errors()  # a full result storage is reported once, below (issue 22)
+    writes = OutputWrites(logger)
     window = CallWindow(job.max_workers)
     out, parts_dir = job.output_dir, job.output_dir / PARTITIONS_DIR
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +212,10 @@ def run_map(job: MapJob) -> MapSummary:
         )
     targets = [FILES["final"], FILES["summary"], FILES["dead_letters"]]
     targets += [f"{PARTITIONS_DIR}/{name}" for name in names.values()]
+    if job.reducer is not None:
+        targets.append(FILES["reduce"])
     replaced = sorted(name for name in targets if (out / name).is_file())
+    owner.record(targets)  # listed before written: a killed run still owns what it left
     logger.info(
         "map: %d items in %d partitions (%s), agent %r, up to %d calls at once",
         len(job.items),
@@ -194,10 +226,11 @@ def run_map(job: MapJob) -> MapSummary:
     )
     stage = map_partitions(job, groups, names, parts_dir=parts_dir, window=window, logger=logger)
     usage["map"] = stage.usage
-    failed_ids, dead_ids = _merge(job, groups, stage, records)
+    unstored_ids = _unstored(job, stage, logger)
+    failed_ids, dead_ids = _merge(job, groups, stage, records, writes)
     reduce_report = None
     if job.reducer is not None:
-        tree = _reduce(job, groups, stage, window, logger)
+        tree = _reduce(job, groups, stage, window, logger, writes)
         usage["reduce"] = tree.usage
         reduce_report = ReduceReport(
             agent=tree.agent,
@@ -210,7 +243,7 @@ def run_map(job: MapJob) -> MapSummary:
             error=tree.error,
         )
     else:
-        (out / FILES["reduce"]).unlink(missing_ok=True)  # an earlier run's, not this one's
+        owner.remove(FILES["reduce"])  # an earlier run's, and only if fanout wrote it
     total = Ledger()
     for figures in usage.values():
         total.merge(figures)
@@ -246,10 +279,54 @@ def run_map(job: MapJob) -> MapSummary:
             name: round(waited, 3) for name, (_, waited) in limit_wait_by_endpoint(records).items()
         },
         recording_wait_s=round(guard.waited_s, 3) if (guard := recording_guard()) else 0.0,
+        unstored=len(unstored_ids),
+        unstored_ids=unstored_ids,
+        missing_outputs=writes.missing,
     )
-    write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
+    document = summary.model_dump(mode="json")
+    if not writes.attempt(
+        FILES["summary"], lambda: write_json_atomic(out / FILES["summary"], document)
+    ):
+        summary.missing_outputs = dict(writes.missing)  # stdout still carries the summary
     _publish(summary, records, out, logger)
+    _publish_failures(job, summary, records, logger)
     return summary
+
+
+def _publish_failures(
+    job: MapJob, summary: MapSummary, records: list[CallRecord], logger: Any
+) -> None:
+    """The failed calls' errors and prompt excerpts as a markdown artifact (issue 22)."""
+
+    def prompt_of(record: CallRecord) -> str | None:
+        request = job.requests.get(record.id)
+        return request.prompt if request is not None else None
+
+    title = f"fanout map: {summary.agent}"
+    try:
+        publish_failures("map", title, records, prompt_of)
+    except Exception as exc:  # artifacts inform; they never fail a finished run
+        logger.warning("could not publish the failures artifact: %s", exc)
+
+
+def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
+    """Ids of answers of this run that did not reach result storage; logged once."""
+    answered = [
+        (item.id, job.requests[item.id])
+        for item in job.items
+        if (result := stage.outcomes[item.id].result) is not None and not result.cached
+    ]
+    missing = unstored(answered, job.cache)
+    if missing:
+        logger.error(
+            "map: %d of %d answer(s) could not be stored in result storage %s (%s); they are "
+            "in the outputs, but a rerun asks for them again",
+            len(missing),
+            len(answered),
+            storage_path(job.cache),
+            first_commit_error() or "missing or empty records",
+        )
+    return missing
 
 
 def _flow_run_id() -> str | None:

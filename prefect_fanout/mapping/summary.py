@@ -102,6 +102,11 @@ class MapSummary(BaseModel):
             its limits (see :mod:`prefect_fanout.limits`).
         recording_wait_s: Seconds new calls waited for the Prefect server to record
             the run's finished task runs (see :mod:`prefect_fanout.call.recording`).
+        unstored: Answers this run got but could not store in result storage (e.g. a
+            full disk): they are in the outputs, and a rerun asks for them again.
+        unstored_ids: Their ids, in input order.
+        missing_outputs: Output files that could not be written (name -> reason); the
+            previous version of each, if any, is left as it was.
 
     """
 
@@ -132,9 +137,27 @@ class MapSummary(BaseModel):
     kept: list[str] = Field(default_factory=list)
     limit_wait_s: dict[str, float] = Field(default_factory=dict)
     recording_wait_s: float = 0.0
+    unstored: int = 0
+    unstored_ids: list[str] = Field(default_factory=list)
+    missing_outputs: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True when every item completed (and the reduce, if asked for, did not fail)."""
+        """True when all went well: every item completed and stored, every output written.
+
+        The reduce, if asked for, must not have failed either.
+        """
         reduce_ok = self.reduce is None or self.reduce.status != "failed"
-        return self.failed == 0 and self.dead_letter == 0 and reduce_ok
+        written = self.unstored == 0 and not self.missing_outputs
+        return self.failed == 0 and self.dead_letter == 0 and reduce_ok and written
+
+    def problem_line(self) -> str:
+        """One line for stderr saying what went wrong (empty when nothing did)."""
+        parts = [f"{self.failed} failed, {self.dead_letter} dead-lettered of {self.total} items"]
+        if self.unstored:
+            parts.append(f"{self.unstored} answer(s) not stored in result storage")
+        if self.missing_outputs:
+            parts.append("not written: " + ", ".join(self.missing_outputs))
+        if self.reduce is not None and self.reduce.status == "failed":
+            parts.append("the reduce failed")
+        return "; ".join(parts) + f"; see {self.output_dir}"

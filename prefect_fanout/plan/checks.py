@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from prefect_fanout.plan import graph as plan_graph
 from prefect_fanout.plan.policies import FAILURE_POLICIES
 from prefect_fanout.plan.problems import PlanProblem
+from prefect_fanout.textcheck import unencodable
 
 AgentCheck = Callable[[str, dict[str, Any]], list[str]]
 """``check_agent(name, profile) -> problem messages`` for a plan's agent profiles."""
@@ -112,6 +113,9 @@ def check_document(
             "field", f"a plan must be an object with a 'tasks' list, got {_type_name(raw)}"
         )
         return None, problems
+    for location, detail in unencodable(raw):  # issue 22: would crash the cache keys
+        message = f"text that cannot be encoded as UTF-8 ({detail}, a lone surrogate)"
+        problems.add("encoding", message, location)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             valid = ", ".join(TOP_LEVEL_KEYS)

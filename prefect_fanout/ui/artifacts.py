@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_fanout.bounded import call_within
+from prefect_fanout.redact import redact, redact_value
 from prefect_fanout.usage import CallRecord, Ledger, limit_wait_by_endpoint
 
 SLOWEST_SHOWN = 5
@@ -160,12 +161,12 @@ def _create_artifacts(
 
     key = artifact_key(f"fanout-{name}")
     create_markdown_artifact(
-        markdown=summary_markdown(title, records, extra),
+        markdown=redact(summary_markdown(title, records, extra)),
         key=f"{key}-summary",
         description=f"{title}: status counts, usage, cost, cache hits, slowest calls, failures",
     )
     create_table_artifact(
-        table=table_rows(records),
+        table=redact_value(table_rows(records)),
         key=f"{key}-calls",
         description=f"{title}: one row per agent call",
     )

@@ -17,6 +17,7 @@ records the actual path of every task's trace.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from typing import Any
 from prefect_fanout.files import write_json_atomic
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_STEM = 100
+"""Characters of an id kept in a trace file name that is not the id itself (then a hash)."""
 
 
 def trace_file_names(task_ids: Iterable[str]) -> dict[str, str]:
@@ -37,7 +40,9 @@ def trace_file_names(task_ids: Iterable[str]) -> dict[str, str]:
     Returns:
         ``task_id -> "<name>.json"``; safe ids keep their name, others have
         unsafe characters replaced by ``_`` and, on a clash, a ``-2``, ``-3``...
-        suffix. Names never start with ``dispatch-`` (reserved for indexes).
+        suffix; a long one is cut to :data:`MAX_STEM` characters plus a hash of the
+        whole id, so every name fits a file system's 255-byte limit. Names never
+        start with ``dispatch-`` (reserved for indexes).
 
     """
     names: dict[str, str] = {}
@@ -53,6 +58,9 @@ def trace_file_names(task_ids: Iterable[str]) -> dict[str, str]:
         stem = _UNSAFE.sub("_", task_id).strip(".") or "task"
         if stem.startswith("dispatch-"):
             stem = "task-" + stem
+        if len(stem) > MAX_STEM:  # issue 22: bounded, still unique by the id's hash
+            digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+            stem = f"{stem[:MAX_STEM]}-{digest}"
         candidate, number = stem, 1
         while candidate.lower() in taken:
             number += 1
