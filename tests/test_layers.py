@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("limits", ("limits",)),
     ("wire", ("llm",)),
     ("config", ("agents", "usage", "plan", "options")),
-    ("task", ("call", "runners", "ui")),
+    ("task", ("call", "runners", "ui", "batch")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),
     ("edges", ("flows", "cli", "blocks", "__init__")),

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from prefect_fanout.batch.report import BatchReport
 from prefect_fanout.usage import Ledger
 
 __all__ = ["MapSummary", "PartitionReport", "ReduceReport"]
@@ -102,6 +103,8 @@ class MapSummary(BaseModel):
             its limits (see :mod:`prefect_fanout.limits`).
         recording_wait_s: Seconds new calls waited for the Prefect server to record
             the run's finished task runs (see :mod:`prefect_fanout.call.recording`).
+        batch: Batch mode's figures (batches, calls answered by batch and sent online,
+            cost against online), when the run used ``batch``.
 
     """
 
@@ -132,6 +135,7 @@ class MapSummary(BaseModel):
     kept: list[str] = Field(default_factory=list)
     limit_wait_s: dict[str, float] = Field(default_factory=dict)
     recording_wait_s: float = 0.0
+    batch: BatchReport | None = None
 
     @property
     def ok(self) -> bool:
