@@ -70,9 +70,14 @@ def _now() -> int:
     return int(time.time())
 
 
-def _token_estimate(body: dict[str, Any]) -> int:
-    text = json.dumps(body.get("messages", []))
-    return len(text) // 4 + int(body.get("max_tokens") or 0)
+def token_estimate(body: dict[str, Any]) -> int:
+    """The prompt tokens a line is counted for against the enqueued limit: characters / 4
+    (rounded up) plus 4 per message (completion budgets do not count)."""
+    return sum(
+        -(-len(str(m.get("content", ""))) // 4) + 4
+        for m in body.get("messages", [])
+        if isinstance(m, dict)
+    )
 
 
 def _multipart(request_headers: Any, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -130,6 +135,12 @@ class FakeBatchAPI:
         """Batches created since the last reset."""
         with self._lock:
             return len(self.batches)
+
+    def seconds_at_server(self, batch_id: str) -> float | None:
+        """Seconds from the batch's creation to its end (None while it has not ended)."""
+        with self._lock:
+            plan = self._plans[batch_id]
+            return plan["ended"] - plan["created"] if "ended" in plan else None
 
     def line_count(self, substring: str | None = None) -> int:
         """Batch lines run whose user messages contain ``substring`` (all when None)."""
@@ -392,7 +403,7 @@ class FakeBatchAPI:
                     "line": None,
                 }
             )
-        tokens = sum(_token_estimate(line.get("body") or {}) for line in lines)
+        tokens = sum(token_estimate(line.get("body") or {}) for line in lines)
         if self.enqueued_token_limit is not None and not errors:
             enqueued = sum(
                 p.get("tokens", 0)
@@ -468,3 +479,4 @@ class FakeBatchAPI:
             batch["finalizing_at"] = batch["finalizing_at"] or _now()
         batch["status"] = status
         batch[f"{status}_at"] = _now()
+        plan["ended"] = time.time()

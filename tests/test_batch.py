@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from prefect_fanout import AgentProfile, RunOptions
-from prefect_fanout.batch.lines import write_input_files
+from prefect_fanout.batch.lines import request_line, write_input_files
 from prefect_fanout.cli import main
 from prefect_fanout.flows import map_corpus
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.request import CallRequest
-from tests.fakebatch import Outcome
+from prefect_fanout.mapping.job import prepare_map
+from tests.fakebatch import Outcome, token_estimate
 from tests.fakeopenai import Error, FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
 
@@ -161,10 +162,22 @@ def test_batch_answers_are_validated_and_priced_at_half(
     report = summary.batch
     assert report is not None and report.answered == 6
     assert report.cost_usd is not None and report.online_cost_usd is not None
-    # the five valid answers cost half; item 1 paid half for its batch answer and full for the re-ask
+    # valid answers cost half; item 1 paid half for its batch answer, full for the re-ask
     assert report.cost_usd < report.online_cost_usd
     lines = [line for line in fake_openai.batches.lines if run in line.conversation]
     assert len(lines) == 6
+
+
+def _tokens_of_ten(fake: FakeOpenAI, run: str, tmp_path: Path) -> int:
+    """What the test server counts for a batch of the first ten items."""
+    job = prepare_map(
+        _items(run, 10),
+        agent="default",
+        partition="count:1",
+        output_dir=tmp_path / "probe",
+        options=_options(fake),
+    )
+    return sum(token_estimate(request_line(r)["body"]) for r in job.requests.values())
 
 
 @pytest.mark.server
@@ -173,7 +186,8 @@ def test_a_rejected_batch_is_sent_again_once_another_ended(
 ) -> None:
     run = tag()
     fake_openai.batches.completion_seconds = 0.5
-    fake_openai.batches.enqueued_token_limit = 150  # one batch of 10 items fits, two do not
+    # one batch of 10 items fits, two do not
+    fake_openai.batches.enqueued_token_limit = int(_tokens_of_ten(fake_openai, run, tmp_path) * 1.5)
     options = _options(fake_openai, batch_max_requests=10)
     summary = map_corpus(
         _items(run, 20),
@@ -195,8 +209,9 @@ def test_batch_max_tokens_queues_batches_instead_of_being_rejected(
 ) -> None:
     run = tag()
     fake_openai.batches.completion_seconds = 0.3
-    fake_openai.batches.enqueued_token_limit = 150
-    options = _options(fake_openai, batch_max_tokens=120)
+    ten = _tokens_of_ten(fake_openai, run, tmp_path)
+    fake_openai.batches.enqueued_token_limit = int(ten * 1.5)
+    options = _options(fake_openai, batch_max_tokens=int(ten * 1.2))
     summary = map_corpus(
         _items(run, 20),
         agent="default",

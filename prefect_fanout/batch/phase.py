@@ -101,6 +101,7 @@ class _Phase:
         self.artifacts: dict[str, UUID | None] = {}
         self.resumed: set[str] = set()
         self.mine: list[BatchEntry] = []  # the entries this run queued, in order
+        self.held = False  # after a rejection: submit nothing more until a batch ends well
 
     # ------------------------------------------------------------- what to send
 
@@ -155,8 +156,14 @@ class _Phase:
         return sum(entry.tokens for entry, _ in self.in_flight.values())
 
     def admit(self) -> None:
-        """Submit queued entries while the tokens in flight allow (always one if none fly)."""
+        """Submit queued entries while the tokens in flight allow (always one if none fly).
+
+        After a rejection nothing more is submitted until a batch in flight has ended.
+        """
         limit = self.options.batch_max_tokens
+        if self.held and self.in_flight:
+            return
+        self.held = False
         while self.queue:
             entry = self.queue[0]
             if limit is not None and self.in_flight and self.enqueued() + entry.tokens > limit:
@@ -167,11 +174,13 @@ class _Phase:
     def submit(self, entry: BatchEntry) -> None:
         """Upload (once), create (or find) the batch, record it, start polling it."""
         if entry.batch_id is None:
+            # uploaded by an earlier run that may have created its batch before it died
+            recovering = entry.input_file_id is not None and not entry.errors
             if entry.input_file_id is None:
                 entry.input_file_id = self.api.upload(self.ledger.output_dir / entry.input_file)
                 entry.status = "uploaded"
                 self.ledger.save()
-            found = None if entry.errors else self.api.find(entry.input_file_id)
+            found = self.api.find(entry.input_file_id) if recovering else None
             if found is not None:  # created by a run killed before it could record it
                 self.resumed.add(found["id"])
             batch = found or self.api.create(
@@ -277,6 +286,7 @@ class _Phase:
             )
             self.fail_online(unanswered, entry.batch_id)
         entry.collected = True
+        self.held = False  # a batch ended: the limit has room again
         self.ledger.save()
 
     def rejected(self, entry: BatchEntry) -> None:
@@ -286,10 +296,11 @@ class _Phase:
         self.logger.warning(
             "batch %s was rejected (%s); sending it again later", old, entry.errors[-1]
         )
-        if self.in_flight:
+        if self.in_flight:  # others hold the limit: send it again once one of them ended
             entry.batch_id, entry.status = None, "queued"
             self.ledger.save()
-            self.queue.append(entry)
+            self.queue.appendleft(entry)
+            self.held = True
             return
         keys = self.ledger.keys(entry)
         entry.replaced_by = "split"
