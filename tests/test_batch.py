@@ -293,10 +293,14 @@ def test_a_run_killed_while_its_batch_is_in_flight_resumes_it(
     )
     ledger = out / "batches" / "batches.json"
     deadline = time.monotonic() + DEADLINE
-    while not (
-        ledger.is_file()
-        and all(e.get("batch_id") for e in json.loads(ledger.read_text())["batches"])
-    ):
+
+    def recorded() -> bool:
+        if not ledger.is_file():
+            return False
+        entries = json.loads(ledger.read_text())["batches"]
+        return bool(entries) and all(e.get("batch_id") for e in entries)
+
+    while not recorded():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no batch was recorded"
         time.sleep(0.05)
