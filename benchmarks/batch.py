@@ -62,6 +62,7 @@ def main() -> None:
             PREFECT_HOME=str(root / "home"),
             PREFECT_LOCAL_STORAGE_PATH=str(root / "storage"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
         )
         command = [sys.executable, "-m", "prefect_fanout.cli", "map", str(source)]
         command += ["--agent", "default", "--partition", "count:8", "--output", str(root / "out")]

@@ -376,3 +376,20 @@ def test_batch_options_without_batch_exit_2(
     args = ["map", str(source), "--agent", "default", "--partition", "count:1", "--model", "test"]
     assert main([*args, "--output", str(tmp_path / "o"), "--batch-max-tokens", "100"]) == 2
     assert "only with --batch" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_fan_out_takes_batch_too(prefect_server: Any, fake_openai: FakeOpenAI) -> None:
+    from prefect_fanout import fan_out
+
+    run = tag()
+    fake_openai.batches.completion_seconds = 0.3
+    fake_openai.script(f"{run} item-2.", Error(400, "refused in the batch"))
+    items = [f"{run} item-{n}." for n in range(5)]
+    result = fan_out(items, options=_options(fake_openai))
+    assert result.output == [f"echo: {item}" for item in items]
+    assert result.details["batch"]["answered"] == 4 and result.details["batch"]["online"] == 1
+    assert fake_openai.batches.created == 1 and fake_openai.count(run) == 1
+    again = fan_out(items, options=_options(fake_openai))  # rerun: all cached, nothing sent
+    assert again.output == result.output
+    assert fake_openai.batches.created == 1 and fake_openai.count(run) == 1

@@ -39,7 +39,7 @@ from prefect_fanout.batch.report import BatchReport, BatchRow
 from prefect_fanout.batch.results import line_answer, line_error, settle
 from prefect_fanout.bounded import call_within
 from prefect_fanout.call.cache import stored_answer
-from prefect_fanout.errors import AgentCallError
+from prefect_fanout.errors import AgentCallError, FanoutError
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.request import CallRequest
@@ -47,10 +47,14 @@ from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
 
-__all__ = ["BatchPhase", "run_batch_phase"]
+__all__ = ["BatchPendingError", "BatchPhase", "run_batch_phase"]
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 ARTIFACT_WAIT_SECONDS = 5.0
+
+
+class BatchPendingError(FanoutError):
+    """Calls still wait in batches at the provider (``batch_wait`` false, outside a map)."""
 
 
 @dataclass
