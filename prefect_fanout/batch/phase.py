@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from prefect_fanout.batch.ledger import BATCH_DIR, BatchEntry, BatchLedger
 from prefect_fanout.batch.lines import MAX_REQUESTS, write_input_files
 from prefect_fanout.batch.poll import describe_batch, poll_task
 from prefect_fanout.batch.report import BatchReport, BatchRow
-from prefect_fanout.batch.results import line_answer, line_error, settle
+from prefect_fanout.batch.results import Settled, line_answer, line_error, settle
 from prefect_fanout.bounded import call_within
 from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.errors import AgentCallError, FanoutError
@@ -51,6 +52,8 @@ __all__ = ["BatchPendingError", "BatchPhase", "run_batch_phase"]
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 ARTIFACT_WAIT_SECONDS = 5.0
+SETTLE_WORKERS = 8
+"""Lines settled at once when ``max_workers`` is not set."""
 
 
 class BatchPendingError(FanoutError):
@@ -263,6 +266,7 @@ class _Phase:
             return
         keys = self.ledger.keys(entry)
         seen: set[str] = set()
+        answers: list[tuple[str, Any]] = []
         for name in ("output_file_id", "error_file_id"):
             for line in self.api.lines(batch.get(name)):
                 key = line.get("custom_id")
@@ -279,7 +283,8 @@ class _Phase:
                     )
                     self.fail_online([key], entry.batch_id)
                 else:
-                    self.take(key, answer, entry.batch_id)
+                    answers.append((key, answer))
+        self.take_all(answers, entry.batch_id)
         unanswered = [key for key in keys if key not in seen]
         if unanswered:
             self.logger.warning(
@@ -329,9 +334,19 @@ class _Phase:
                 self.queue.append(self.ledger.add(fresh))
                 self.mine.append(fresh)
 
-    def take(self, key: str, answer: Any, batch_id: str | None) -> None:
-        """Settle one answered line for every item that asked it."""
-        settled = settle(self.request[key], answer, self.transport, self.cache)
+    def take_all(self, answers: list[tuple[str, Any]], batch_id: str | None) -> None:
+        """Settle answered lines, ``max_workers`` at a time (validation, re-asks, storing)."""
+
+        def one(entry: tuple[str, Any]) -> Settled:
+            return settle(self.request[entry[0]], entry[1], self.transport, self.cache)
+
+        workers = self.options.workers(SETTLE_WORKERS)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout-batch") as pool:
+            for (key, _), settled in zip(answers, pool.map(one, answers), strict=True):
+                self.take(key, settled, batch_id)
+
+    def take(self, key: str, settled: Settled, batch_id: str | None) -> None:
+        """Record one settled line for every item that asked it."""
         report = self.result.report
         for item_id in self.items[key]:
             if batch_id:
