@@ -393,3 +393,30 @@ def test_fan_out_takes_batch_too(prefect_server: Any, fake_openai: FakeOpenAI) -
     again = fan_out(items, options=_options(fake_openai))  # rerun: all cached, nothing sent
     assert again.output == result.output
     assert fake_openai.batches.created == 1 and fake_openai.count(run) == 1
+
+
+@pytest.mark.server
+def test_a_cancelled_and_a_failed_batch_leave_nothing_unanswered(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    run = tag()
+    fake_openai.batches.completion_seconds = 0.3
+    failed = Outcome(
+        "failed", errors=[{"code": "invalid_request", "message": "bad file", "line": 1}]
+    )
+    fake_openai.batches.script(Outcome("cancelled", answered=3), failed)
+    options = _options(fake_openai, batch_max_requests=8)
+    summary = map_corpus(
+        _items(run, 16),
+        agent="default",
+        partition="count:2",
+        output_dir=tmp_path / "o",
+        options=options,
+    )
+    assert summary.completed == 16
+    report = summary.batch
+    assert report is not None
+    assert sorted(row.status for row in report.batches) == ["cancelled", "failed"]
+    assert (report.answered, report.online) == (3, 13)
+    assert fake_openai.count(run) == 13
+    _answered_once(fake_openai, run, 16)

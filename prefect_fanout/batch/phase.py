@@ -113,14 +113,22 @@ class _Phase:
     # ------------------------------------------------------------- what to send
 
     def missing(self) -> set[str]:
-        """Keys of the calls with no stored answer (all of them unless the cache reads)."""
+        """Keys of the calls with no stored answer (all of them unless the cache reads).
+
+        The stored answers found are handed to the map stage as they are (cache hits),
+        so it does not read them again.
+        """
         if self.cache.mode is not CacheMode.ON:
             return set(self.items)
-        return {
-            key
-            for key, request in self.request.items()
-            if stored_answer(request, self.cache) is None
-        }
+        missing: set[str] = set()
+        for key, request in self.request.items():
+            stored = stored_answer(request, self.cache)
+            if stored is None:
+                missing.add(key)
+                continue
+            for item_id in self.items[key]:
+                self.result.outcomes[item_id] = stored.model_copy(update={"item_id": item_id})
+        return missing
 
     def plan(self, missing: set[str]) -> None:
         """Queue the open entries of earlier runs, then new input files for the rest."""
