@@ -103,7 +103,7 @@ class FakeBatchAPI:
         enabled: False makes every route answer 404 (a server with no Batch API).
         completion_seconds: Seconds from creation to ``completed`` (a tenth validating, the
             last tenth finalizing).
-        enqueued_token_limit: Tokens (chars/4 + max_tokens) of the batches in flight above
+        enqueued_token_limit: Prompt tokens (see token_estimate) of the batches in flight above
             which a new batch fails with ``token_limit_exceeded``; None for no limit.
     """
 
@@ -275,8 +275,34 @@ class FakeBatchAPI:
                 "metadata": body.get("metadata") or {},
             }
             outcome = self._outcomes.popleft() if self._outcomes else Outcome()
+            tokens = sum(
+                token_estimate(json.loads(raw).get("body") or {})
+                for raw in self._content[file_id].splitlines()
+                if raw.strip()
+            )
+            enqueued = sum(
+                p.get("tokens", 0)
+                for other, p in self._plans.items()
+                if self.batches[other]["status"] in IN_FLIGHT and not p.get("over_limit")
+            )
+            over = None
+            if (
+                self.enqueued_token_limit is not None
+                and enqueued + tokens > self.enqueued_token_limit
+            ):
+                over = (
+                    f"Enqueued token limit reached: limit {self.enqueued_token_limit}, "
+                    f"{enqueued} enqueued already, this batch {tokens}. Try again once some "
+                    "batches have completed."
+                )
             self.batches[batch_id] = batch
-            self._plans[batch_id] = {"created": created, "outcome": outcome, "lines": None}
+            self._plans[batch_id] = {
+                "created": created,
+                "outcome": outcome,
+                "lines": None,
+                "tokens": tokens,
+                "over_limit": over,
+            }
         return JSONResponse(batch)
 
     async def _batch_list(self, request: Request) -> Response:
@@ -403,32 +429,17 @@ class FakeBatchAPI:
                     "line": None,
                 }
             )
-        tokens = sum(token_estimate(line.get("body") or {}) for line in lines)
-        if self.enqueued_token_limit is not None and not errors:
-            enqueued = sum(
-                p.get("tokens", 0)
-                for other, p in self._plans.items()
-                if other != batch["id"] and self.batches[other]["status"] in IN_FLIGHT
+        if plan.get("over_limit") and not errors:
+            errors.append(
+                {"code": "token_limit_exceeded", "message": plan["over_limit"], "line": None}
             )
-            if enqueued + tokens > self.enqueued_token_limit:
-                errors.append(
-                    {
-                        "code": "token_limit_exceeded",
-                        "message": (
-                            f"Enqueued token limit reached for {lines[0]['body'].get('model')}: "
-                            f"limit {self.enqueued_token_limit}, {enqueued} enqueued already, "
-                            f"this batch {tokens}. Try again once some batches have completed."
-                        ),
-                        "line": None,
-                    }
-                )
         batch["request_counts"]["total"] = len(lines)
         if errors:
             batch["status"], batch["failed_at"] = "failed", _now()
             batch["errors"] = {"object": "list", "data": [{"param": None, **e} for e in errors]}
             plan["lines"] = []
             return
-        plan["lines"], plan["tokens"] = lines, tokens
+        plan["lines"] = lines
         batch["status"], batch["in_progress_at"] = "in_progress", _now()
 
     def _finish(

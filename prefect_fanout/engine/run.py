@@ -169,10 +169,11 @@ class Engine:
         return self.path.request(call.prompt, agent=call.agent, item_id=call.key, tags=tags)
 
     def _submit(self, call: Call) -> Submitted:
-        request = self.requests.get(call.key) or self._request(call)
+        answered = self.answered.pop(call.key, None)  # batch mode's answer, used once
+        if answered is not None:
+            return answered
+        request = self._request(call)
         self.requests[call.key] = request
-        if call.key in self.answered:  # answered in batch mode
-            return self.answered[call.key]
         return self.path.submit(request, context=call.context, run_name=call.run_name)
 
     def answer_in_batches(self, calls: list[Call]) -> None:
@@ -190,7 +191,7 @@ class Engine:
         requests = {call.key: self._request(call) for call in calls if not call.context}
         if not requests:
             return
-        self.requests.update(requests)
+        self.requests.update(requests)  # the records of batch answers name their requests
         check_batch_requests(requests.values())
         endpoint = self.resolver.endpoint()
         check_batch_endpoint(endpoint)
