@@ -124,6 +124,17 @@ class RunOptions(BaseModel):
         dask_address: An existing Dask scheduler (with ``dask``). Default: a LocalCluster.
         ray_address: An existing Ray cluster (with ``ray``). Default: a local Ray.
         trace_dir: Where a dispatch writes its trace files. Default: none written.
+        batch: Send a map's uncached calls through the provider's Batch API (half the
+            price, answers within 24 h; README "Batch mode"). Default: online calls.
+        batch_wait: With ``batch``: wait for the batches and finish the run (True), or
+            submit, record and end the run, collecting on the next run (False). Default: wait.
+        batch_max_tokens: With ``batch``: the most tokens (estimated) enqueued at once, per
+            batch and over the batches in flight (the provider's enqueued-token limit).
+            Default: no limit of ours.
+        batch_max_requests: With ``batch``: requests per batch file (at most 50,000, the
+            API's limit). Default: 50,000.
+        batch_poll_seconds: With ``batch``: the first wait between status polls; each wait
+            is 1.5 times the last, up to 300 s. Default: 10.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -145,6 +156,11 @@ class RunOptions(BaseModel):
     dask_address: str | None = None
     ray_address: str | None = None
     trace_dir: str | None = None
+    batch: bool | None = None
+    batch_wait: bool | None = None
+    batch_max_tokens: int | None = Field(default=None, gt=0)
+    batch_max_requests: int | None = Field(default=None, gt=0, le=50_000)
+    batch_poll_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("trace_dir", mode="before")
     @classmethod

@@ -57,6 +57,7 @@ class CallRecord(BaseModel):
         partition: The map partition, if any.
         limit_wait_s: Seconds its requests waited for the endpoint's limits in this run.
         endpoint: The endpoint (base URL) the call went to, when known.
+        batch_id: The Batch API batch that answered (or tried to answer) it, if any.
     """
 
     id: str
@@ -74,6 +75,7 @@ class CallRecord(BaseModel):
     partition: str | None = None
     limit_wait_s: float = 0.0
     endpoint: str | None = None
+    batch_id: str | None = None
 
     @classmethod
     def from_error(

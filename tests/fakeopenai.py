@@ -35,6 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakebatch import FakeBatchAPI
+
 MODELS = ("gpt-4o-mini",)
 """Model ids listed by ``GET /v1/models`` by default (any model name is accepted for
 completions); set ``fake.models`` to list others (a local server lists its one model)."""
@@ -412,11 +414,17 @@ class FakeOpenAI:
         self.reported_model: str | None = None
         self.refused_formats: frozenset[str] = frozenset()
         self.refusal_status = 500
+        self.batches = FakeBatchAPI(self._answer_line)
+        batch_routes = [
+            Route(path, handler, methods=methods)
+            for path, handler, methods in self.batches.routes()
+        ]
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/health", self._health, methods=["GET"]),
+                *batch_routes,
             ],
             exception_handlers={HTTPException: self._http_error},
         )
@@ -528,6 +536,7 @@ class FakeOpenAI:
         with self._lock:
             self._records = []
             self._max_in_flight = self._in_flight
+        self.batches.reset()
         self.emulate()
 
     def emulate(
@@ -614,6 +623,35 @@ class FakeOpenAI:
                 record.finished = time.monotonic()
             with self._lock:
                 self._in_flight -= 1
+
+    def _answer_line(self, body: Any) -> tuple[int, Any, str]:
+        """Answer one batch line's body as ``POST /v1/chat/completions`` would, at once.
+
+        Scripted steps are consumed as by online requests: an ``Error`` is the line's
+        status and error body, ``Hang`` and ``Malformed`` become a 500, a ``Reply`` its
+        answer (latency is ignored: a batch line takes no wall time of its own).
+
+        Returns:
+            (status code, response body, the user messages' text).
+        """
+        problem = _validate(body)
+        if problem is not None:
+            return 400, error_body(400, problem[0], None, problem[1] or None), ""
+        conversation = user_text(body.get("messages"))
+        with self._lock:
+            key = self._match(conversation)
+            queue = self._scripts.get(key) if key is not None else None
+            step = queue.popleft() if queue else None
+        if isinstance(step, Error):
+            return step.status, error_body(step.status, step.message, step.code), conversation
+        if isinstance(step, Hang | Malformed):
+            return 500, error_body(500, "the server failed this request"), conversation
+        reply = step if isinstance(step, Reply) else Reply()
+        content = default_answer(body) if reply.content is None else reply.content
+        completion = self._completion(body, reply, content)
+        if self.reported_model:
+            completion["model"] = self.reported_model
+        return 200, completion, conversation
 
     def _match(self, prompt: str) -> str | None:
         """Return the longest script key contained in the prompt (lock held by caller)."""

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("limits", ("limits",)),
     ("wire", ("llm",)),
     ("config", ("agents", "usage", "plan", "options")),
-    ("task", ("call", "runners", "ui", "outputs")),
+    ("task", ("call", "runners", "ui", "outputs", "batch")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),
     ("edges", ("flows", "cli", "blocks", "__init__")),

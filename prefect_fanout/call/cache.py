@@ -161,3 +161,25 @@ def stored_answer(request: CallRequest, options: CacheOptions) -> AgentResult | 
     if not isinstance(result, AgentResult):
         return None
     return result.as_cached()
+
+
+def store_answer(request: CallRequest, result: AgentResult, options: CacheOptions) -> None:
+    """Store an answer made outside the agent-call task where that task would store it.
+
+    The record is the one the task's cache writes: the same result store (the options'
+    storage, Prefect's default when None), the call's cache key as the storage key, and the
+    options' expiration. So :func:`stored_answer` and the agent-call task's own cache lookup
+    both find it (batch mode answers calls this way; see :mod:`prefect_fanout.batch`).
+    Mode ``off`` stores nothing.
+
+    Args:
+        request: The request with its upstream context applied.
+        result: Its answer.
+        options: The call's cache options.
+    """
+    if options.mode is CacheMode.OFF:
+        return
+    expiration = None
+    if options.expiration is not None:
+        expiration = datetime.now(UTC) + options.expiration
+    _result_store(options).write(obj=result, key=request.cache_key(), expiration=expiration)

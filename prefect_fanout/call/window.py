@@ -33,8 +33,9 @@ __all__ = ["CallOutcome", "CallWindow"]
 
 K = TypeVar("K")
 
-Submitted = PrefectFuture[Any] | AgentResult
-"""What a submit function returns: the call's future, or its stored result (a cache hit)."""
+Submitted = PrefectFuture[Any] | AgentResult | BaseException
+"""What a submit function returns: the call's future, its stored result (a cache hit), or
+the error that already ended it (e.g. a batch answer that failed validation)."""
 
 
 @dataclass
@@ -74,9 +75,7 @@ class CallWindow(Generic[K]):
         self.in_flight = 0
         self._guard = guard
         self._guard_found = False
-        self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
-            queue.SimpleQueue()
-        )
+        self._finished: queue.SimpleQueue[tuple[K, Submitted]] = queue.SimpleQueue()
 
     @property
     def peak(self) -> int:
@@ -105,7 +104,7 @@ class CallWindow(Generic[K]):
         self.in_flight += 1
         self.submitted += 1
         self._calls_peak = max(self._calls_peak, self.in_flight)
-        if isinstance(submitted, AgentResult):
+        if isinstance(submitted, AgentResult | BaseException):
             self._finished.put((key, submitted))
         else:
             submitted.add_done_callback(lambda done, key=key: self._finished.put((key, done)))
@@ -118,6 +117,8 @@ class CallWindow(Generic[K]):
         self.in_flight -= 1
         if isinstance(future, AgentResult):
             return CallOutcome(key, future, None, None)
+        if isinstance(future, BaseException):
+            return CallOutcome(key, None, future, None)
         if not self._guard_found:  # once: the window lives inside one flow run, or none
             self._guard = self._guard or recording_guard()
             self._guard_found = True

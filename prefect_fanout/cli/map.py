@@ -121,6 +121,7 @@ def add_parser(subparsers: Any) -> None:
         parser,
         workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
         no_cache=False,
+        batch=True,
     )
     parser.set_defaults(run=run)
 
@@ -175,6 +176,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
+    if summary.batch is not None and summary.batch.pending:
+        print(
+            f"{PROG}: {summary.batch.pending} call(s) wait in batches at the provider; rerun "
+            "the same command to collect them (nothing is sent twice)",
+            file=sys.stderr,
+        )
     if not summary.ok:
         print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)  # issue 22
         return EXIT_FAILED

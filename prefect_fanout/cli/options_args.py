@@ -28,6 +28,7 @@ def add_run_option_arguments(
     runner: bool = True,
     dispatch: bool = False,
     no_cache: bool = True,
+    batch: bool = False,
 ) -> None:
     """Add the run-option flags to a command's parser.
 
@@ -37,6 +38,7 @@ def add_run_option_arguments(
         runner: Add ``--task-runner``, ``--dask-address`` and ``--ray-address``.
         dispatch: Add ``--failure-policy`` and ``--trace-dir``.
         no_cache: Add ``--no-cache`` beside ``--refresh``.
+        batch: Add ``--batch`` and its options (README "Batch mode").
     """
     parser.add_argument(
         "--options",
@@ -70,6 +72,46 @@ def add_run_option_arguments(
         )
     if runner:
         add_runner_arguments(parser)
+    if batch:
+        _add_batch_arguments(parser)
+
+
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch`` and the options of batch mode (README "Batch mode")."""
+    group = parser.add_argument_group("batch mode (the provider's Batch API: half the price)")
+    group.add_argument(
+        "--batch",
+        action="store_true",
+        default=None,
+        help="send the uncached calls as Batch API batches (answers within 24 h); "
+        "failed lines go online",
+    )
+    group.add_argument(
+        "--no-batch-wait",
+        dest="batch_wait",
+        action="store_false",
+        default=None,
+        help="submit the batches, record them and exit; the next run collects them",
+    )
+    group.add_argument(
+        "--batch-max-tokens",
+        type=positive_int,
+        metavar="N",
+        help="estimated prompt tokens enqueued at once at most (the provider's enqueued-token "
+        "limit): batches are split to it and queued",
+    )
+    group.add_argument(
+        "--batch-max-requests",
+        type=positive_int,
+        metavar="N",
+        help="requests per batch file (default and most: 50000)",
+    )
+    group.add_argument(
+        "--batch-poll-seconds",
+        type=positive_float,
+        metavar="S",
+        help="first wait between status polls, growing 1.5x up to 300 s (default 10)",
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,6 +136,11 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "task_runner": "task_runner",
         "dask_address": "dask_address",
         "ray_address": "ray_address",
+        "batch": "batch",
+        "batch_wait": "batch_wait",
+        "batch_max_tokens": "batch_max_tokens",
+        "batch_max_requests": "batch_max_requests",
+        "batch_poll_seconds": "batch_poll_seconds",
     }
     flags = {field: getattr(args, attr, None) for field, attr in names.items()}
     flags["cache"] = cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -122,6 +123,9 @@ class Engine:
         self.window: CallWindow[str] = window or CallWindow(self.workers)
         self.records: list[CallRecord] = []
         self.requests: dict[str, CallRequest] = {}
+        self.answered: dict[str, Any] = {}  # call key -> batch answer (or its final error)
+        self.batch_of: dict[str, str] = {}  # call key -> its batch
+        self.batch: Any = None  # batch mode's report, when the run used it
         self.stopped_by: str | None = None
         self.started = time.monotonic()
         self.logger: Logger = logger or get_run_logger()
@@ -160,11 +164,56 @@ class Engine:
         """What submits ``call`` when the window has room (its request is built then)."""
         return partial(self._submit, call)
 
-    def _submit(self, call: Call) -> Submitted:
+    def _request(self, call: Call) -> CallRequest:
         tags = (self.tag, *call.tags) if self.tag else call.tags
-        request = self.path.request(call.prompt, agent=call.agent, item_id=call.key, tags=tags)
+        return self.path.request(call.prompt, agent=call.agent, item_id=call.key, tags=tags)
+
+    def _submit(self, call: Call) -> Submitted:
+        answered = self.answered.pop(call.key, None)  # batch mode's answer, used once
+        if answered is not None:
+            return answered
+        request = self._request(call)
         self.requests[call.key] = request
         return self.path.submit(request, context=call.context, run_name=call.run_name)
+
+    def answer_in_batches(self, calls: list[Call]) -> None:
+        """Batch mode (``options.batch``): answer the calls through the Batch API first.
+
+        Only calls without upstream context are batched. Their batches are recorded under
+        the result storage's directory, in ``.fanout-batches/HASH`` (HASH: of the calls'
+        cache keys), so the same calls rerun find them; calls whose lines failed go online
+        when submitted (see :mod:`prefect_fanout.batch.phase`).
+        """
+        from prefect_fanout.batch.check import check_batch_endpoint, check_batch_requests
+        from prefect_fanout.batch.phase import BatchPendingError, run_batch_phase
+        from prefect_fanout.call.cache import lock_directory
+
+        requests = {call.key: self._request(call) for call in calls if not call.context}
+        if not requests:
+            return
+        self.requests.update(requests)  # the records of batch answers name their requests
+        check_batch_requests(requests.values())
+        endpoint = self.resolver.endpoint()
+        check_batch_endpoint(endpoint)
+        digest = hashlib.sha256("".join(sorted(r.cache_key() for r in requests.values())).encode())
+        phase = run_batch_phase(
+            requests,
+            endpoint=endpoint,
+            transport=self.resolver.transport(next(iter(requests.values())).model),
+            cache=self.path.cache,
+            options=self.options,
+            output_dir=lock_directory().parent / ".fanout-batches" / digest.hexdigest()[:16],
+            logger=self.logger,
+        )
+        if phase.pending:
+            raise BatchPendingError(
+                f"{len(phase.pending)} call(s) wait in batches at the provider "
+                f"({', '.join(r.batch_id or '?' for r in phase.report.batches)}); run the same "
+                "calls again to collect them"
+            )
+        self.answered.update(phase.outcomes)
+        self.batch_of.update(phase.batch_of)
+        self.batch = phase.report
 
     def stream(self, calls: Iterable[Call]) -> Iterator[CallOutcome[str]]:
         """Make the calls (at most ``max_workers`` in flight); yield outcomes as they finish.
@@ -198,7 +247,9 @@ class Engine:
         """Record a finished call; a failure is logged and may stop the run."""
         request = self.requests.get(outcome.key)
         if outcome.result is not None:
-            self.records.append(CallRecord.from_result(outcome.key, outcome.result))
+            record = CallRecord.from_result(outcome.key, outcome.result)
+            batch_id = self.batch_of.get(outcome.key)
+            self.records.append(record.model_copy(update={"batch_id": batch_id}))
             return
         error = outcome.error
         self.records.append(

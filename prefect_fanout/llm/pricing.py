@@ -94,3 +94,23 @@ def add_costs(total: float | None, cost: float | None) -> float | None:
     if total is None or cost is None:
         return None
     return round(total + cost, 10)
+
+
+BATCH_PRICE_FACTOR = 0.5
+"""Batch API prices are half the online prices (OpenAI's, and the providers that copy it)."""
+
+
+def batch_cost_usd(
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    input_price: float | None = None,
+    output_price: float | None = None,
+    base_url: str | None = None,
+) -> float | None:
+    """The cost of a call answered through the Batch API: half the online cost.
+
+    The arguments are :func:`cost_usd`'s; an agent's own prices are halved the same way.
+    """
+    online = cost_usd(model, prompt_tokens, completion_tokens, input_price, output_price, base_url)
+    return None if online is None else round(online * BATCH_PRICE_FACTOR, 10)

@@ -18,6 +18,11 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.batch.check import (
+    check_batch_endpoint,
+    check_batch_options,
+    check_batch_requests,
+)
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
@@ -309,6 +314,9 @@ def prepare_map(
             resolver=resolver,
             stage="classify",
         )
+    if check_batch_options(path.options):  # batch mode: refused before anything is uploaded
+        check_batch_requests(requests.values())
+        check_batch_endpoint(resolver.endpoint())
     probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
         items=items,

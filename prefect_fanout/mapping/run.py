@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.batch.ledger import BATCH_DIR
+from prefect_fanout.batch.phase import BatchPhase, run_batch_phase
 from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.stored import (
     first_commit_error,
@@ -81,17 +83,23 @@ def _logger() -> Any:
 
 
 def _record(
-    job: MapJob, item: Item, key: str, done: CallOutcome[Any], status: str, error: str | None
+    job: MapJob,
+    item: Item,
+    key: str,
+    done: CallOutcome[Any],
+    status: str,
+    error: str | None,
+    batch_id: str | None = None,
 ) -> CallRecord:
     if done.result is not None:
         record = CallRecord.from_result(item.id, done.result, partition=key)
-        return record.model_copy(update={"status": status, "error": error})
+        return record.model_copy(update={"status": status, "error": error, "batch_id": batch_id})
     request = job.requests[item.id]
     record = CallRecord.from_error(
         item.id, request.agent, request.model, done.error, status, error, partition=key
     )
     endpoint = None if is_offline(request.base_url) else request.base_url
-    return record.model_copy(update={"endpoint": endpoint})
+    return record.model_copy(update={"endpoint": endpoint, "batch_id": batch_id})
 
 
 def _merge(
@@ -100,8 +108,10 @@ def _merge(
     stage: MapStage,
     records: list[CallRecord],
     writes: OutputWrites,
+    batch_of: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Write final.jsonl and dead_letters.jsonl; return the failed and dead-letter ids."""
+    batch_of = batch_of or {}
     key_of = {item.id: key for key, items in groups.items() for item in items}
     rows: list[dict[str, Any]] = []
     dead_rows: list[dict[str, Any]] = []
@@ -112,13 +122,15 @@ def _merge(
         if reason is not None:
             rows.append({"id": item.id, "partition": key, "status": "dead_letter", "error": reason})
             dead_rows.append({"id": item.id, "partition": key, "reason": reason})
-            records.append(_record(job, item, key, done, "dead_letter", reason))
+            records.append(
+                _record(job, item, key, done, "dead_letter", reason, batch_of.get(item.id))
+            )
             continue
         rows.append(item_row(item, key, done))
         if not done.ok:
             failed.append(item.id)
         status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
-        records.append(_record(job, item, key, done, status, error))
+        records.append(_record(job, item, key, done, status, error, batch_of.get(item.id)))
     for name, content in ((FILES["final"], rows), (FILES["dead_letters"], dead_rows)):
         writes.attempt(name, lambda n=name, c=content: write_jsonl_atomic(job.output_dir / n, c))
     return failed, [row["id"] for row in dead_rows]
@@ -224,10 +236,21 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
         job.agent.name,
         job.max_workers,
     )
-    stage = map_partitions(job, groups, names, parts_dir=parts_dir, window=window, logger=logger)
+    batch = _batch_phase(job, logger) if job.options.batch else None
+    if batch is not None and batch.pending:
+        return _pending_summary(job, batch, started, logger)
+    stage = map_partitions(
+        job,
+        groups,
+        names,
+        parts_dir=parts_dir,
+        window=window,
+        logger=logger,
+        answered=batch.outcomes if batch is not None else None,
+    )
     usage["map"] = stage.usage
     unstored_ids = _unstored(job, stage, logger)
-    failed_ids, dead_ids = _merge(job, groups, stage, records, writes)
+    failed_ids, dead_ids = _merge(job, groups, stage, records, writes, batch and batch.batch_of)
     reduce_report = None
     if job.reducer is not None:
         tree = _reduce(job, groups, stage, window, logger, writes)
@@ -282,6 +305,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
         unstored=len(unstored_ids),
         unstored_ids=unstored_ids,
         missing_outputs=writes.missing,
+        batch=batch.report if batch is not None else None,
     )
     document = summary.model_dump(mode="json")
     if not writes.attempt(
@@ -329,6 +353,57 @@ def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
     return missing
 
 
+def _batch_phase(job: MapJob, logger: Any) -> BatchPhase:
+    """Batch mode: the map's uncached calls through the Batch API (:mod:`prefect_fanout.batch`)."""
+    return run_batch_phase(
+        {item.id: job.requests[item.id] for item in job.items},
+        endpoint=job.resolver.endpoint(),
+        transport=job.resolver.transport(job.model_name),
+        cache=job.cache,
+        options=job.options,
+        output_dir=job.output_dir,
+        logger=logger,
+    )
+
+
+def _pending_summary(job: MapJob, batch: BatchPhase, started: float, logger: Any) -> MapSummary:
+    """The summary of a batch run that submitted and did not wait (``batch_wait`` false).
+
+    Nothing but ``summary.json`` and ``batches/`` is written: the partition files and
+    ``final.jsonl`` come with the run that collects the batches.
+    """
+    logger.info(
+        "map: %d call(s) wait in %d batch(es); rerun the same command to collect them",
+        len(batch.pending),
+        sum(1 for row in batch.report.batches if row.status not in ("completed", "failed")),
+    )
+    summary = MapSummary(
+        flow_run_id=_flow_run_id(),
+        source=job.source,
+        agent=job.agent.name,
+        model=job.model_name,
+        partition_spec=job.spec_text,
+        output_dir=str(job.output_dir),
+        total=len(job.items),
+        completed=0,
+        failed=0,
+        dead_letter=0,
+        cached=0,
+        partitions=[],
+        usage={},
+        cost_usd=0.0,
+        duration_s=round(time.perf_counter() - started, 3),
+        map_duration_s=0.0,
+        items_per_second=0.0,
+        max_workers=job.max_workers,
+        concurrency_reached=0,
+        files={"summary": FILES["summary"], "batches": BATCH_DIR},
+        batch=batch.report,
+    )
+    write_json_atomic(job.output_dir / FILES["summary"], summary.model_dump(mode="json"))
+    return summary
+
+
 def _flow_run_id() -> str | None:
     from prefect.context import FlowRunContext
 
@@ -347,6 +422,13 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
         "Concurrency reached": f"{summary.concurrency_reached} of {summary.max_workers}",
         "Output directory": summary.output_dir,
     }
+    if summary.batch is not None:
+        report = summary.batch
+        extra["Batch"] = (
+            f"{report.answered} answered by {len(report.batches)} batch(es) "
+            f"({report.created} created, {report.resumed} resumed), {report.online} sent "
+            f"online after their batch, cost {report.cost_usd} (online: {report.online_cost_usd})"
+        )
     if summary.reduce is not None:
         extra["Reduce"] = (
             f"{summary.reduce.status}, {summary.reduce.levels} level(s), "

@@ -32,6 +32,7 @@ from prefect.futures import PrefectFuture
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
+from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import MapJob
 from prefect_fanout.mapping.partition import safe_partition_filenames
@@ -149,13 +150,23 @@ class MapStage:
 
 
 class _Mapper:
-    def __init__(self, job: MapJob, parts_dir: Path, logger: Any) -> None:
+    def __init__(
+        self,
+        job: MapJob,
+        parts_dir: Path,
+        logger: Any,
+        answered: Mapping[str, AgentResult | BaseException] | None = None,
+    ) -> None:
         self.job = job
+        self.answered = answered or {}
         self.parts_dir = parts_dir
         self.logger = logger
         self.stage = MapStage()
 
     def submitter(self, key: str, item: Item) -> Callable[[], Submitted]:
+        if item.id in self.answered:  # answered in batch mode (or failed there for good)
+            answer = self.answered[item.id]
+            return lambda: answer
         request = self.job.requests[item.id]
         request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
         return partial(self.job.path.submit, request)
@@ -216,6 +227,7 @@ def map_partitions(
     parts_dir: Path,
     window: CallWindow,
     logger: Any,
+    answered: Mapping[str, AgentResult | BaseException] | None = None,
 ) -> MapStage:
     """Map every item of every partition (inside a flow) and write each partition's file.
 
@@ -226,13 +238,15 @@ def map_partitions(
         parts_dir: The directory of the partition files.
         window: Bounds the calls in flight and measures the concurrency reached.
         logger: Where progress and failures are logged.
+        answered: Outcomes already known by item id (batch mode's answers, or the
+            errors that failed them for good); the other items are submitted.
 
     Returns:
         The outcomes, partition reports, dead letters and usage.
 
     """
     started = time.perf_counter()
-    mapper = _Mapper(job, parts_dir, logger)
+    mapper = _Mapper(job, parts_dir, logger, answered)
     stage = mapper.stage
     total = sum(len(items) for items in groups.values())
     remaining = {key: len(items) for key, items in groups.items()}

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from prefect_fanout.batch.report import BatchReport
 from prefect_fanout.usage import Ledger
 
 __all__ = ["MapSummary", "PartitionReport", "ReduceReport"]
@@ -107,6 +108,8 @@ class MapSummary(BaseModel):
         unstored_ids: Their ids, in input order.
         missing_outputs: Output files that could not be written (name -> reason); the
             previous version of each, if any, is left as it was.
+        batch: Batch mode's figures (batches, calls answered by batch and sent online,
+            cost against online), when the run used ``batch``.
 
     """
 
@@ -140,6 +143,7 @@ class MapSummary(BaseModel):
     unstored: int = 0
     unstored_ids: list[str] = Field(default_factory=list)
     missing_outputs: dict[str, str] = Field(default_factory=dict)
+    batch: BatchReport | None = None
 
     @property
     def ok(self) -> bool:

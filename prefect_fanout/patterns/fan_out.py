@@ -37,7 +37,8 @@ def fan_out(
         prompt: A template for each item's prompt; ``{item}`` is replaced by the
             item (without it the item is appended).
         options: The run's options (model, endpoint, max_workers (default 8),
-            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits,
+            ``batch``: the calls through the Batch API first (README "Batch mode"); see
             :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
@@ -56,14 +57,19 @@ def fan_out(
     run = PatternRun("fan-out", agents=agents, options=options)
     run.check(pool)
     keys = [f"item-{index}" for index in range(len(items))]
-    calls = (
+    calls = [
         Call(key, pool[index % len(pool)], item_prompt(item, prompt))
         for index, (key, item) in enumerate(zip(keys, items, strict=True))
-    )
+    ]
+    if run.options.batch:  # batch mode: the Batch API answers first, failed lines go online
+        run.answer_in_batches(calls)
     outcomes = run.run_calls(calls)
     outputs = [
         outcomes[key].result.output if key in outcomes and outcomes[key].ok else None  # type: ignore[union-attr]
         for key in keys
     ]
     done = sum(1 for key in keys if key in outcomes and outcomes[key].ok)
-    return run.finish(outputs, has_output=done > 0, details={"ids": keys})
+    details: dict[str, Any] = {"ids": keys}
+    if run.batch is not None:
+        details["batch"] = run.batch.model_dump(mode="json")
+    return run.finish(outputs, has_output=done > 0, details=details)

@@ -108,6 +108,7 @@ def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
             "limit_wait_s": round(r.limit_wait_s, 4),
             "error": (r.error or "")[:300],
             **({"partition": r.partition} if r.partition is not None else {}),
+            **({"batch_id": r.batch_id} if r.batch_id is not None else {}),
         }
         for r in records
     ]
