@@ -196,7 +196,7 @@ class RunOptions(BaseModel):
     def cache_options(self) -> CacheOptions:
         """The cache settings of every call of the run."""
         return CacheOptions(
-            mode=self.cache or CacheMode.ON,
+            mode=CacheMode(self.cache or CacheMode.ON),  # a model_copy(update=...) skips checks
             expiration=self.cache_expiration,
             result_storage=self.result_storage,
         )

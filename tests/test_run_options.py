@@ -97,8 +97,11 @@ def test_fan_in_takes_the_options(fake_openai, endpoint):
 
 def test_pipeline_takes_the_options(fake_openai, endpoint):
     key = uid()
-    stage = AgentProfile(name="stage", prompt_template=f"STAGE-{key} {{input}}")
-    pipeline(f"item {key}", [stage, [stage, stage]], options=sampled(endpoint))
+    first, left, right = (
+        AgentProfile(name=name, prompt_template=f"{name.upper()}-{key} {{input}}")
+        for name in ("first", "left", "right")
+    )
+    pipeline(f"item {key}", [first, [left, right]], options=sampled(endpoint))
     assert_every_request_sampled(fake_openai, key, 3)
 
 

@@ -170,7 +170,7 @@ class Resolver:
         for agent in agents:
             transport = self.transport(self.model(agent))
             if isinstance(transport, OpenAITransport):  # a budget over --tpm: exit 2 now
-                max_tokens = self.max_tokens_override or self.agent(agent).max_tokens
+                max_tokens = self.options.max_tokens or self.agent(agent).max_tokens
                 check_completion_budget(transport.endpoint, max_tokens)
 
     def request(
