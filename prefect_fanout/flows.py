@@ -38,6 +38,8 @@ from prefect_fanout.call.task import call_agent
 from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan
+from prefect_fanout.engine.run import carried_result
+from prefect_fanout.engine.run import final_state as final_state_of
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
 from prefect_fanout.llm.result import AgentResult
@@ -344,7 +346,7 @@ def map_flow(
     encoding: str = "utf-8",
     errors: str = "strict",
     options: RunOptions | None = None,
-) -> MapSummary:
+) -> Any:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Args:
@@ -369,7 +371,8 @@ def map_flow(
             :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
-        The run's summary (also written to ``summary.json``).
+        The run's summary (also written to ``summary.json``); when the run's budget
+        stopped it, a ``Cancelled`` state named ``BudgetReached`` carrying the summary.
     """
     job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
@@ -391,6 +394,8 @@ def map_flow(
         )
     with _on_task_runner(job.options, job.max_workers):
         summary = run_map(job)
+    if summary.budget_reached and summary.budget is not None:
+        return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
     return _keep(summary)
 
 
@@ -448,7 +453,11 @@ def run_map_flow(
         _prepared[key] = job
     try:
         flow_ = map_flow.with_options(task_runner=runner)
-        return _reported_best_effort(lambda: flow_(**parameters))
+        return _reported_best_effort(
+            lambda: carried_result(
+                flow_(**parameters, return_state=True), MapSummary, "the map flow"
+            )
+        )
     finally:
         with _prepared_lock:
             _prepared.pop(key, None)

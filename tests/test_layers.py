@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("errors", "files", "bounded")),
     ("limits", ("limits",)),
     ("wire", ("llm",)),
-    ("config", ("agents", "usage", "plan", "options")),
+    ("config", ("agents", "usage", "plan", "options", "budget")),
     ("task", ("call", "runners", "ui")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),

@@ -26,6 +26,7 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.task import result_from_future
+from prefect_fanout.errors import BudgetExhausted
 from prefect_fanout.llm.result import AgentResult
 
 __all__ = ["CallOutcome", "CallWindow"]
@@ -50,6 +51,11 @@ class CallOutcome(Generic[K]):
         """True when the call completed."""
         return self.error is None
 
+    @property
+    def over_budget(self) -> bool:
+        """True when the call was not made because the run's budget was reached."""
+        return isinstance(self.error, BudgetExhausted)
+
 
 class CallWindow(Generic[K]):
     """Submits calls with a bounded number in flight and returns them as they finish.
@@ -72,9 +78,9 @@ class CallWindow(Generic[K]):
         self.in_flight = 0
         self._guard = guard
         self._guard_found = False
-        self._finished: queue.SimpleQueue[tuple[K, PrefectFuture[Any] | AgentResult]] = (
-            queue.SimpleQueue()
-        )
+        self._finished: queue.SimpleQueue[
+            tuple[K, PrefectFuture[Any] | AgentResult | BudgetExhausted]
+        ] = queue.SimpleQueue()
 
     @property
     def has_room(self) -> bool:
@@ -87,13 +93,19 @@ class CallWindow(Generic[K]):
         Args:
             key: The caller's name for the call, returned in its outcome.
             submit: Submits the call's task and returns its future, or returns the
-                call's stored result (a cache hit: no task run was needed).
+                call's stored result (a cache hit: no task run was needed). When it
+                raises :class:`~prefect_fanout.errors.BudgetExhausted` the call was not
+                made: its outcome carries that error at once.
         """
-        submitted = submit()
+        try:
+            submitted: Submitted | BudgetExhausted = submit()
+        except BudgetExhausted as exc:
+            submitted = exc
         self.in_flight += 1
-        self.submitted += 1
-        self.peak = max(self.peak, self.in_flight)
-        if isinstance(submitted, AgentResult):
+        if not isinstance(submitted, BudgetExhausted):
+            self.submitted += 1
+            self.peak = max(self.peak, self.in_flight)
+        if isinstance(submitted, AgentResult | BudgetExhausted):
             self._finished.put((key, submitted))
         else:
             submitted.add_done_callback(lambda done, key=key: self._finished.put((key, done)))
@@ -106,6 +118,8 @@ class CallWindow(Generic[K]):
         self.in_flight -= 1
         if isinstance(future, AgentResult):
             return CallOutcome(key, future, None, None)
+        if isinstance(future, BudgetExhausted):  # not made: nothing ran, nothing to report
+            return CallOutcome(key, None, future, None)
         if not self._guard_found:  # once: the window lives inside one flow run, or none
             self._guard = self._guard or recording_guard()
             self._guard_found = True

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from prefect.logging import get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
 from prefect_fanout.agents.profiles import AgentProfile
@@ -26,7 +26,7 @@ from prefect_fanout.usage import CallRecord
 __all__ = ["Agent", "Call", "Engine", "RunStatus", "carried_result", "final_state"]
 
 Agent = str | AgentProfile
-RunStatus = Literal["completed", "partial", "failed"]
+RunStatus = Literal["completed", "partial", "failed", "budget"]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -60,9 +60,13 @@ def agent_name(agent: Agent) -> str:
 def final_state(status: RunStatus, message: str, data: Any) -> State[Any]:
     """A flow run's final state: ``Completed``, ``Completed`` named ``Partial``, or ``Failed``.
 
-    The result is the state's data in every case, so ``state.result(raise_on_failure=False)``
-    returns it even for a failed run.
+    A run its budget stopped (``budget``) ends ``Cancelled`` named ``BudgetReached``, with
+    the message ``budget of N tokens reached after K of M calls``: not completed, and not
+    a failure either. The result is the state's data in every case, so
+    ``state.result(raise_on_failure=False)`` returns it even for a failed run.
     """
+    if status == "budget":
+        return Cancelled(name="BudgetReached", message=message, data=data)
     if status == "completed":
         return Completed(message=message, data=data)
     if status == "partial":

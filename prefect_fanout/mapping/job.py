@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.call.budgeted import check_first_call
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
@@ -295,6 +296,9 @@ def prepare_map(
             resolver=resolver,
             stage="classify",
         )
+    if path.budget is not None:
+        first = classifier_requests.values() if classifier is not None else requests.values()
+        check_first_call(path.budget, first, path.cache)
     probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
         items=items,

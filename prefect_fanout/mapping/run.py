@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.budget.report import BudgetReport
 from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
@@ -87,12 +88,13 @@ def _record(
 
 def _merge(
     job: MapJob, groups: Mapping[str, list[Item]], stage: MapStage, records: list[CallRecord]
-) -> tuple[list[str], list[str]]:
-    """Write final.jsonl and dead_letters.jsonl; return the failed and dead-letter ids."""
+) -> tuple[list[str], list[str], list[str]]:
+    """Write final.jsonl and dead_letters.jsonl; return the failed, dead-letter, skipped ids."""
     key_of = {item.id: key for key, items in groups.items() for item in items}
     rows: list[dict[str, Any]] = []
     dead_rows: list[dict[str, Any]] = []
     failed: list[str] = []
+    skipped: list[str] = []
     for item in job.items:
         key, done = key_of[item.id], stage.outcomes[item.id]
         reason = stage.dead.get(key)
@@ -102,13 +104,25 @@ def _merge(
             records.append(_record(job, item, key, done, "dead_letter", reason))
             continue
         rows.append(item_row(item, key, done))
+        if done.over_budget:
+            skipped.append(item.id)
+            records.append(
+                CallRecord(
+                    id=item.id,
+                    agent=job.agent.name,
+                    status="skipped",
+                    error=f"budget: {done.error}",
+                    partition=key,
+                )
+            )
+            continue
         if not done.ok:
             failed.append(item.id)
         status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
         records.append(_record(job, item, key, done, status, error))
     write_jsonl_atomic(job.output_dir / FILES["final"], rows)
     write_jsonl_atomic(job.output_dir / FILES["dead_letters"], dead_rows)
-    return failed, [row["id"] for row in dead_rows]
+    return failed, [row["id"] for row in dead_rows], skipped
 
 
 def _reduce(
@@ -194,9 +208,19 @@ def run_map(job: MapJob) -> MapSummary:
     )
     stage = map_partitions(job, groups, names, parts_dir=parts_dir, window=window, logger=logger)
     usage["map"] = stage.usage
-    failed_ids, dead_ids = _merge(job, groups, stage, records)
+    failed_ids, dead_ids, skipped_ids = _merge(job, groups, stage, records)
+    meter = job.path.budget
     reduce_report = None
-    if job.reducer is not None:
+    if job.reducer is not None and meter is not None and meter.reached:
+        logger.warning("reduce: not started: %s", meter.reason())
+        reduce_report = ReduceReport(
+            agent=job.reducer.name,
+            status="skipped",
+            inputs=0,
+            token_budget=job.reduce_budget,
+            error=f"budget: {meter.reason()}",
+        )
+    elif job.reducer is not None:
         tree = _reduce(job, groups, stage, window, logger)
         usage["reduce"] = tree.usage
         reduce_report = ReduceReport(
@@ -227,6 +251,8 @@ def run_map(job: MapJob) -> MapSummary:
         completed=sum(1 for i in job.items if outcomes[i.id].ok and i.id not in dead),
         failed=len(failed_ids),
         dead_letter=len(dead_ids),
+        skipped=len(skipped_ids),
+        skipped_ids=skipped_ids,
         cached=sum(1 for o in outcomes.values() if o.result is not None and o.result.cached),
         partitions=[stage.reports[key] for key in groups],
         failed_ids=failed_ids,
@@ -246,10 +272,26 @@ def run_map(job: MapJob) -> MapSummary:
             name: round(waited, 3) for name, (_, waited) in limit_wait_by_endpoint(records).items()
         },
         recording_wait_s=round(guard.waited_s, 3) if (guard := recording_guard()) else 0.0,
+        budget=(
+            meter.report(len(job.items) - len(skipped_ids), len(job.items), len(skipped_ids))
+            if meter is not None
+            else None
+        ),
     )
+    if summary.budget_reached and summary.budget is not None:
+        logger.warning("map: %s", summary.budget.message)
     write_json_atomic(out / FILES["summary"], summary.model_dump(mode="json"))
     _publish(summary, records, out, logger)
     return summary
+
+
+def _left(budget: BudgetReport) -> str:
+    parts = []
+    if budget.left_tokens is not None:
+        parts.append(f"{budget.left_tokens} tokens")
+    if budget.left_usd is not None:
+        parts.append(f"${budget.left_usd:g}")
+    return ", ".join(parts)
 
 
 def _flow_run_id() -> str | None:
@@ -265,11 +307,15 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
         "Completed": summary.completed,
         "Failed": summary.failed,
         "Dead letters": summary.dead_letter,
+        "Skipped (budget)": summary.skipped,
         "Partitions": len(summary.partitions),
         "Items per second": summary.items_per_second,
         "Concurrency reached": f"{summary.concurrency_reached} of {summary.max_workers}",
         "Output directory": summary.output_dir,
     }
+    if summary.budget is not None:
+        extra["Budget"] = summary.budget.line()
+        extra["Budget left"] = _left(summary.budget)
     if summary.reduce is not None:
         extra["Reduce"] = (
             f"{summary.reduce.status}, {summary.reduce.levels} level(s), "

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from prefect_fanout.budget.report import BudgetReport
 from prefect_fanout.usage import Ledger
 
 __all__ = ["MapSummary", "PartitionReport", "ReduceReport"]
@@ -20,6 +21,7 @@ class PartitionReport(BaseModel):
         items: Items in the partition.
         completed: Items whose call completed.
         failed: Items whose call failed (recorded in the file with their error).
+        skipped: Items not asked because the run's budget was reached (``skipped: budget``).
         cached: Completed items answered from the cache.
         dead_letter: Items listed as dead letters because the partition failed.
         status: ``written`` or ``dead_letter``.
@@ -33,6 +35,7 @@ class PartitionReport(BaseModel):
     items: int
     completed: int = 0
     failed: int = 0
+    skipped: int = 0
     cached: int = 0
     dead_letter: int = 0
     status: Literal["written", "dead_letter"] = "written"
@@ -81,10 +84,12 @@ class MapSummary(BaseModel):
         completed: Items whose call completed and whose partition was written.
         failed: Items whose call failed.
         dead_letter: Items of partitions that failed as a whole.
+        skipped: Items not asked because the budget was reached (rerun with a larger one).
         cached: Items answered from the cache (this run paid nothing for them).
         partitions: Per-partition counts, in key order.
         failed_ids: Ids of the failed items, in input order.
         dead_letter_ids: Ids of the dead-lettered items, in input order.
+        skipped_ids: Ids of the items skipped for the budget, in input order.
         usage: Calls, tokens and cost by stage (``classify``, ``map``, ``reduce``).
         cost_usd: What this run paid in total; None when a price is unknown.
         duration_s: Wall time of the whole run.
@@ -102,6 +107,8 @@ class MapSummary(BaseModel):
             its limits (see :mod:`prefect_fanout.limits`).
         recording_wait_s: Seconds new calls waited for the Prefect server to record
             the run's finished task runs (see :mod:`prefect_fanout.call.recording`).
+        budget: The run's budget (limits, spent, left, whether it stopped the run);
+            None without one.
 
     """
 
@@ -115,10 +122,12 @@ class MapSummary(BaseModel):
     completed: int
     failed: int
     dead_letter: int
+    skipped: int = 0
     cached: int
     partitions: list[PartitionReport]
     failed_ids: list[str] = Field(default_factory=list)
     dead_letter_ids: list[str] = Field(default_factory=list)
+    skipped_ids: list[str] = Field(default_factory=list)
     usage: dict[str, Ledger]
     cost_usd: float | None
     duration_s: float
@@ -132,9 +141,15 @@ class MapSummary(BaseModel):
     kept: list[str] = Field(default_factory=list)
     limit_wait_s: dict[str, float] = Field(default_factory=dict)
     recording_wait_s: float = 0.0
+    budget: BudgetReport | None = None
 
     @property
     def ok(self) -> bool:
         """True when every item completed (and the reduce, if asked for, did not fail)."""
         reduce_ok = self.reduce is None or self.reduce.status != "failed"
-        return self.failed == 0 and self.dead_letter == 0 and reduce_ok
+        return self.failed == 0 and self.dead_letter == 0 and self.skipped == 0 and reduce_ok
+
+    @property
+    def budget_reached(self) -> bool:
+        """True when the budget stopped the run (some items were not asked)."""
+        return self.budget is not None and self.budget.reached
