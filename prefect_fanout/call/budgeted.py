@@ -18,7 +18,7 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.budget.meter import BudgetMeter, Reservation
 from prefect_fanout.call.cache import stored_answer
-from prefect_fanout.call.task import result_from_state, submit_or_reuse
+from prefect_fanout.call.task import result_from_future, submit_or_reuse
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
@@ -30,7 +30,7 @@ __all__ = ["check_first_call", "spent_by", "submit_within"]
 def spent_by(future: PrefectFuture[Any]) -> tuple[int, float | None]:
     """Tokens and cost a finished call's asks spent in this run (the ledger's rule)."""
     try:
-        result = result_from_state(future.state)
+        result = result_from_future(future)
     except Exception as exc:  # a failed call: what its answered asks spent
         tokens = int(getattr(exc, "prompt_tokens", 0) or 0)
         tokens += int(getattr(exc, "completion_tokens", 0) or 0)
