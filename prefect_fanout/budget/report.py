@@ -44,6 +44,15 @@ class BudgetReport(BaseModel):
     message: str | None = None
     rule: str = RULE
 
+    def left_text(self) -> str:
+        """What is left: ``N tokens``, ``$X`` or both."""
+        parts = []
+        if self.left_tokens is not None:
+            parts.append(f"{self.left_tokens} tokens")
+        if self.left_usd is not None:
+            parts.append(f"${self.left_usd:g}")
+        return ", ".join(parts)
+
     def line(self) -> str:
         """One line for logs, artifacts and the progress artifact."""
         parts = []

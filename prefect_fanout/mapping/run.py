@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect_fanout.budget.report import BudgetReport
 from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
@@ -285,15 +284,6 @@ def run_map(job: MapJob) -> MapSummary:
     return summary
 
 
-def _left(budget: BudgetReport) -> str:
-    parts = []
-    if budget.left_tokens is not None:
-        parts.append(f"{budget.left_tokens} tokens")
-    if budget.left_usd is not None:
-        parts.append(f"${budget.left_usd:g}")
-    return ", ".join(parts)
-
-
 def _flow_run_id() -> str | None:
     from prefect.context import FlowRunContext
 
@@ -315,7 +305,7 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
     }
     if summary.budget is not None:
         extra["Budget"] = summary.budget.line()
-        extra["Budget left"] = _left(summary.budget)
+        extra["Budget left"] = summary.budget.left_text()
     if summary.reduce is not None:
         extra["Reduce"] = (
             f"{summary.reduce.status}, {summary.reduce.levels} level(s), "
