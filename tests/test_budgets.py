@@ -196,3 +196,110 @@ def _flow_run_state(prefect_server: Any, flow_run_id: str) -> tuple[str, str, st
     found = httpx.get(f"{prefect_server.api_url}/flow_runs/{flow_run_id}", timeout=10).json()
     state = found["state"]
     return state["type"], state["name"], state["message"]
+
+
+def plan_file(path: Path, run: str, **config: Any) -> Path:
+    """A plan of 10 independent tasks and 4 dependants (each on two of them)."""
+    tasks: list[dict[str, Any]] = [
+        {"task_id": f"t{n}", "agent": "summ", "description": text(run, n), "dependencies": []}
+        for n in range(10)
+    ]
+    tasks += [
+        {
+            "task_id": f"d{n}",
+            "agent": "summ",
+            "description": text(run, 100 + n, 20),
+            "dependencies": [f"t{2 * n}", f"t{2 * n + 1}"],
+        }
+        for n in range(4)
+    ]
+    agents = {"summ": {"system_prompt": "say the new one now for all", "max_tokens": MAX_TOKENS}}
+    plan = {"tasks": tasks, "agents": agents, "config": {"max_workers": 3, **config}}
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    return path
+
+
+@pytest.mark.server
+def test_a_dispatch_stops_at_its_budget_and_a_rerun_asks_only_the_skipped_tasks(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    run = tag()
+    plan = plan_file(tmp_path / "plan.json", run)
+    dry = fanout(prefect_server, fake_openai, "dispatch", str(plan), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert fake_openai.count(run) == 0
+    estimate = json.loads(dry.stdout)
+    assert (estimate["calls"], estimate["cached"], estimate["to_ask"]) == (14, 0, 14)
+    assert [g["key"] for g in estimate["groups"]] == ["level 0", "level 1"]
+    assert estimate["groups"][1]["from_template"] == 4  # dependants: prompts not known yet
+    assert any("template" in note for note in estimate["notes"])
+    per_call = (estimate["input_tokens"] + estimate["output_tokens_max"]) / 14
+    budget = int(per_call * 5)
+
+    # The budget from the plan's config, the way a plan carries it.
+    budgeted = plan_file(tmp_path / "budgeted.json", run, budget_tokens=budget)
+    stopped = fanout(prefect_server, fake_openai, "dispatch", str(budgeted))
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    result = json.loads(stopped.stdout)
+    asked = fake_openai.count(run)
+    assert 5 <= asked < 14
+    skipped = [t for t in result["tasks"] if t["status"] == "skipped"]
+    assert len(skipped) == 14 - asked
+    assert all(t["error"].startswith("skipped: budget: budget of") for t in skipped)
+    assert result["summary"]["failed"] == 0
+    spent = result["budget"]["spent_tokens"]
+    assert spent == reported_tokens(fake_openai, run) <= budget
+    assert spent == result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"]
+    message = f"budget of {budget} tokens reached after {asked} of 14 calls"
+    assert result["budget"]["message"] == message and message in stopped.stderr
+    assert _flow_run_state(prefect_server, result["flow_run_id"])[:2] == (
+        "CANCELLED",
+        "BudgetReached",
+    )
+
+    # The dry run now knows what the rerun will ask; the flag raises the plan's budget.
+    again = fanout(prefect_server, fake_openai, "dispatch", str(budgeted), "--dry-run", "--json")
+    counted = json.loads(again.stdout)
+    assert counted["cached"] == asked
+    rerun = fanout(
+        prefect_server, fake_openai, "dispatch", str(budgeted), "--budget-tokens", str(budget * 10)
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert fake_openai.count(run) == 14  # exactly the skipped tasks were asked
+    assert fake_openai.count(run) - asked == counted["to_ask"]
+
+
+@pytest.mark.server
+def test_a_dollar_budget_with_priced_agents(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    run = tag()
+    items = [{"id": f"i{n}", "text": text(run, n)} for n in range(20)]
+    source = write_corpus(tmp_path / "in.jsonl", items)
+    prices = {"input_price_per_million": 1000.0, "output_price_per_million": 2000.0}
+    agents = agents_file(tmp_path / "agents.json", **prices)
+    out = tmp_path / "out"
+    dry = fanout(prefect_server, fake_openai, *map_args(source, out, agents, "--dry-run", "--json"))
+    estimate = json.loads(dry.stdout)
+    assert 0 < estimate["usd_low"] < estimate["usd_high"]
+    assert estimate["usd_high"] == pytest.approx(
+        (estimate["input_tokens"] * 1000 + estimate["output_tokens_max"] * 2000) / 1e6
+    )
+    budget = round(estimate["usd_high"] / 20 * 6, 4)  # about six calls at their highest cost
+
+    stopped = fanout(
+        prefect_server, fake_openai, *map_args(source, out, agents, "--budget-usd", str(budget))
+    )
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    summary = json.loads(stopped.stdout)
+    asked = fake_openai.count(run)
+    assert 6 <= asked < 20 and summary["skipped"] == 20 - asked
+    assert summary["budget"]["spent_usd"] == pytest.approx(summary["cost_usd"])
+    assert summary["budget"]["spent_usd"] <= budget
+    assert f"budget of ${budget:g} reached after {asked} of 20 calls" in stopped.stderr
+
+    unpriced = agents_file(tmp_path / "unpriced.json")
+    refused = fanout(
+        prefect_server, fake_openai, *map_args(source, out, unpriced, "--budget-usd", "1")
+    )
+    assert refused.returncode == 2 and "needs a price for model" in refused.stderr
