@@ -303,3 +303,60 @@ def test_a_dollar_budget_with_priced_agents(
         prefect_server, fake_openai, *map_args(source, out, unpriced, "--budget-usd", "1")
     )
     assert refused.returncode == 2 and "needs a price for model" in refused.stderr
+
+
+@pytest.mark.server
+def test_two_processes_sharing_a_named_budget_stop_together_within_it(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    import httpx
+
+    run = tag()
+    fake_openai.default_latency = 0.3  # the two runs usually overlap (not relied upon)
+    agents = agents_file(tmp_path / "agents.json")
+    halves = []
+    for half in range(2):
+        items = [{"id": f"h{half}-{n}", "text": text(run, 15 * half + n)} for n in range(15)]
+        halves.append(write_corpus(tmp_path / f"half{half}.jsonl", items))
+    per_call = (text(run, 0).count(" ") + 1 + 7 + 2 * 4) + MAX_TOKENS  # about one estimate
+    budget = per_call * 12
+    name = f"shared-{run}"
+    environment = prefect_server.env(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-t")
+    environment.pop("FANOUT_MODEL", None)
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect_fanout.cli",
+                *map_args(halves[h], tmp_path / f"out{h}", agents),
+                "--budget-tokens",
+                str(budget),
+                "--budget-name",
+                name,
+            ],
+            env=environment,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for h in range(2)
+    ]
+    finished = [process.communicate(timeout=300) for process in processes]
+    codes = [process.returncode for process in processes]
+    assert codes == [3, 3], [err[-2000:] for _, err in finished]
+    summaries = [json.loads(out) for out, _ in finished]
+    spent = [summary["budget"]["spent_tokens"] for summary in summaries]
+    asked = fake_openai.count(run)
+    assert sum(s["completed"] for s in summaries) == asked < 30
+    # Both stop (exit 3 above): the later one at once if the earlier spent it all.
+    assert sum(spent) == reported_tokens(fake_openai, run)
+    assert sum(spent) <= budget  # never past it: every answer spent less than its estimate
+    limit = httpx.get(
+        f"{prefect_server.api_url}/v2/concurrency_limits/fanout-budget:{name}:tokens", timeout=10
+    ).json()
+    assert limit["limit"] == budget and limit["slot_decay_per_second"] == 0
+    assert limit["active_slots"] == sum(spent), (limit, budget, spent)  # no reservation left
+    assert all(s["budget"]["name"] == name for s in summaries)
+    assert summaries[1]["budget"]["left_tokens"] == budget - sum(spent)

@@ -16,6 +16,7 @@ every ask, failed asks included.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.request import CallRequest
 
 __all__ = ["BudgetMeter", "Reservation"]
+
+logger = logging.getLogger("prefect_fanout.budget")
 
 WAIT_SLICE_SECONDS = 5.0
 """How long one wait for a call in flight lasts before the budget looks again."""
@@ -177,6 +180,8 @@ class BudgetMeter:
             try:
                 self.counter.give_back(back)
                 self.counter.add(over)
+            except Exception as exc:  # a shared counter keeps the whole reservation: safe
+                logger.warning("budget: could not settle a call on its counter: %s", exc)
             finally:
                 self.spent_tokens += tokens
                 self.spent_usd = add_costs(self.spent_usd, usd)

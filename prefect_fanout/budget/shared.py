@@ -31,6 +31,10 @@ from prefect_fanout.budget.counter import Amount
 
 __all__ = ["SharedCounter", "limit_names"]
 
+OCCUPANCY_SECONDS = 1.0
+"""What a release reports as the slots' occupancy (the server refuses 0; it only tunes the
+server's Retry-After hints, which a budget never waits on)."""
+
 REFUSED = (422, 423)
 """The increment's answers for "does not fit": over the limit, or larger than it."""
 
@@ -108,7 +112,10 @@ class SharedCounter:
     def _release(self, name: str, slots: int) -> None:
         if slots > 0:
             self._call(
-                "release_concurrency_slots", names=[name], slots=slots, occupancy_seconds=0.0
+                "release_concurrency_slots",
+                names=[name],
+                slots=slots,
+                occupancy_seconds=OCCUPANCY_SECONDS,
             )
 
     def take(self, amount: Amount) -> bool:
