@@ -360,3 +360,34 @@ def test_two_processes_sharing_a_named_budget_stop_together_within_it(
     assert limit["active_slots"] == sum(spent), (limit, budget, spent)  # no reservation left
     assert all(s["budget"]["name"] == name for s in summaries)
     assert summaries[1]["budget"]["left_tokens"] == budget - sum(spent)
+
+
+@pytest.mark.server
+def test_a_pattern_stops_at_its_budget(
+    prefect_server: Any, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import SecretStr
+
+    from prefect_fanout import AgentProfile, LLMEndpoint, RunOptions, fan_out
+    from prefect_fanout.patterns.engine import pattern_result_of
+
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+    run = tag()
+    endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
+    agent = AgentProfile(name="summ", system_prompt="say the new one now for all")
+    items = [text(run, n) for n in range(12)]
+    per_call = 62 + 7 + 8 + MAX_TOKENS + 2  # about one call's estimate
+    options = RunOptions(
+        endpoint=endpoint, max_workers=2, max_tokens=MAX_TOKENS, budget_tokens=per_call * 4
+    )
+    state = fan_out(items, agent=agent, options=options, return_state=True)
+    result = pattern_result_of(state)
+    asked = fake_openai.count(run)
+    assert 4 <= asked < 12
+    assert (state.type.value, state.name) == ("CANCELLED", "BudgetReached")
+    budget = result.details["budget"]
+    assert budget["reached"] and budget["spent_tokens"] <= per_call * 4
+    assert budget["spent_tokens"] == reported_tokens(fake_openai, run)
+    skipped = [call for call in result.calls if call.status == "skipped"]
+    assert len(skipped) == 12 - asked and all(c.error.startswith("budget: ") for c in skipped)
+    assert state.message == f"budget of {per_call * 4} tokens reached after {asked} of 12 calls"

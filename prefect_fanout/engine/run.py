@@ -204,6 +204,10 @@ class Engine:
         if outcome.result is not None:
             self.records.append(CallRecord.from_result(outcome.key, outcome.result))
             return
+        if outcome.over_budget:  # not made: skipped, never a failure
+            agent = request.agent if request else "?"
+            self.skip(outcome.key, agent, f"budget: {outcome.error}")
+            return
         error = outcome.error
         self.records.append(
             CallRecord(
