@@ -34,7 +34,9 @@ from prefect.context import FlowRunContext
 from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.budget.dryrun import DryRun
 from prefect_fanout.call.task import call_agent
+from prefect_fanout.dispatch.dryrun import dry_run_plan
 from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan
@@ -49,6 +51,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
 )
+from prefect_fanout.mapping.dryrun import dry_run_map
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.run import run_map
 from prefect_fanout.mapping.summary import MapSummary
@@ -244,6 +247,8 @@ def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     else:
         resolver = check_plan(loaded, options)
     merged = resolver.options
+    if merged.dry_run:
+        return _keep(dry_run_plan(loaded, resolver))
     with _on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
         outcome = run_plan(loaded, resolver=resolver)
     return final_state(_keep(outcome))
@@ -283,8 +288,13 @@ def run_dispatch_flow(plan: Plan, resolver: Resolver, options: RunOptions) -> Di
         _checked_plan.reset(token)
 
 
-def dispatch_plan(plan: Plan | str | Path, *, options: RunOptions | None = None) -> DispatchResult:
+def dispatch_plan(
+    plan: Plan | str | Path, *, options: RunOptions | None = None
+) -> DispatchResult | DryRun:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
+
+    With ``options.dry_run`` nothing runs: the plan's :class:`DryRun` (calls, cache hits,
+    calls to ask, tokens and cost per level) is returned instead.
 
     Args:
         plan: A :class:`Plan`, or the path of a plan file (``"-"`` for stdin).
@@ -303,6 +313,8 @@ def dispatch_plan(plan: Plan | str | Path, *, options: RunOptions | None = None)
     """
     checked = validate_dispatch_data(plan) if isinstance(plan, Plan) else load_dispatch_plan(plan)
     resolver = check_plan(checked, options)
+    if resolver.options.dry_run:
+        return dry_run_plan(checked, resolver)
     return run_dispatch_flow(checked, resolver, options or RunOptions())
 
 
@@ -392,6 +404,8 @@ def map_flow(
             errors=errors,
             options=options,
         )
+    if job.options.dry_run:
+        return _keep(dry_run_map(job))
     with _on_task_runner(job.options, job.max_workers):
         summary = run_map(job)
     if summary.budget_reached and summary.budget is not None:
@@ -471,7 +485,7 @@ def map_corpus(
     output_dir: str | Path,
     options: RunOptions | None = None,
     **settings: Any,
-) -> MapSummary:
+) -> MapSummary | DryRun:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Inside a flow it runs in that flow run (on its task runner); outside one it
@@ -491,8 +505,9 @@ def map_corpus(
             ``partition_retry_delay``, ``encoding``, ``errors``.
 
     Returns:
-        The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
-        or were dead-lettered.
+        The run's :class:`MapSummary`; ``summary.ok`` is false when items failed, were
+        dead-lettered or skipped for the budget. With ``options.dry_run``, the map's
+        :class:`DryRun` instead (nothing is asked or written).
 
     Raises:
         CorpusError: The corpus cannot be read.
@@ -514,6 +529,8 @@ def map_corpus(
         options=merged,
         **settings,
     )
+    if job.options.dry_run:
+        return dry_run_map(job)
     return run_map_flow(
         job,
         prompt=settings.get("prompt"),

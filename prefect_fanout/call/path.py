@@ -17,6 +17,7 @@ from prefect_fanout.budget.meter import BudgetMeter
 from prefect_fanout.call.budgeted import submit_within
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import Submitted
+from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.options import CacheOptions, RunOptions
 
@@ -98,7 +99,14 @@ class CallPath:
         Raises:
             BudgetExhausted: The run's budget is reached: the call is not made (a cache
                 hit is still returned; it is free).
+            ConfigurationError: The run is a dry run: a shape without a dry-run report
+                never makes a call.
         """
+        if self.options.dry_run:
+            raise ConfigurationError(
+                "dry_run: no call is made; this shape has no dry-run report (map and "
+                "dispatch have one)"
+            )
         if self.budget is not None:
             return submit_within(
                 self.budget,

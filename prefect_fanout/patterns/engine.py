@@ -66,7 +66,12 @@ class PatternRun(Engine):
         agents: Mapping[str, AgentProfile] | None = None,
         options: RunOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        path = CallPath.of(RunOptions.of(options), agents)
+        merged = RunOptions.of(options)
+        if merged.dry_run:
+            raise PatternArgumentError(
+                "options.dry_run", "the patterns have no dry run yet (map and dispatch do)"
+            )
+        path = CallPath.of(merged, agents)
         super().__init__(pattern, path, default_workers=DEFAULT_MAX_WORKERS, tag=PATTERN_TAG)
         self.pattern = pattern
 
