@@ -164,6 +164,13 @@ def test_a_map_stops_at_its_token_budget_and_a_rerun_asks_only_the_rest(
         message,
     )
 
+    artifacts = _artifacts(prefect_server, summary["flow_run_id"])
+    markdown = "".join(a["data"] for a in artifacts if a["type"] == "markdown")
+    assert f"**Budget:** budget: {spent} of {budget} tokens - reached" in markdown
+    assert f"**Budget left:** {budget - spent} tokens" in markdown
+    progress = [a for a in artifacts if a["type"] == "progress"]
+    assert progress and f"spent {spent} of {budget} tokens, reached" in progress[0]["description"]
+
     rerun = fanout(
         prefect_server,
         fake_openai,
@@ -188,6 +195,15 @@ def test_a_budget_below_the_first_call_is_exit_2_before_any_call(
     assert done.returncode == 2, done.stderr[-3000:]
     assert "--budget-tokens 50 is below what the first call needs" in done.stderr
     assert fake_openai.count(run) == 0
+
+
+def _artifacts(prefect_server: Any, flow_run_id: str) -> list[dict[str, Any]]:
+    import httpx
+
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    found = httpx.post(f"{prefect_server.api_url}/artifacts/filter", json=body, timeout=10)
+    found.raise_for_status()
+    return list(found.json())
 
 
 def _flow_run_state(prefect_server: Any, flow_run_id: str) -> tuple[str, str, str]:
