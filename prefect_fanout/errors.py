@@ -10,6 +10,7 @@ Hierarchy (exit code in brackets)::
     ├── CorpusError              [2]   a corpus file or line cannot be read
     ├── PartitionError           [2]   items cannot be partitioned as asked
     │   └── PartitionSpecError   [2]   a partition spec is malformed
+    ├── BudgetExhausted          [3]   a run's token or dollar budget is reached: calls not made
     └── AgentCallError           [1]   one agent call failed for good
         ├── NonRetryableAPIError       400/401/403/404/422 or context length: never retried
         ├── RetriesExhaustedError      transient failures used up the attempt budget
@@ -34,6 +35,7 @@ from prefect_fanout.redact import redact
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_BUDGET = 3
 
 
 class FanoutError(Exception):
@@ -116,6 +118,17 @@ class PlanValidationError(FanoutError, ValueError):
 
     def __reduce__(self) -> tuple[type[PlanValidationError], tuple[list[_Problem], str]]:
         return (type(self), (self.problems, self.source))
+
+
+class BudgetExhausted(FanoutError):
+    """The run's budget is reached: the call was not made (``skipped: budget``).
+
+    Raised by the budget when a call's estimate no longer fits (see
+    :mod:`prefect_fanout.budget`); the window hands it back as the call's outcome, so
+    shapes record the call as skipped, never as failed.
+    """
+
+    exit_code = EXIT_BUDGET
 
 
 class AgentCallError(FanoutError):

@@ -34,10 +34,14 @@ from prefect.context import FlowRunContext
 from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.budget.dryrun import DryRun
 from prefect_fanout.call.task import call_agent
+from prefect_fanout.dispatch.dryrun import dry_run_plan
 from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.dispatch.run import check_plan, final_state, result_of, run_plan
+from prefect_fanout.engine.run import carried_result
+from prefect_fanout.engine.run import final_state as final_state_of
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
 from prefect_fanout.llm.result import AgentResult
@@ -47,6 +51,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
 )
+from prefect_fanout.mapping.dryrun import dry_run_map
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.outcome import map_final_state
 from prefect_fanout.mapping.run import run_map
@@ -246,6 +251,8 @@ def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     loaded = load_dispatch_plan(plan) if isinstance(plan, str) else plan
     resolver = _checked_resolver(loaded) or check_plan(loaded, options)
     merged = resolver.options
+    if merged.dry_run:
+        return _keep(dry_run_plan(loaded, resolver))
     with _on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
         outcome = run_plan(loaded, resolver=resolver)
     return final_state(_keep(outcome))
@@ -285,8 +292,13 @@ def run_dispatch_flow(plan: Plan, resolver: Resolver, options: RunOptions) -> Di
         _checked_plan.reset(token)
 
 
-def dispatch_plan(plan: Plan | str | Path, *, options: RunOptions | None = None) -> DispatchResult:
+def dispatch_plan(
+    plan: Plan | str | Path, *, options: RunOptions | None = None
+) -> DispatchResult | DryRun:
     """Validate a plan, then run it as a ``fanout-dispatch`` flow run.
+
+    With ``options.dry_run`` nothing runs: the plan's :class:`DryRun` (calls, cache hits,
+    calls to ask, tokens and cost per level) is returned instead.
 
     Args:
         plan: A :class:`Plan`, or the path of a plan file (``"-"`` for stdin).
@@ -305,6 +317,8 @@ def dispatch_plan(plan: Plan | str | Path, *, options: RunOptions | None = None)
     """
     checked = validate_dispatch_data(plan) if isinstance(plan, Plan) else load_dispatch_plan(plan)
     resolver = check_plan(checked, options)
+    if resolver.options.dry_run:
+        return dry_run_plan(checked, resolver)
     return run_dispatch_flow(checked, resolver, options or RunOptions())
 
 
@@ -378,8 +392,9 @@ def map_flow(
             :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
-        The final state, Completed or Completed named ``Partial``, carrying the run's
-        summary (also written to ``summary.json``): calling the flow returns the summary.
+        The final state carrying the run's summary (also written to ``summary.json``):
+        Completed, Completed named ``Partial`` when items failed, or ``Cancelled`` named
+        ``BudgetReached`` when the run's budget stopped it; calling the flow returns the summary.
     """
     job = _take_prepared(_job_key(input, agent, partition, output_dir))
     if job is None:
@@ -401,9 +416,13 @@ def map_flow(
             follow_symlinks=follow_symlinks,
             options=options,
         )
+    if job.options.dry_run:
+        return _keep(dry_run_map(job))
     with _on_task_runner(job.options, job.max_workers):
         summary = run_map(job)
-    return map_final_state(_keep(summary))  # issue 22: "Partial" when items failed
+    if summary.budget_reached and summary.budget is not None:
+        return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
+    return map_final_state(_keep(summary))  # "Partial" when items failed
 
 
 def run_map_flow(
@@ -464,7 +483,11 @@ def run_map_flow(
         _prepared[key] = job
     try:
         flow_ = map_flow.with_options(task_runner=runner)
-        return _reported_best_effort(lambda: flow_(**parameters))
+        return _reported_best_effort(
+            lambda: carried_result(
+                flow_(**parameters, return_state=True), MapSummary, "the map flow"
+            )
+        )
     finally:
         with _prepared_lock:
             _prepared.pop(key, None)
@@ -478,7 +501,7 @@ def map_corpus(
     output_dir: str | Path,
     options: RunOptions | None = None,
     **settings: Any,
-) -> MapSummary:
+) -> MapSummary | DryRun:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Inside a flow it runs in that flow run (on its task runner); outside one it
@@ -499,8 +522,9 @@ def map_corpus(
             ``follow_symlinks``.
 
     Returns:
-        The run's :class:`MapSummary`; ``summary.ok`` is false when items failed
-        or were dead-lettered.
+        The run's :class:`MapSummary`; ``summary.ok`` is false when items failed, were
+        dead-lettered or skipped for the budget. With ``options.dry_run``, the map's
+        :class:`DryRun` instead (nothing is asked or written).
 
     Raises:
         CorpusError: The corpus cannot be read.
@@ -522,6 +546,8 @@ def map_corpus(
         options=merged,
         **settings,
     )
+    if job.options.dry_run:
+        return dry_run_map(job)
     return run_map_flow(
         job,
         prompt=settings.get("prompt"),

@@ -135,6 +135,13 @@ class RunOptions(BaseModel):
             API's limit). Default: 50,000.
         batch_poll_seconds: With ``batch``: the first wait between status polls; each wait
             is 1.5 times the last, up to 300 s. Default: 10.
+        dry_run: Resolve everything and look every call up in the cache, then report the
+            calls, tokens and cost without a single request. Default: off.
+        budget_tokens: The most tokens (prompt + completion, failed asks included) the run
+            may spend; no call starts that could take the spend past it. Default: none.
+        budget_usd: The most USD the run may spend (needs priced models). Default: none.
+        budget_name: Share the budget with every run of the same name, held on the Prefect
+            server (see :mod:`prefect_fanout.budget.shared`). Default: this run's own.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -161,6 +168,10 @@ class RunOptions(BaseModel):
     batch_max_tokens: int | None = Field(default=None, gt=0)
     batch_max_requests: int | None = Field(default=None, gt=0, le=50_000)
     batch_poll_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    dry_run: bool | None = None
+    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    budget_name: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     @field_validator("trace_dir", mode="before")
     @classmethod
@@ -208,6 +219,10 @@ class RunOptions(BaseModel):
     def policy(self) -> str:
         """``failure_policy``, or ``partial``."""
         return self.failure_policy or "partial"
+
+    def budgeted(self) -> bool:
+        """True when a token or dollar budget is set."""
+        return self.budget_tokens is not None or self.budget_usd is not None
 
     def runner(self) -> str:
         """``task_runner``, or ``thread``."""

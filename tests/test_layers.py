@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("redact", "textcheck", "stopping", "errors", "files", "bounded")),
     ("limits", ("limits",)),
     ("wire", ("llm",)),
-    ("config", ("agents", "usage", "plan", "options")),
+    ("config", ("agents", "usage", "plan", "options", "budget")),
     ("task", ("call", "runners", "ui", "outputs", "batch")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),

@@ -342,7 +342,17 @@ def test_two_distinct_cycles_are_both_reported() -> None:
             "unknown config key 'max_worker' (did you mean 'max_workers'?); valid keys: "
             "max_workers, timeout_seconds, trace_dir, failure_policy, endpoint, synthesize, "
             "max_revisions, max_concurrency, requests_per_minute, tokens_per_minute, model, "
-            "max_tokens, temperature",
+            "max_tokens, temperature, budget_tokens, budget_usd, budget_name",
+        ),
+        (
+            {"budget_usd": 0},
+            "config.budget_usd",
+            "budget_usd must be a positive number of US dollars, got 0",
+        ),
+        (
+            {"budget_tokens": 2.5},
+            "config.budget_tokens",
+            "budget_tokens must be a whole number of tokens above 0, got 2.5",
         ),
         (
             {"requests_per_minute": 0},

@@ -13,8 +13,11 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
+from prefect_fanout.budget.meter import BudgetMeter
+from prefect_fanout.call.budgeted import submit_within
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import Submitted
+from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.options import CacheOptions, RunOptions
 
@@ -27,11 +30,21 @@ class CallPath:
     Args:
         resolver: The run's resolver (agents, models, endpoint and transports, each once).
         cache: The cache settings of every call; None takes the resolver's options'.
+        budget: The run's budget; None takes the one the resolver's options set (if any).
     """
 
-    def __init__(self, resolver: Resolver, cache: CacheOptions | None = None) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        cache: CacheOptions | None = None,
+        budget: BudgetMeter | None = None,
+    ) -> None:
         self.resolver = resolver
         self.cache = cache or resolver.options.cache_options()
+        options = resolver.options
+        self.budget = budget or BudgetMeter.of(
+            options.budget_tokens, options.budget_usd, options.budget_name
+        )
 
     @classmethod
     def of(
@@ -82,7 +95,28 @@ class CallPath:
             context: Upstream results or futures by id.
             answered: The request with its context applied, when the caller has it.
             run_name: The task run's name, instead of ``agent:item``.
+
+        Raises:
+            BudgetExhausted: The run's budget is reached: the call is not made (a cache
+                hit is still returned; it is free).
+            ConfigurationError: The run is a dry run: a shape without a dry-run report
+                never makes a call.
         """
+        if self.options.dry_run:
+            raise ConfigurationError(
+                "dry_run: no call is made; this shape has no dry-run report (map and "
+                "dispatch have one)"
+            )
+        if self.budget is not None:
+            return submit_within(
+                self.budget,
+                request,
+                context=context,
+                transport=self.resolver.transport(request.model),
+                cache=self.cache,
+                answered=answered,
+                run_name=run_name,
+            )
         return submit_or_reuse(
             request,
             context=context,

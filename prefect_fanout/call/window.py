@@ -26,6 +26,7 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.task import result_from_future
+from prefect_fanout.errors import BudgetExhausted
 from prefect_fanout.limits.hook import REQUESTS
 from prefect_fanout.llm.result import AgentResult
 
@@ -51,6 +52,11 @@ class CallOutcome(Generic[K]):
     def ok(self) -> bool:
         """True when the call completed."""
         return self.error is None
+
+    @property
+    def over_budget(self) -> bool:
+        """True when the call was not made because the run's budget was reached."""
+        return isinstance(self.error, BudgetExhausted)
 
 
 class CallWindow(Generic[K]):
@@ -98,12 +104,18 @@ class CallWindow(Generic[K]):
         Args:
             key: The caller's name for the call, returned in its outcome.
             submit: Submits the call's task and returns its future, or returns the
-                call's stored result (a cache hit: no task run was needed).
+                call's stored result (a cache hit: no task run was needed). When it
+                raises :class:`~prefect_fanout.errors.BudgetExhausted` the call was not
+                made: its outcome carries that error at once.
         """
-        submitted = submit()
+        try:
+            submitted: Submitted | BudgetExhausted = submit()
+        except BudgetExhausted as exc:
+            submitted = exc
         self.in_flight += 1
-        self.submitted += 1
-        self._calls_peak = max(self._calls_peak, self.in_flight)
+        if not isinstance(submitted, BudgetExhausted):  # not made: not counted as submitted
+            self.submitted += 1
+            self._calls_peak = max(self._calls_peak, self.in_flight)
         if isinstance(submitted, AgentResult | BaseException):
             self._finished.put((key, submitted))
         else:
@@ -117,7 +129,7 @@ class CallWindow(Generic[K]):
         self.in_flight -= 1
         if isinstance(future, AgentResult):
             return CallOutcome(key, future, None, None)
-        if isinstance(future, BaseException):
+        if isinstance(future, BaseException):  # not made (a budget), or a batch line's error
             return CallOutcome(key, None, future, None)
         if not self._guard_found:  # once: the window lives inside one flow run, or none
             self._guard = self._guard or recording_guard()

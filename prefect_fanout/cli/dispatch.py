@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from prefect_fanout.cli.argtypes import one_line
+from prefect_fanout.cli.dryrun import print_dry_run
 from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 
@@ -26,14 +27,16 @@ def add_parser(subparsers: Any) -> None:
             "at once (up to max_workers), dependants fed with their upstream outputs. The "
             "result JSON goes to stdout."
         ),
-        epilog="Exit codes: 0 all tasks completed; 1 a task failed or was skipped; "
-        "2 invalid plan, usage or configuration.",
+        epilog="Exit codes: 0 all tasks completed (or a dry run); 1 a task failed or was "
+        "skipped; 2 invalid plan, usage or configuration; 3 the budget was reached (tasks not "
+        "started are 'skipped: budget'; rerun with a larger one).",
     )
     parser.add_argument("plan", help="path of the plan file ('-' reads it from stdin)")
     add_run_option_arguments(
         parser,
         workers_help="most tasks in flight (default: the plan's config, else 4)",
         dispatch=True,
+        costs=True,
     )
     parser.set_defaults(run=run)
 
@@ -51,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = run_options(args)
         resolver = check_plan(plan, options)
+        if resolver.options.dry_run:
+            from prefect_fanout.dispatch.dryrun import dry_run_plan
+
+            return print_dry_run(dry_run_plan(plan, resolver), as_json=args.json)
     except ConfigurationError as exc:
         print(f"fanout dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -71,4 +78,6 @@ def run(args: argparse.Namespace) -> int:
         + (f"; traces: {result.trace_index}" if result.trace_index else ""),
         file=sys.stderr,
     )
+    if result.budget_reached and result.budget is not None:
+        print(f"fanout dispatch: {result.budget.message}", file=sys.stderr)
     return result.exit_code

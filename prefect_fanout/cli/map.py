@@ -18,8 +18,9 @@ from prefect_fanout.cli.argtypes import (
     one_line,
     positive_int,
 )
+from prefect_fanout.cli.dryrun import print_dry_run
 from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
-from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from prefect_fanout.errors import EXIT_BUDGET, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
 
@@ -44,8 +45,9 @@ def add_parser(subparsers: Any) -> None:
             "dead_letters.jsonl and summary.json (also printed). Rerunning the same command "
             "resumes: only items with no cached answer are called again."
         ),
-        epilog="Exit codes: 0 all items completed; 1 some failed or were dead-lettered; "
-        "2 bad input, usage or configuration. Reference: docs/map.md",
+        epilog="Exit codes: 0 all items completed (or a dry run); 1 some failed or were "
+        "dead-lettered; 2 bad input, usage or configuration; 3 the budget was reached (the "
+        "rest is 'skipped: budget'; rerun with a larger one). Reference: docs/map.md",
     )
     parser.add_argument(
         "input", help="a JSONL file (one object with an 'id' per line) or a directory"
@@ -122,6 +124,7 @@ def add_parser(subparsers: Any) -> None:
         workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
         no_cache=False,
         batch=True,
+        costs=True,
     )
     parser.set_defaults(run=run)
 
@@ -154,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             follow_symlinks=args.follow_symlinks,
         )
+        if options.dry_run:
+            from prefect_fanout.mapping.dryrun import dry_run_map
+
+            return print_dry_run(dry_run_map(job), as_json=args.json)
     except FanoutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
@@ -176,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.model_dump_json(indent=2))
+    if summary.budget_reached and summary.budget is not None:
+        print(f"{PROG}: {summary.budget.message}; see {summary.output_dir}", file=sys.stderr)
+        return EXIT_BUDGET
     if summary.batch is not None and summary.batch.pending:
         print(
             f"{PROG}: {summary.batch.pending} call(s) wait in batches at the provider; rerun "

@@ -18,7 +18,7 @@ from prefect_fanout.cli.limit_args import add_limit_arguments
 from prefect_fanout.cli.runner_args import add_runner_arguments
 from prefect_fanout.errors import ConfigurationError
 
-__all__ = ["add_run_option_arguments", "run_options"]
+__all__ = ["add_cost_arguments", "add_run_option_arguments", "run_options"]
 
 
 def add_run_option_arguments(
@@ -29,6 +29,7 @@ def add_run_option_arguments(
     dispatch: bool = False,
     no_cache: bool = True,
     batch: bool = False,
+    costs: bool = False,
 ) -> None:
     """Add the run-option flags to a command's parser.
 
@@ -39,6 +40,8 @@ def add_run_option_arguments(
         dispatch: Add ``--failure-policy`` and ``--trace-dir``.
         no_cache: Add ``--no-cache`` beside ``--refresh``.
         batch: Add ``--batch`` and its options (README "Batch mode").
+        costs: Add ``--dry-run``, ``--json``, ``--budget-tokens``, ``--budget-usd`` and
+            ``--budget-name`` (see README's "Costs: estimate, budget, batch").
     """
     parser.add_argument(
         "--options",
@@ -72,8 +75,42 @@ def add_run_option_arguments(
         )
     if runner:
         add_runner_arguments(parser)
+    if costs:
+        add_cost_arguments(parser)
     if batch:
         _add_batch_arguments(parser)
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the dry-run and budget flags."""
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="resolve everything, look every call up in the cache and print the calls, "
+        "tokens and cost it would take, without a single request (exit 0)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="with --dry-run: print the estimate as JSON"
+    )
+    parser.add_argument(
+        "--budget-tokens",
+        type=positive_int,
+        metavar="N",
+        help="spend at most N tokens (prompt + completion, failed asks included); "
+        "the run stops cleanly before a call that could pass it (exit 3)",
+    )
+    parser.add_argument(
+        "--budget-usd",
+        type=positive_float,
+        metavar="X",
+        help="spend at most X US dollars (priced models only; exit 3 when reached)",
+    )
+    parser.add_argument(
+        "--budget-name",
+        metavar="NAME",
+        help="share the budget with every run of this name, on the Prefect server",
+    )
 
 
 def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +178,10 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "batch_max_tokens": "batch_max_tokens",
         "batch_max_requests": "batch_max_requests",
         "batch_poll_seconds": "batch_poll_seconds",
+        "dry_run": "dry_run",
+        "budget_tokens": "budget_tokens",
+        "budget_usd": "budget_usd",
+        "budget_name": "budget_name",
     }
     flags = {field: getattr(args, attr, None) for field, attr in names.items()}
     flags["cache"] = cache

@@ -20,11 +20,13 @@ from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.acceptance import AcceptanceLoop, criteria_block
 from prefect_fanout.dispatch.result import (
+    BUDGET_SKIP,
     DISPATCH_TAG,
     DispatchResult,
     TaskOutcome,
     build_result,
     call_record,
+    with_budget,
     with_synthesis,
 )
 from prefect_fanout.dispatch.taskrun import TaskRun
@@ -82,6 +84,7 @@ class Dispatcher:
         heapq.heapify(self.ready)
         self.window: CallWindow[str] = self.engine.window
         self.stopped_by: str | None = None
+        self.budget_stopped: str | None = None  # why the budget stopped the run
         trace_dir = self.options.trace_dir
         self.trace_dir = Path(trace_dir).expanduser() if trace_dir else None
         self.trace_names = trace_file_names(plan.task_ids)
@@ -101,7 +104,12 @@ class Dispatcher:
             self.engine.failure_policy,
             self.options.timeout_seconds or config.timeout_seconds,
         )
-        self.progress = ProgressReporter(len(self.runs), "fanout dispatch")
+        meter = self.path.budget
+        self.progress = ProgressReporter(
+            len(self.runs),
+            "fanout dispatch",
+            note=meter.progress_line if meter is not None else None,
+        )
         while True:
             self._submit_ready()
             if self.window.in_flight == 0:
@@ -117,6 +125,8 @@ class Dispatcher:
         )
         if config.synthesize:
             result = with_synthesis(result, self._synthesize(config.synthesize))
+        if meter is not None:
+            result = with_budget(result, meter)
         if self.trace_dir is not None:
             index = self._write_index(result, started)
             result = result.model_copy(update={"trace_index": str(index)})
@@ -134,6 +144,9 @@ class Dispatcher:
     def _synthesize(self, agent: str) -> TaskOutcome:
         """The synthesis call: every completed task's output in, the final answer out."""
         done = [run for run in self.runs.values() if run.status == "completed"]
+        if self.budget_stopped is not None:
+            reason = f"{BUDGET_SKIP}{self.budget_stopped}"
+            return TaskOutcome(task_id=SYNTHESIS_ID, agent=agent, status="skipped", error=reason)
         if self.stopped_by is not None or not done:
             reason = "not started: " + (
                 f"task {self.stopped_by!r} failed" if self.stopped_by else "no task completed"
@@ -156,6 +169,9 @@ class Dispatcher:
         self.window.submit(SYNTHESIS_ID, partial(self.path.submit, request, context=context))
         outcome = self.window.next_finished()
         duration = round(time.monotonic() - started, 6)
+        if outcome.over_budget:
+            reason = f"{BUDGET_SKIP}{outcome.error}"
+            return TaskOutcome(task_id=SYNTHESIS_ID, agent=agent, status="skipped", error=reason)
         if outcome.result is None:
             error = outcome.error
             self.logger.error("synthesis by %r failed: %s", agent, describe(error))
@@ -187,7 +203,7 @@ class Dispatcher:
         )
 
     def _submit_ready(self) -> None:
-        if self.stopped_by is not None:
+        if self.stopped_by is not None or self.budget_stopped is not None:
             return
         while self.ready and self.window.has_room:
             run = self.runs[self.plan.tasks[heapq.heappop(self.ready)].task_id]
@@ -260,6 +276,9 @@ class Dispatcher:
 
     def _collect(self, done: CallOutcome[str]) -> None:
         run = self.runs[done.key]
+        if done.over_budget:  # the call was not made: the budget stops the run here
+            self._stop_for_budget(run, str(done.error))
+            return
         if run.phase != "answer":  # a judge or revision call of the acceptance loop
             self.acceptance.collect(run, done)
             return
@@ -389,6 +408,20 @@ class Dispatcher:
             if self.runs[dependant].status == "pending":
                 self._skip(self.runs[dependant], f"skipped: upstream task {task_id!r} failed")
 
+    def _stop_for_budget(self, run: TaskRun, why: str) -> None:
+        """The budget refused ``run``'s call: it and every task not started are skipped.
+
+        Calls in flight finish and are kept; nothing new starts.
+        """
+        if self.budget_stopped is None:
+            self.budget_stopped = why
+            self.logger.warning("dispatch: %s; no new task starts", why)
+        reason = f"{BUDGET_SKIP}{why}"
+        self._skip(run, reason)
+        for other in self.runs.values():
+            if other.status == "pending":
+                self._skip(other, reason)
+
     def _skip(self, run: TaskRun, reason: str) -> None:
         run.status, run.error = "skipped", reason
         self.logger.warning("task %r %s", run.spec.task_id, reason)
@@ -436,6 +469,9 @@ class Dispatcher:
             "Failure policy": self.engine.failure_policy,
             "Max workers": self.engine.workers,
         }
+        if result.budget is not None:
+            extra["Budget"] = result.budget.line()
+            extra["Budget left"] = result.budget.left_text()
         judged = [outcome.acceptance for outcome in result.tasks if outcome.acceptance]
         if judged:
             accepted = sum(1 for record in judged if record.accepted)

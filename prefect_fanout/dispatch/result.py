@@ -25,12 +25,17 @@ from pydantic import (
     model_serializer,
 )
 
-from prefect_fanout.errors import EXIT_FAILED, EXIT_OK
+from prefect_fanout.budget.meter import BudgetMeter
+from prefect_fanout.budget.report import BudgetReport
+from prefect_fanout.errors import EXIT_BUDGET, EXIT_FAILED, EXIT_OK
 from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.usage import CallRecord, Ledger, Usage
 
 DISPATCH_TAG = "fanout:dispatch"
 """The tag on every task run a dispatch makes."""
+
+BUDGET_SKIP = "skipped: budget: "
+"""How the error of a task the budget did not let start begins."""
 
 TaskStatus = Literal["completed", "failed", "skipped"]
 """The final status of one plan task."""
@@ -162,6 +167,9 @@ class DispatchResult(BaseModel):
 
         synthesis: The ``config.synthesize`` call (id ``synthesize``) that got every
             completed task's output and wrote the final answer; ``None`` without one.
+        budget: The run's budget (limits, spent, left, whether it stopped the run; the
+            tasks it did not let start are ``skipped`` with ``skipped: budget: ...``);
+            ``None`` without one.
 
     """
 
@@ -172,10 +180,18 @@ class DispatchResult(BaseModel):
     tasks: list[TaskOutcome]
     trace_index: str | None = None
     synthesis: TaskOutcome | None = None
+    budget: BudgetReport | None = None
+
+    @property
+    def budget_reached(self) -> bool:
+        """True when the budget stopped the run (some tasks were not started)."""
+        return self.budget is not None and self.budget.reached
 
     @property
     def exit_code(self) -> int:
-        """The CLI's exit code: 0 when every task completed, else 1."""
+        """The CLI's exit code: 0 all completed, 3 the budget stopped the run, else 1."""
+        if self.budget_reached:
+            return EXIT_BUDGET
         return EXIT_OK if self.status == "completed" else EXIT_FAILED
 
     def task(self, task_id: str) -> TaskOutcome:
@@ -286,3 +302,11 @@ def with_synthesis(result: DispatchResult, synthesis: TaskOutcome) -> DispatchRe
     if status == "completed" and synthesis.status != "completed":
         status = "partial"
     return result.model_copy(update={"synthesis": synthesis, "usage": usage, "status": status})
+
+
+def with_budget(result: DispatchResult, meter: BudgetMeter) -> DispatchResult:
+    """The result with its budget report: limits, spent, left, and the tasks it skipped."""
+    outcomes = [*result.tasks, *([result.synthesis] if result.synthesis else [])]
+    skipped = sum(1 for o in outcomes if (o.error or "").startswith(BUDGET_SKIP))
+    report = meter.report(len(outcomes) - skipped, len(outcomes), skipped)
+    return result.model_copy(update={"budget": report})

@@ -29,6 +29,7 @@ from prefect.states import State
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.tags import LIMITED_TAGS
+from prefect_fanout.dispatch.budget import check_plan_budget
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.engine.run import carried_result
@@ -84,6 +85,8 @@ def check_plan(plan: Plan, options: RunOptions | None = None) -> Resolver:
     if plan.config.synthesize:
         names[plan.config.synthesize] = None
     resolver.check(names)
+    if merged.budgeted():
+        check_plan_budget(plan, resolver)
     return resolver
 
 
@@ -127,6 +130,8 @@ def final_state(result: DispatchResult) -> State[Any]:
     returns it in every case. ``Partial`` is a completed state with its own name.
     """
     summary = result.summary
+    if result.budget_reached and result.budget is not None:
+        return engine_final_state("budget", result.budget.message or "budget reached", result)
     message = (
         f"{summary.completed} of {summary.total} task(s) completed, {summary.failed} failed, "
         f"{summary.skipped} skipped, {summary.cached} from cache"

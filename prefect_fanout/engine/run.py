@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from prefect.logging import get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
 from prefect_fanout.agents.profiles import AgentProfile
@@ -27,7 +27,7 @@ from prefect_fanout.usage import CallRecord
 __all__ = ["Agent", "Call", "Engine", "RunStatus", "carried_result", "final_state"]
 
 Agent = str | AgentProfile
-RunStatus = Literal["completed", "partial", "failed"]
+RunStatus = Literal["completed", "partial", "failed", "budget"]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -61,9 +61,13 @@ def agent_name(agent: Agent) -> str:
 def final_state(status: RunStatus, message: str, data: Any) -> State[Any]:
     """A flow run's final state: ``Completed``, ``Completed`` named ``Partial``, or ``Failed``.
 
-    The result is the state's data in every case, so ``state.result(raise_on_failure=False)``
-    returns it even for a failed run.
+    A run its budget stopped (``budget``) ends ``Cancelled`` named ``BudgetReached``, with
+    the message ``budget of N tokens reached after K of M calls``: not completed, and not
+    a failure either. The result is the state's data in every case, so
+    ``state.result(raise_on_failure=False)`` returns it even for a failed run.
     """
+    if status == "budget":
+        return Cancelled(name="BudgetReached", message=message, data=data)
     if status == "completed":
         return Completed(message=message, data=data)
     if status == "partial":
@@ -250,6 +254,10 @@ class Engine:
             record = CallRecord.from_result(outcome.key, outcome.result)
             batch_id = self.batch_of.get(outcome.key)
             self.records.append(record.model_copy(update={"batch_id": batch_id}))
+            return
+        if outcome.over_budget:  # not made: skipped, never a failure
+            agent = request.agent if request else "?"
+            self.skip(outcome.key, agent, f"budget: {outcome.error}")
             return
         error = outcome.error
         self.records.append(

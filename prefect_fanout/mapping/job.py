@@ -23,6 +23,7 @@ from prefect_fanout.batch.check import (
     check_batch_options,
     check_batch_requests,
 )
+from prefect_fanout.call.budgeted import check_first_call
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
@@ -317,6 +318,9 @@ def prepare_map(
     if check_batch_options(path.options):  # batch mode: refused before anything is uploaded
         check_batch_requests(requests.values())
         check_batch_endpoint(resolver.endpoint())
+    if path.budget is not None:
+        first = classifier_requests.values() if classifier is not None else requests.values()
+        check_first_call(path.budget, first, path.cache)
     probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
         items=items,

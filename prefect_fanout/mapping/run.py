@@ -109,13 +109,14 @@ def _merge(
     records: list[CallRecord],
     writes: OutputWrites,
     batch_of: Mapping[str, str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Write final.jsonl and dead_letters.jsonl; return the failed and dead-letter ids."""
+) -> tuple[list[str], list[str], list[str]]:
+    """Write final.jsonl and dead_letters.jsonl; return the failed, dead-letter, skipped ids."""
     batch_of = batch_of or {}
     key_of = {item.id: key for key, items in groups.items() for item in items}
     rows: list[dict[str, Any]] = []
     dead_rows: list[dict[str, Any]] = []
     failed: list[str] = []
+    skipped: list[str] = []
     for item in job.items:
         key, done = key_of[item.id], stage.outcomes[item.id]
         reason = stage.dead.get(key)
@@ -127,13 +128,25 @@ def _merge(
             )
             continue
         rows.append(item_row(item, key, done))
+        if done.over_budget:
+            skipped.append(item.id)
+            records.append(
+                CallRecord(
+                    id=item.id,
+                    agent=job.agent.name,
+                    status="skipped",
+                    error=f"budget: {done.error}",
+                    partition=key,
+                )
+            )
+            continue
         if not done.ok:
             failed.append(item.id)
         status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
         records.append(_record(job, item, key, done, status, error, batch_of.get(item.id)))
     for name, content in ((FILES["final"], rows), (FILES["dead_letters"], dead_rows)):
         writes.attempt(name, lambda n=name, c=content: write_jsonl_atomic(job.output_dir / n, c))
-    return failed, [row["id"] for row in dead_rows]
+    return failed, [row["id"] for row in dead_rows], skipped
 
 
 def _reduce(
@@ -250,9 +263,21 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     )
     usage["map"] = stage.usage
     unstored_ids = _unstored(job, stage, logger)
-    failed_ids, dead_ids = _merge(job, groups, stage, records, writes, batch and batch.batch_of)
+    failed_ids, dead_ids, skipped_ids = _merge(
+        job, groups, stage, records, writes, batch and batch.batch_of
+    )
+    meter = job.path.budget
     reduce_report = None
-    if job.reducer is not None:
+    if job.reducer is not None and meter is not None and meter.reached:
+        logger.warning("reduce: not started: %s", meter.reason())
+        reduce_report = ReduceReport(
+            agent=job.reducer.name,
+            status="skipped",
+            inputs=0,
+            token_budget=job.reduce_budget,
+            error=f"budget: {meter.reason()}",
+        )
+    elif job.reducer is not None:
         tree = _reduce(job, groups, stage, window, logger, writes)
         usage["reduce"] = tree.usage
         reduce_report = ReduceReport(
@@ -283,6 +308,8 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
         completed=sum(1 for i in job.items if outcomes[i.id].ok and i.id not in dead),
         failed=len(failed_ids),
         dead_letter=len(dead_ids),
+        skipped=len(skipped_ids),
+        skipped_ids=skipped_ids,
         cached=sum(1 for o in outcomes.values() if o.result is not None and o.result.cached),
         partitions=[stage.reports[key] for key in groups],
         failed_ids=failed_ids,
@@ -306,7 +333,14 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
         unstored_ids=unstored_ids,
         missing_outputs=writes.missing,
         batch=batch.report if batch is not None else None,
+        budget=(
+            meter.report(len(job.items) - len(skipped_ids), len(job.items), len(skipped_ids))
+            if meter is not None
+            else None
+        ),
     )
+    if summary.budget_reached and summary.budget is not None:
+        logger.warning("map: %s", summary.budget.message)
     document = summary.model_dump(mode="json")
     if not writes.attempt(
         FILES["summary"], lambda: write_json_atomic(out / FILES["summary"], document)
@@ -417,6 +451,7 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
         "Completed": summary.completed,
         "Failed": summary.failed,
         "Dead letters": summary.dead_letter,
+        "Skipped (budget)": summary.skipped,
         "Partitions": len(summary.partitions),
         "Items per second": summary.items_per_second,
         "Concurrency reached": f"{summary.concurrency_reached} of {summary.max_workers}",
@@ -429,6 +464,9 @@ def _publish(summary: MapSummary, records: list[CallRecord], out: Path, logger: 
             f"({report.created} created, {report.resumed} resumed), {report.online} sent "
             f"online after their batch, cost {report.cost_usd} (online: {report.online_cost_usd})"
         )
+    if summary.budget is not None:
+        extra["Budget"] = summary.budget.line()
+        extra["Budget left"] = summary.budget.left_text()
     if summary.reduce is not None:
         extra["Reduce"] = (
             f"{summary.reduce.status}, {summary.reduce.levels} level(s), "

@@ -75,7 +75,9 @@ def partition_file_names(keys: Iterable[str]) -> dict[str, str]:
 def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
     """An item's line in its partition file and in final.jsonl."""
     row: dict[str, Any] = {"id": item.id, "partition": key}
-    if done.ok and done.result is not None:
+    if done.over_budget:
+        row.update(status="skipped", error=f"budget: {done.error}")
+    elif done.ok and done.result is not None:
         row.update(
             status="completed",
             output=jsonable(done.result.output),
@@ -192,7 +194,8 @@ class _Mapper:
             file=f"{PARTITIONS_DIR}/{name}",
             items=len(items),
             completed=sum(1 for o in outcomes if o.ok),
-            failed=sum(1 for o in outcomes if not o.ok),
+            failed=sum(1 for o in outcomes if not o.ok and not o.over_budget),
+            skipped=sum(1 for o in outcomes if o.over_budget),
             cached=sum(1 for o in outcomes if o.result is not None and o.result.cached),
         )
         try:
@@ -251,16 +254,22 @@ def map_partitions(
     total = sum(len(items) for items in groups.values())
     remaining = {key: len(items) for key, items in groups.items()}
     writes: dict[str, PrefectFuture[Any]] = {}
-    progress = ProgressReporter(total, f"fanout map: {total} items in {len(groups)} partitions")
+    meter = job.path.budget
+    progress = ProgressReporter(
+        total,
+        f"fanout map: {total} items in {len(groups)} partitions",
+        note=meter.progress_line if meter is not None else None,
+    )
     order = interleave(groups, job.active_partitions)
     jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
     step = max(1, total // 10)
     for count, done in enumerate(window.run(jobs), start=1):
         key, item = done.key
         stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
-        stage.usage.add(done.result, failed=not done.ok, error=done.error)
-        progress.advance(failed=not done.ok)
-        if not done.ok:
+        if not done.over_budget:  # a call not made spent nothing and is no call
+            stage.usage.add(done.result, failed=not done.ok, error=done.error)
+        progress.advance(failed=not done.ok and not done.over_budget)
+        if not done.ok and not done.over_budget:
             logger.warning("item %s (partition %s) failed: %s", item.id, key, done.error)
         remaining[key] -= 1
         if remaining[key] == 0:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from prefect_fanout.batch.report import BatchReport
+from prefect_fanout.budget.report import BudgetReport
 from prefect_fanout.usage import Ledger
 
 __all__ = ["MapSummary", "PartitionReport", "ReduceReport"]
@@ -21,6 +22,7 @@ class PartitionReport(BaseModel):
         items: Items in the partition.
         completed: Items whose call completed.
         failed: Items whose call failed (recorded in the file with their error).
+        skipped: Items not asked because the run's budget was reached (``skipped: budget``).
         cached: Completed items answered from the cache.
         dead_letter: Items listed as dead letters because the partition failed.
         status: ``written`` or ``dead_letter``.
@@ -34,6 +36,7 @@ class PartitionReport(BaseModel):
     items: int
     completed: int = 0
     failed: int = 0
+    skipped: int = 0
     cached: int = 0
     dead_letter: int = 0
     status: Literal["written", "dead_letter"] = "written"
@@ -82,10 +85,12 @@ class MapSummary(BaseModel):
         completed: Items whose call completed and whose partition was written.
         failed: Items whose call failed.
         dead_letter: Items of partitions that failed as a whole.
+        skipped: Items not asked because the budget was reached (rerun with a larger one).
         cached: Items answered from the cache (this run paid nothing for them).
         partitions: Per-partition counts, in key order.
         failed_ids: Ids of the failed items, in input order.
         dead_letter_ids: Ids of the dead-lettered items, in input order.
+        skipped_ids: Ids of the items skipped for the budget, in input order.
         usage: Calls, tokens and cost by stage (``classify``, ``map``, ``reduce``).
         cost_usd: What this run paid in total; None when a price is unknown.
         duration_s: Wall time of the whole run.
@@ -110,6 +115,8 @@ class MapSummary(BaseModel):
             previous version of each, if any, is left as it was.
         batch: Batch mode's figures (batches, calls answered by batch and sent online,
             cost against online), when the run used ``batch``.
+        budget: The run's budget (limits, spent, left, whether it stopped the run);
+            None without one.
 
     """
 
@@ -123,10 +130,12 @@ class MapSummary(BaseModel):
     completed: int
     failed: int
     dead_letter: int
+    skipped: int = 0
     cached: int
     partitions: list[PartitionReport]
     failed_ids: list[str] = Field(default_factory=list)
     dead_letter_ids: list[str] = Field(default_factory=list)
+    skipped_ids: list[str] = Field(default_factory=list)
     usage: dict[str, Ledger]
     cost_usd: float | None
     duration_s: float
@@ -144,6 +153,7 @@ class MapSummary(BaseModel):
     unstored_ids: list[str] = Field(default_factory=list)
     missing_outputs: dict[str, str] = Field(default_factory=dict)
     batch: BatchReport | None = None
+    budget: BudgetReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,7 +163,13 @@ class MapSummary(BaseModel):
         """
         reduce_ok = self.reduce is None or self.reduce.status != "failed"
         written = self.unstored == 0 and not self.missing_outputs
-        return self.failed == 0 and self.dead_letter == 0 and reduce_ok and written
+        return (
+            self.failed == 0
+            and self.dead_letter == 0
+            and self.skipped == 0
+            and reduce_ok
+            and written
+        )
 
     def problem_line(self) -> str:
         """One line for stderr saying what went wrong (empty when nothing did)."""
@@ -165,3 +181,8 @@ class MapSummary(BaseModel):
         if self.reduce is not None and self.reduce.status == "failed":
             parts.append("the reduce failed")
         return "; ".join(parts) + f"; see {self.output_dir}"
+
+    @property
+    def budget_reached(self) -> bool:
+        """True when the budget stopped the run (some items were not asked)."""
+        return self.budget is not None and self.budget.reached

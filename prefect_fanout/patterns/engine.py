@@ -17,6 +17,7 @@ from prefect.context import FlowRunContext
 from prefect.states import State
 
 from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.budget.report import BudgetReport
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.engine.run import Agent, Call, Engine, RunStatus, agent_name, carried_result
 from prefect_fanout.errors import PatternArgumentError
@@ -65,7 +66,12 @@ class PatternRun(Engine):
         agents: Mapping[str, AgentProfile] | None = None,
         options: RunOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        path = CallPath.of(RunOptions.of(options), agents)
+        merged = RunOptions.of(options)
+        if merged.dry_run:
+            raise PatternArgumentError(
+                "options.dry_run", "the patterns have no dry run yet (map and dispatch do)"
+            )
+        path = CallPath.of(merged, agents)
         super().__init__(pattern, path, default_workers=DEFAULT_MAX_WORKERS, tag=PATTERN_TAG)
         self.pattern = pattern
 
@@ -103,13 +109,27 @@ class PatternRun(Engine):
             details=details or {},
         )
         extra = {"Status": status, "Failure policy": self.failure_policy, **metrics.summary_lines()}
+        budget = self._budget()
+        if budget is not None:
+            result.details["budget"] = budget.model_dump(mode="json")
+            extra["Budget"] = budget.line()
+            extra["Budget left"] = budget.left_text()
         self.publish(f"Fanout {self.pattern}", self.records, extra)
+        if budget is not None and budget.reached:
+            return self.end("budget", budget.message or "budget reached", result)
         message = (
             f"{metrics.completed} of {metrics.calls} call(s) completed, {metrics.failed} failed, "
             f"{metrics.skipped} skipped; speedup {metrics.speedup}, "
             f"cost multiplier {metrics.cost_multiplier}"
         )
         return self.end(status, message, result)
+
+    def _budget(self) -> BudgetReport | None:
+        meter = self.path.budget
+        if meter is None:
+            return None
+        skipped = sum(1 for r in self.records if (r.error or "").startswith("budget: "))
+        return meter.report(len(self.records) - skipped, len(self.records), skipped)
 
 
 def pattern_result_of(state: State[Any]) -> PatternResult:

@@ -43,6 +43,9 @@ CONFIG_FIELDS = (
     "model",
     "max_tokens",
     "temperature",
+    "budget_tokens",
+    "budget_usd",
+    "budget_name",
 )
 LIMIT_FIELDS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
 """The config fields that set the endpoint's limits (see :mod:`prefect_fanout.limits`)."""
@@ -366,7 +369,17 @@ def _check_config(value: Any, problems: _Problems) -> dict[str, Any]:
             if item is not None and (not _is_number(item) or not 0 <= item <= 2):
                 message = f"temperature must be a number from 0 to 2, got {item!r}"
                 problems.add("config", message, where)
-        elif key in ("trace_dir", "endpoint", "synthesize", "model"):
+        elif key == "budget_tokens":
+            if item is not None and (
+                not isinstance(item, int) or isinstance(item, bool) or item < 1
+            ):
+                message = f"budget_tokens must be a whole number of tokens above 0, got {item!r}"
+                problems.add("config", message, where)
+        elif key == "budget_usd":
+            if item is not None and (not _is_number(item) or not math.isfinite(item) or item <= 0):
+                message = f"budget_usd must be a positive number of US dollars, got {item!r}"
+                problems.add("config", message, where)
+        elif key in ("trace_dir", "endpoint", "synthesize", "model", "budget_name"):
             if item is not None and (not isinstance(item, str) or not item.strip()):
                 message = f"{key} must be a non-empty string or null, got {item!r}"
                 problems.add("config", message, where)

@@ -156,6 +156,9 @@ class PlanConfig(BaseModel):
         model: A model for every agent of the plan (``--model`` overrides).
         max_tokens: A completion budget for every agent (``--max-tokens`` overrides).
         temperature: A sampling temperature for every agent (``--temperature`` overrides).
+        budget_tokens: The most tokens the dispatch may spend (``--budget-tokens`` overrides).
+        budget_usd: The most USD the dispatch may spend (``--budget-usd`` overrides).
+        budget_name: A budget shared by name (``--budget-name`` overrides).
 
     """
 
@@ -174,6 +177,9 @@ class PlanConfig(BaseModel):
     model: str | None = Field(default=None, min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    budget_name: str | None = Field(default=None, min_length=1)
 
     def limits(self) -> dict[str, int]:
         """The endpoint limits the plan sets (unset ones left out)."""

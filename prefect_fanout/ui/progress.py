@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 #: The longest :meth:`ProgressReporter.finish` waits for the API before giving up on it.
@@ -21,7 +22,8 @@ class ProgressReporter:
     holds up the loop that submits calls. The first failed request (the API went
     away) stops the reporting for the rest of the run, and :meth:`finish` waits at
     most :data:`FINISH_WAIT_SECONDS`: progress never delays a run's outputs. The
-    stderr bar is drawn only when stderr is a terminal.
+    stderr bar is drawn only when stderr is a terminal. ``note``, when given, is read at
+    each report and appended to the artifact's description (a budget's spend).
     """
 
     def __init__(
@@ -32,11 +34,13 @@ class ProgressReporter:
         interval: float = 1.0,
         stream: TextIO | None = None,
         artifact: bool = True,
+        note: Callable[[], str] | None = None,
     ) -> None:
         self.total = max(total, 0)
         self.done = 0
         self.failed = 0
         self.description = description
+        self.note = note
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
         self.reported = artifact  # False once the API failed: no more requests
@@ -57,22 +61,32 @@ class ProgressReporter:
     def _percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
+    def _described(self) -> str:
+        if self.note is None:
+            return self.description
+        try:
+            return f"{self.description} | {self.note()}"
+        except Exception:  # informative only
+            return self.description
+
     def _report(self) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         try:
-            artifact_id = create_progress_artifact(
-                progress=self._percent(), description=self.description
-            )
+            described = self._described()
+            artifact_id = create_progress_artifact(progress=self._percent(), description=described)
             self._sent = self._percent()
             while True:
                 self._wake.wait(self.interval)
                 self._wake.clear()
                 with self._lock:
                     progress, finished = self._percent(), self._finished
-                if progress != self._sent:
-                    update_progress_artifact(artifact_id=artifact_id, progress=progress)
-                    self._sent = progress
+                now = self._described()
+                if progress != self._sent or now != described:
+                    update_progress_artifact(
+                        artifact_id=artifact_id, progress=progress, description=now
+                    )
+                    self._sent, described = progress, now
                 if finished:
                     return
         except Exception:  # no flow run context or API: progress stays on stderr
