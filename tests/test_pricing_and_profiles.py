@@ -76,3 +76,33 @@ def test_api_key_is_secret_in_repr_and_dump():
     endpoint = LLMEndpoint(api_key=SecretStr("sk-very-secret"))
     assert "sk-very-secret" not in repr(endpoint)
     assert "sk-very-secret" not in endpoint.model_dump_json()
+
+
+def test_an_agents_own_batch_prices_price_its_batch_answers() -> None:
+    from prefect_fanout.agents.resolver import Resolver
+    from prefect_fanout.llm.pricing import batch_cost_usd, cost_usd
+    from prefect_fanout.options import RunOptions
+
+    online = cost_usd("gpt-4o-mini", 1_000_000, 1_000_000, base_url="https://api.openai.com/v1")
+    assert (
+        batch_cost_usd("gpt-4o-mini", 1_000_000, 1_000_000, base_url="https://api.openai.com/v1")
+        == online / 2
+    )
+    own = batch_cost_usd(
+        "gpt-4o-mini",
+        1_000_000,
+        2_000_000,
+        base_url="https://api.openai.com/v1",
+        batch_prices=(0.05, 0.25),
+    )
+    assert own == 0.05 + 2 * 0.25
+    profile = AgentProfile(
+        name="cheap", batch_input_price_per_million=0.05, batch_output_price_per_million=0.25
+    )
+    request = Resolver(RunOptions(model="test")).request("hi", agent=profile)
+    assert (request.batch_input_price_per_million, request.batch_output_price_per_million) == (
+        0.05,
+        0.25,
+    )
+    plain = Resolver(RunOptions(model="test")).request("hi", agent=AgentProfile(name="p"))
+    assert request.cache_key() == plain.cache_key()  # accounting only: never in the key

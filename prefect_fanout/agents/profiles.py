@@ -121,6 +121,17 @@ class AgentProfile(Block):
     output_price_per_million: float | None = Field(
         default=None, description="USD per million completion tokens; overrides the price table."
     )
+    batch_input_price_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million prompt tokens in batch mode; default: half the online price.",
+    )
+    batch_output_price_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million completion tokens in batch mode; default: half the online "
+        "price.",
+    )
 
     _output_type: type[BaseModel] | None = PrivateAttr(default=None)
 

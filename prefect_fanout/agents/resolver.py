@@ -249,6 +249,8 @@ class Resolver:
             retry=profile.retry_options(),
             input_price_per_million=profile.input_price_per_million,
             output_price_per_million=profile.output_price_per_million,
+            batch_input_price_per_million=profile.batch_input_price_per_million,
+            batch_output_price_per_million=profile.batch_output_price_per_million,
             tags=(f"agent:{profile.name}", f"model:{model}", *tags),
         )
 

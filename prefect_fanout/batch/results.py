@@ -129,7 +129,16 @@ def settle(
     online_cost = cost_usd(model, *tokens, *prices, base_url=request.base_url)
     discount = None
     if online_cost is not None:
-        batch_cost = batch_cost_usd(model, *tokens, *prices, base_url=request.base_url)
+        batch_cost = batch_cost_usd(
+            model,
+            *tokens,
+            *prices,
+            base_url=request.base_url,
+            batch_prices=(
+                request.batch_input_price_per_million,
+                request.batch_output_price_per_million,
+            ),
+        )
         discount = None if batch_cost is None else batch_cost - online_cost
     try:
         result = execute_request(request, BatchAnswerTransport(answer, online), logger)

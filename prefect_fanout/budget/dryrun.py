@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from prefect_fanout.budget.estimate import CallEstimate
-from prefect_fanout.llm.pricing import add_costs
+from prefect_fanout.llm.pricing import BATCH_PRICE_FACTOR, add_costs
 
 __all__ = ["DryRun", "GroupEstimate"]
 
@@ -83,6 +83,18 @@ class DryRun(GroupEstimate):
     budget_tokens: int | None = None
     budget_usd: float | None = None
     notes: list[str] = Field(default_factory=list)
+
+    def batch_note(self) -> str:
+        """What the calls to ask would cost through the Batch API (``--batch``, map only)."""
+        if self.usd_low is None or self.usd_high is None:
+            return "batch prices: unknown (a model has no price)"
+        low, high = (
+            round(value * BATCH_PRICE_FACTOR, 6) for value in (self.usd_low, self.usd_high)
+        )
+        return (
+            f"batch prices (--batch, half the online price): ${low:.6f} - ${high:.6f}; an "
+            "agent's own batch prices are not used in this estimate"
+        )
 
     def group(self, key: str) -> GroupEstimate:
         """The group of ``key``, added at the end when new."""

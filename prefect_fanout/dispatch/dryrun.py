@@ -92,5 +92,5 @@ def dry_run_plan(plan: Plan, resolver: Resolver) -> DryRun:
             "acceptance criteria: judge and revision calls depend on the answers and are "
             "not counted"
         )
-    report.notes.append("batch prices: batch mode is not available in this version")
+    report.notes.append("batch prices: batch mode runs maps only (fanout map --batch)")
     return report

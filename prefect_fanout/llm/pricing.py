@@ -107,10 +107,16 @@ def batch_cost_usd(
     input_price: float | None = None,
     output_price: float | None = None,
     base_url: str | None = None,
+    batch_prices: tuple[float | None, float | None] = (None, None),
 ) -> float | None:
-    """The cost of a call answered through the Batch API: half the online cost.
+    """The cost of a call answered through the Batch API.
 
-    The arguments are :func:`cost_usd`'s; an agent's own prices are halved the same way.
+    An agent's own batch prices (``batch_prices``: USD per million prompt and completion
+    tokens, both set) price it; otherwise it is half the online cost (:func:`cost_usd`'s
+    arguments, an agent's own online prices halved the same way).
     """
+    batch_input, batch_output = batch_prices
+    if batch_input is not None and batch_output is not None:
+        return round((prompt_tokens * batch_input + completion_tokens * batch_output) / 1e6, 10)
     online = cost_usd(model, prompt_tokens, completion_tokens, input_price, output_price, base_url)
     return None if online is None else round(online * BATCH_PRICE_FACTOR, 10)

@@ -47,6 +47,8 @@ NOT_KEY_FIELDS = frozenset(
         "retry",  # the retry budget: how hard to try, not what is asked
         "input_price_per_million",  # accounting only
         "output_price_per_million",  # accounting only
+        "batch_input_price_per_million",  # accounting only
+        "batch_output_price_per_million",  # accounting only
         "tags",  # UI labels
         # how the schema is asked for (response_format style); the answer is validated
         # against output_schema whatever the style, and `auto` may change it mid-run
@@ -82,6 +84,8 @@ class CallRequest(BaseModel):
     retry: RetryOptions = Field(default_factory=RetryOptions)
     input_price_per_million: float | None = None
     output_price_per_million: float | None = None
+    batch_input_price_per_million: float | None = None
+    batch_output_price_per_million: float | None = None
     tags: tuple[str, ...] = ()
 
     @property

@@ -57,5 +57,5 @@ def dry_run_map(job: MapJob) -> DryRun:
             f"--reduce {job.reducer.name}: the reduce's calls depend on the answers and are "
             "not counted"
         )
-    report.notes.append("batch prices: batch mode is not available in this version")
+    report.notes.append(report.batch_note())
     return report
