@@ -9,6 +9,7 @@ what it left behind and its rerun may replace it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,9 +21,16 @@ MANIFEST_NAME = ".fanout-manifest.json"
 VERSION = 1
 
 
+#: Batch mode's own records (``batches/batches.json``, ``batches/input-0001.jsonl``...): they
+#: are written before the run's outputs and outlive a run that stops while batches run.
+BATCH_RECORDS = re.compile(r"batches/(batches\.json|input-\d{4,}\.jsonl)")
+
+
 def is_internal(relative: str) -> bool:
-    """True for fanout's own bookkeeping files: the manifest, the lock, probes, temp files."""
+    """True for fanout's own bookkeeping: the manifest, the lock, probes, temp files, batches."""
     name = relative.rsplit("/", 1)[-1]
+    if BATCH_RECORDS.fullmatch(relative):
+        return True
     return name.startswith(".fanout") or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
 
 
