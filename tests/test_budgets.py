@@ -375,7 +375,11 @@ def test_two_processes_sharing_a_named_budget_stop_together_within_it(
     assert limit["limit"] == budget and limit["slot_decay_per_second"] == 0
     assert limit["active_slots"] == sum(spent), (limit, budget, spent)  # no reservation left
     assert all(s["budget"]["name"] == name for s in summaries)
-    assert summaries[1]["budget"]["left_tokens"] == budget - sum(spent)
+    # Each run reports what was left when it ended; the other may still have been spending
+    # then, so only the server's counter above is exact.
+    assert all(
+        0 <= s["budget"]["left_tokens"] <= budget - sum(spent) + max(spent) for s in summaries
+    )
 
 
 @pytest.mark.server
