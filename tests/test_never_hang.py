@@ -34,6 +34,7 @@ from prefect_fanout.limits.server import DEAD_HOLDER_BOUND_SECONDS, endpoint_key
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.execute import execute_request
 from prefect_fanout.llm.transport import forget_learned_styles
+from prefect_fanout.options import RunOptions
 from tests.conftest import stop_process_group
 from tests.fakeopenai import Drip, FakeOpenAI, Hang, format_style
 
@@ -218,7 +219,7 @@ def test_structured_calls_do_not_queue_behind_the_probe(fake_openai: FakeOpenAI)
     profile = AgentProfile(name="s", output_schema=SCHEMA)
 
     def ask(n: int) -> Any:
-        resolver = Resolver(endpoint=endpoint, model="local-model")
+        resolver = Resolver(RunOptions(endpoint=endpoint, model="local-model"))
         request = resolver.request(f"{run} {n}", agent=profile)
         return execute_request(request, resolver.transport(request.model), LOG)
 
@@ -257,7 +258,7 @@ def test_a_dripping_body_ends_at_the_request_s_deadline(fake_openai: FakeOpenAI)
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-drip"))
     profile = AgentProfile(name="d", max_attempts=2, backoff_initial_seconds=0.01,
                            backoff_max_seconds=0.02)  # fmt: skip
-    resolver = Resolver(endpoint=endpoint, model="gpt-4o-mini")
+    resolver = Resolver(RunOptions(endpoint=endpoint, model="gpt-4o-mini"))
     request = resolver.request(f"{run} hi", agent=profile, timeout_seconds=2)
     with pytest.raises(CallTimeoutError, match="timed out after 2"):
         execute_request(request, resolver.transport(request.model), LOG)
