@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from prefect_fanout import dispatch_plan, map_corpus
 from prefect_fanout.call.locks import FlockLockManager
@@ -306,11 +306,13 @@ def test_the_shipped_flow_honours_its_task_runner_parameter(
     (b,) = fake_openai.requests(f"B-{key}")
     assert f"### a\n{result.task('a').output}" in b.prompt
 
-    bad = dispatch_flow(
-        plan=plan, options=RunOptions(endpoint=endpoint, task_runner="spark"), return_state=True
-    )
+    # A wrong runner is refused when the options are made (in Python) or when the flow
+    # run's parameters are checked (a deployment, the UI), before any call.
+    with pytest.raises(ValidationError, match="task_runner"):
+        RunOptions(endpoint=endpoint, task_runner="spark")
+    bad = dispatch_flow(plan=plan, options={"task_runner": "spark"}, return_state=True)
     assert bad.is_failed() and fake_openai.count(key) == 2
-    with pytest.raises(ConfigurationError, match="unknown task runner 'spark'"):
+    with pytest.raises(Exception, match="task_runner"):
         bad.result()
 
 

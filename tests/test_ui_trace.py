@@ -159,8 +159,8 @@ def test_api_key_is_never_readable_through_the_api(api, fake_openai, monkeypatch
     everything = api.everything(flow_run_id)
     assert key not in everything
     assert key.removeprefix("sk-") not in everything
-    # The endpoint object is a parameter of the flow run: the API shows it masked.
-    shown = api.flow_run(flow_run_id)["parameters"]["endpoint"]
+    # The endpoint object is in the flow run's options parameter: the API shows it masked.
+    shown = api.flow_run(flow_run_id)["parameters"]["options"]["endpoint"]
     assert shown["base_url"] == fake_openai.base_url
     assert shown["api_key"] == "**********"
     # ... and the agent-call task runs record only references to their inputs.
