@@ -151,7 +151,7 @@ class AgentCallError(FanoutError):
     exit_code = EXIT_FAILED
 
     def __init__(self, message: str, attempts: int = 1) -> None:
-        message = redact(message)  # a server may echo the key back (issue 22)
+        message = redact(message)  # a server may echo the key back
         super().__init__(message, attempts)
         self.message = message
         self.attempts = attempts

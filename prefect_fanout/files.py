@@ -41,7 +41,7 @@ def jsonable(value: Any) -> Any:
 
 def _dumps(value: Any, indent: int | None = None) -> str:
     text = json.dumps(jsonable(value), ensure_ascii=False, indent=indent, default=_default)
-    return redact(text)  # no known key ever reaches an output or trace file (issue 22)
+    return redact(text)  # no known key ever reaches an output or trace file
 
 
 def _default(value: Any) -> Any:

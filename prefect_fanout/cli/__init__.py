@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fanout`` command line and return its exit code."""
     tune_embedded_server()  # before Prefect reads its settings
-    register_environment()  # issue 22: OPENAI_API_KEY is masked in every message
+    register_environment()  # OPENAI_API_KEY is masked in every message
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from prefect_fanout.textcheck import prompt_problem
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if problem := prompt_problem(prompt):  # issue 22: empty or unencodable prompt, exit 2
+    if problem := prompt_problem(prompt):  # empty or unencodable prompt, exit 2
         print(f"fanout call: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -193,6 +193,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not summary.ok:
-        print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)  # issue 22
+        print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

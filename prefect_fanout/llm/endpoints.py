@@ -110,7 +110,7 @@ class LLMEndpoint(Block):
     def key_value(self) -> str:
         """The API key in clear, or a placeholder for keyless servers."""
         value = self.api_key.get_secret_value() if self.api_key else NO_KEY
-        register_secret(value if value != NO_KEY else None)  # masked everywhere (issue 22)
+        register_secret(value if value != NO_KEY else None)  # masked everywhere
         return value
 
 

@@ -458,7 +458,7 @@ def _completion(
     usage = body.get("usage") if isinstance(body, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     reported = body.get("model") if isinstance(body, dict) else None
-    try:  # issue 22: an answer must be an answer (prefect_fanout.llm.answer)
+    try:  # an answer must be an answer (prefect_fanout.llm.answer)
         check_answer(request.label, choice, attempts)
     except AgentCallError as exc:
         exc.prompt_tokens = int(usage.get("prompt_tokens") or 0)

@@ -207,7 +207,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     started = time.perf_counter()
     LIMITED_TAGS.refresh()  # a limit created before this run applies to it
     logger = _logger()
-    quiet_commit_errors()  # a full result storage is reported once, below (issue 22)
+    quiet_commit_errors()  # a full result storage is reported once, below
     writes = OutputWrites(logger)
     window = CallWindow(job.max_workers)
     out, parts_dir = job.output_dir, job.output_dir / PARTITIONS_DIR
@@ -354,7 +354,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
 def _publish_failures(
     job: MapJob, summary: MapSummary, records: list[CallRecord], logger: Any
 ) -> None:
-    """The failed calls' errors and prompt excerpts as a markdown artifact (issue 22)."""
+    """The failed calls' errors and prompt excerpts as a markdown artifact."""
 
     def prompt_of(record: CallRecord) -> str | None:
         request = job.requests.get(record.id)

@@ -116,7 +116,7 @@ def check_document(
             "field", f"a plan must be an object with a 'tasks' list, got {_type_name(raw)}"
         )
         return None, problems
-    for location, detail in unencodable(raw):  # issue 22: would crash the cache keys
+    for location, detail in unencodable(raw):  # would crash the cache keys
         message = f"text that cannot be encoded as UTF-8 ({detail}, a lone surrogate)"
         problems.add("encoding", message, location)
     for key in raw:

@@ -58,7 +58,7 @@ def trace_file_names(task_ids: Iterable[str]) -> dict[str, str]:
         stem = _UNSAFE.sub("_", task_id).strip(".") or "task"
         if stem.startswith("dispatch-"):
             stem = "task-" + stem
-        if len(stem) > MAX_STEM:  # issue 22: bounded, still unique by the id's hash
+        if len(stem) > MAX_STEM:  # bounded, still unique by the id's hash
             digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
             stem = f"{stem[:MAX_STEM]}-{digest}"
         candidate, number = stem, 1
