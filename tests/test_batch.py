@@ -185,7 +185,9 @@ def test_a_rejected_batch_is_sent_again_once_another_ended(
     prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     run = tag()
-    fake_openai.batches.completion_seconds = 0.5
+    # long enough that the second batch is always created while the first is in flight,
+    # even on a loaded machine (at 0.5 s the first could end before the second was sent)
+    fake_openai.batches.completion_seconds = 3.0
     # one batch of 10 items fits, two do not
     fake_openai.batches.enqueued_token_limit = int(_tokens_of_ten(fake_openai, run, tmp_path) * 1.5)
     options = _options(fake_openai, batch_max_requests=10)
