@@ -154,16 +154,7 @@ class _Phase:
             max_requests=self.options.batch_max_requests or MAX_REQUESTS,
             max_tokens=self.options.batch_max_tokens,
         )
-        for written in files:
-            entry = BatchEntry(
-                input_file=f"{BATCH_DIR}/{written.path.name}",
-                requests=len(written.keys),
-                tokens=written.tokens,
-                status="queued",
-            )
-            self.queue.append(self.ledger.add(entry))
-            self.mine.append(entry)
-            self.result.report.sent += len(written.keys)
+        self.result.report.sent += self._queue(files)
 
     # ------------------------------------------------------------- submitting
 
@@ -332,15 +323,20 @@ class _Phase:
                 self.ledger.directory,
                 first=len(self.ledger.entries) + 1,
             )
-            for written in files:
-                fresh = BatchEntry(
-                    input_file=f"{BATCH_DIR}/{written.path.name}",
-                    requests=len(written.keys),
-                    tokens=written.tokens,
-                    status="queued",
-                )
-                self.queue.append(self.ledger.add(fresh))
-                self.mine.append(fresh)
+            self._queue(files)
+
+    def _queue(self, files: list[Any]) -> int:
+        """Record written input files as queued batches of this run; the requests they hold."""
+        for written in files:
+            entry = BatchEntry(
+                input_file=f"{BATCH_DIR}/{written.path.name}",
+                requests=len(written.keys),
+                tokens=written.tokens,
+                status="queued",
+            )
+            self.queue.append(self.ledger.add(entry))
+            self.mine.append(entry)
+        return sum(len(written.keys) for written in files)
 
     def take_all(self, answers: list[tuple[str, Any]], batch_id: str | None) -> None:
         """Settle answered lines, ``max_workers`` at a time (validation, re-asks, storing)."""
