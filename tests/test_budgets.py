@@ -335,7 +335,9 @@ def test_two_processes_sharing_a_named_budget_stop_together_within_it(
         items = [{"id": f"h{half}-{n}", "text": text(run, 15 * half + n)} for n in range(15)]
         halves.append(write_corpus(tmp_path / f"half{half}.jsonl", items))
     per_call = (text(run, 0).count(" ") + 1 + 7 + 2 * 4) + MAX_TOKENS  # about one estimate
-    budget = per_call * 12
+    # Five estimates: less than either half's 15 prompts alone, so each run must stop even
+    # when the other has not started yet (the answers are short but the prompts are not).
+    budget = per_call * 5
     name = f"shared-{run}"
     environment = prefect_server.env(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-t")
     environment.pop("FANOUT_MODEL", None)
