@@ -36,7 +36,7 @@ _PUBLIC: dict[str, str] = {
     "TaskSpec": "prefect_fanout.plan.model",
     "agent_call": "prefect_fanout.call.task",
     "build_request": "prefect_fanout.call.task",
-    "call_agent": "prefect_fanout.call.task",
+    "call_agent": "prefect_fanout.call.single",
     "dispatch_flow": "prefect_fanout.flows",
     "dispatch_plan": "prefect_fanout.flows",
     "fan_in": "prefect_fanout.patterns.fan_in",

@@ -35,7 +35,7 @@ from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.budget.dryrun import DryRun
-from prefect_fanout.call.task import call_agent
+from prefect_fanout.call.single import call_agent
 from prefect_fanout.dispatch.dryrun import dry_run_plan
 from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
 from prefect_fanout.dispatch.result import DispatchResult

@@ -413,3 +413,131 @@ def test_a_pattern_stops_at_its_budget(
     skipped = [call for call in result.calls if call.status == "skipped"]
     assert len(skipped) == 12 - asked and all(c.error.startswith("budget: ") for c in skipped)
     assert state.message == f"budget of {per_call * 4} tokens reached after {asked} of 12 calls"
+
+
+def _pattern_options(fake: FakeOpenAI, **extra: Any) -> Any:
+    from pydantic import SecretStr
+
+    from prefect_fanout import LLMEndpoint, RunOptions
+
+    endpoint = LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-test"))
+    return RunOptions(endpoint=endpoint, max_workers=3, max_tokens=MAX_TOKENS, **extra)
+
+
+@pytest.mark.server
+def test_a_pattern_dry_run_asks_nothing_and_counts_what_the_run_asks(
+    prefect_server: Any, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_fanout import AgentProfile, fan_out, pipeline
+    from prefect_fanout.budget.dryrun import DryRun
+
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+    run = tag()
+    agent = AgentProfile(name="summ", system_prompt="say the new one now for all")
+    items = [text(run, n) for n in range(6)]
+    dry = fan_out(items, agent=agent, options=_pattern_options(fake_openai, dry_run=True))
+    assert isinstance(dry, DryRun) and dry.kind == "pattern"
+    assert fake_openai.count(run) == 0  # not a single request
+    assert (dry.calls, dry.cached, dry.to_ask) == (6, 0, 6)
+    assert dry.output_tokens_max == 6 * MAX_TOKENS
+    assert [g.key for g in dry.groups] == ["fan-out"]
+
+    fan_out(items, agent=agent, options=_pattern_options(fake_openai))
+    assert fake_openai.count(run) == dry.to_ask  # exact for calls
+    prompt = reported_prompt_tokens(fake_openai, run)
+    assert abs(dry.input_tokens - prompt) <= 0.2 * prompt  # within 20%
+    again = fan_out(items, agent=agent, options=_pattern_options(fake_openai, dry_run=True))
+    assert (again.calls, again.cached, again.to_ask) == (6, 6, 0)
+
+    # A pipeline's second stage cannot be known before its first stage is answered.
+    stages = [agent, [AgentProfile(name="a", system_prompt="one"), "default"]]
+    item = text(run, 99)
+    first = pipeline(item, stages, options=_pattern_options(fake_openai, dry_run=True))
+    assert (first.calls, first.to_ask, first.from_template) == (3, 3, 2)
+    assert [g.key for g in first.groups] == ["pipeline:stage-1", "pipeline:stage-2"]
+    assert any("not known before the run" in note for note in first.notes)
+    assert fake_openai.count(run) == 6
+    pipeline(item, stages, options=_pattern_options(fake_openai))
+    assert fake_openai.count(run) == 6 + first.to_ask
+    known = pipeline(item, stages, options=_pattern_options(fake_openai, dry_run=True))
+    assert (known.calls, known.cached, known.to_ask, known.from_template) == (3, 3, 0, 0)
+
+
+@pytest.mark.server
+def test_call_agent_keeps_to_a_named_budget(
+    prefect_server: Any, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_fanout import AgentProfile, call_agent
+    from prefect_fanout.errors import BudgetExhausted, ConfigurationError
+
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+    run = tag()
+    agent = AgentProfile(name="summ", system_prompt="say the new one now for all")
+    per_call = 62 + 7 + 8 + MAX_TOKENS + 2  # about one call's estimate
+    with pytest.raises(ConfigurationError, match="below what the first call needs"):
+        call_agent(
+            text(run, 0), agent=agent, options=_pattern_options(fake_openai, budget_tokens=50)
+        )
+    assert fake_openai.count(run) == 0
+
+    options = _pattern_options(
+        fake_openai, budget_tokens=per_call * 3, budget_name=f"single-{run}", cache="off"
+    )
+    answered = 0
+    with pytest.raises(BudgetExhausted, match=f"of {per_call * 3} tokens reached"):
+        for n in range(10):  # a loop of single calls stops when the shared budget is spent
+            call_agent(text(run, n), agent=agent, options=options)
+            answered += 1
+    assert 2 <= answered < 10 and fake_openai.count(run) == answered
+    assert reported_tokens(fake_openai, run) <= per_call * 3
+
+
+@pytest.mark.server
+def test_classifier_calls_the_budget_refuses_are_skipped_not_failed(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    run = tag()
+    source = write_corpus(
+        tmp_path / "in.jsonl", [{"id": f"i{n}", "text": text(run, n)} for n in range(12)]
+    )
+    agents = agents_file(tmp_path / "agents.json")
+    profiles = json.loads(agents.read_text(encoding="utf-8"))
+    profiles["sorter"] = {"prompt_template": "Classify: {input}", "max_tokens": MAX_TOKENS}
+    agents.write_text(json.dumps(profiles), encoding="utf-8")
+    per_call = (text(run, 0).count(" ") + 1 + 7 + 2 * 4) + MAX_TOKENS
+    args = map_args(source, tmp_path / "out", agents, "--budget-tokens", str(per_call * 4))
+    args[args.index("count:3")] = "topic:agent=sorter"
+    stopped = fanout(prefect_server, fake_openai, *args)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    asked = fake_openai.count(run)
+    assert asked < 12  # the classifier itself ran out of budget
+    summary = json.loads(stopped.stdout)
+    assert summary["failed"] == 0, summary
+    assert summary["usage"]["classify"]["failed"] == 0
+    assert summary["usage"]["classify"]["calls"] == asked
+    assert summary["skipped"] == 12
+    assert "failed, labelled" not in stopped.stderr  # no classifier failure logged
+
+
+@pytest.mark.server
+def test_a_tree_dry_run_counts_the_leaves_and_the_combine_from_its_template(
+    prefect_server: Any, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_fanout import AgentProfile, tree
+
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+    run = tag()
+    agent = AgentProfile(name="summ", system_prompt="say the new one now for all")
+    report = tree(
+        text(run, 0),
+        split=lambda problem: [f"{problem} part {n}" for n in range(3)],
+        solve=agent,
+        combine=agent,
+        max_depth=1,
+        options=_pattern_options(fake_openai, dry_run=True),
+    )
+    assert fake_openai.count(run) == 0
+    assert {g.key: (g.calls, g.from_template) for g in report.groups} == {
+        "solve": (3, 0),
+        "combine": (1, 1),
+    }

@@ -64,8 +64,8 @@ class DryRun(GroupEstimate):
     """A whole run's dry run (its totals) and its groups.
 
     Attributes:
-        kind: ``map`` or ``dispatch``.
-        level: ``partition`` or ``plan level``: what a group is.
+        kind: ``map``, ``dispatch`` or ``pattern``.
+        level: ``partition``, ``plan level`` or ``step``: what a group is.
         tokenizer: What counted the input tokens (``tiktoken:ENCODING`` or ``chars/4``).
         models: The models that would be asked.
         groups: Per partition or plan level.
@@ -75,7 +75,7 @@ class DryRun(GroupEstimate):
             reduce calls, batch prices).
     """
 
-    kind: Literal["map", "dispatch"]
+    kind: Literal["map", "dispatch", "pattern"]
     level: str
     tokenizer: str = "chars/4"
     models: list[str] = Field(default_factory=list)

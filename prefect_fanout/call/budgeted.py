@@ -24,7 +24,14 @@ from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheOptions
 
-__all__ = ["check_first_call", "spent_by", "submit_within"]
+__all__ = ["check_first_call", "spent_by", "spent_by_error", "submit_within"]
+
+
+def spent_by_error(exc: BaseException) -> tuple[int, float | None]:
+    """Tokens and cost a failed call's answered asks spent (an ``AgentCallError`` says)."""
+    tokens = int(getattr(exc, "prompt_tokens", 0) or 0)
+    tokens += int(getattr(exc, "completion_tokens", 0) or 0)
+    return tokens, getattr(exc, "cost_usd", None) if tokens else 0.0
 
 
 def spent_by(future: PrefectFuture[Any]) -> tuple[int, float | None]:
@@ -32,9 +39,7 @@ def spent_by(future: PrefectFuture[Any]) -> tuple[int, float | None]:
     try:
         result = result_from_future(future)
     except Exception as exc:  # a failed call: what its answered asks spent
-        tokens = int(getattr(exc, "prompt_tokens", 0) or 0)
-        tokens += int(getattr(exc, "completion_tokens", 0) or 0)
-        return tokens, getattr(exc, "cost_usd", None) if tokens else 0.0
+        return spent_by_error(exc)
     if result.cached:
         return 0, 0.0
     return result.prompt_tokens + result.completion_tokens, result.cost_usd

@@ -2,7 +2,7 @@
 
 The path of a call, top to bottom::
 
-    call_agent / submit_agent_call          (this module: the public entry points)
+    call_agent (call/single.py) / submit_agent_call (this module): the entry points
       -> Resolver.request                   (agents/resolver.py: profile, model, endpoint, once)
       -> agent_call task                    (this module: run name, tags, cache options)
       -> execute_request                    (llm/execute.py: ask, validate, re-ask, account)
@@ -255,48 +255,3 @@ def build_request(
     return Resolver(options, agents=agents).request(
         prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
     )
-
-
-def call_agent(
-    prompt: Prompt,
-    *,
-    agent: str | AgentProfile = "default",
-    system: str | None = None,
-    item_id: str | None = None,
-    agents: Mapping[str, AgentProfile] | None = None,
-    variables: Mapping[str, Any] | None = None,
-    tags: Iterable[str] = (),
-    options: RunOptions | None = None,
-) -> AgentResult:
-    """Make one agent call as a Prefect task run and return its result.
-
-    Call it inside a flow (or alone: Prefect then runs the task by itself).
-
-    Args:
-        prompt: The user prompt or a list of chat messages.
-        agent: An agent name (built-in, saved block) or an :class:`AgentProfile`.
-        system: A system prompt overriding the profile's.
-        item_id: The item or task id, shown in the run name.
-        agents: Extra profiles by name.
-        variables: Values for the profile's prompt template.
-        tags: Extra tags for the task run.
-        options: The run's options: model, endpoint (None: ``OPENAI_API_KEY`` /
-            ``OPENAI_BASE_URL``), cache, max_tokens, temperature, timeout_seconds
-            and the endpoint limits (see :class:`~prefect_fanout.options.RunOptions`).
-
-    Returns:
-        The :class:`AgentResult`; ``cached`` is true when it came from the cache.
-
-    Raises:
-        ConfigurationError: No endpoint is configured, or the agent is unknown.
-        AgentCallError: The call failed for good.
-
-    """
-    options = options or RunOptions()
-    resolver = Resolver(options, agents=agents)
-    request = resolver.request(
-        prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
-    )
-    transport = resolver.transport(request.model)
-    task_ = configured_call_task(request, options.cache_options())
-    return result_from_state(task_(**call_parameters(request, transport), return_state=True))

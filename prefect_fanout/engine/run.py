@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.engine.dryrun import PatternDryRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.options import RunOptions
@@ -131,6 +132,10 @@ class Engine:
         self.batch_of: dict[str, str] = {}  # call key -> its batch
         self.batch: Any = None  # batch mode's report, when the run used it
         self.stopped_by: str | None = None
+        # A dry run counts the calls instead of making them (see engine.dryrun).
+        self.dry: PatternDryRun | None = (
+            PatternDryRun(name, path.options, path.cache) if path.options.dry_run else None
+        )
         self.started = time.monotonic()
         self.logger: Logger = logger or get_run_logger()
 
@@ -178,6 +183,10 @@ class Engine:
             return answered
         request = self._request(call)
         self.requests[call.key] = request
+        if self.dry is not None:
+            group = call.tags[0] if call.tags else call.key.split(":", 1)[0]
+            group = group if ":" in call.key or call.tags else self.name
+            return self.dry.answer(request, call.context, group)
         return self.path.submit(request, context=call.context, run_name=call.run_name)
 
     def answer_in_batches(self, calls: list[Call]) -> None:
@@ -193,7 +202,7 @@ class Engine:
         from prefect_fanout.call.cache import lock_directory
 
         requests = {call.key: self._request(call) for call in calls if not call.context}
-        if not requests:
+        if not requests or self.dry is not None:  # a dry run prices the batch in its report
             return
         self.requests.update(requests)  # the records of batch answers name their requests
         check_batch_requests(requests.values())

@@ -2,7 +2,9 @@
 
 The label is the call's text output, stripped, or the ``topic`` (else
 ``label``) field of a structured output. Items whose call fails, or whose
-answer gives no label, are labelled ``unknown`` (and still mapped).
+answer gives no label, are labelled ``unknown`` (and still mapped). A call the
+run's budget refused is recorded as skipped, not failed: its item is labelled
+``unknown`` too.
 """
 
 from __future__ import annotations
@@ -84,6 +86,19 @@ def classify_items(
     progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
     for done in window.run(_jobs(requests, path)):
         request = requests[done.key]
+        if done.over_budget:  # not made: no call, no failure; the item is mapped unlabelled
+            labels[done.key] = UNKNOWN
+            progress.advance(failed=False)
+            records.append(
+                CallRecord(
+                    id=f"classify:{done.key}",
+                    agent=request.agent,
+                    model=request.model,
+                    status="skipped",
+                    error=f"budget: {done.error}",
+                )
+            )
+            continue
         usage.add(done.result, failed=not done.ok, error=done.error)
         progress.advance(failed=not done.ok)
         if done.ok:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect.context import FlowRunContext
-from prefect.states import State
+from prefect.states import Completed, State
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.budget.report import BudgetReport
@@ -67,10 +67,6 @@ class PatternRun(Engine):
         options: RunOptions | Mapping[str, Any] | None = None,
     ) -> None:
         merged = RunOptions.of(options)
-        if merged.dry_run:
-            raise PatternArgumentError(
-                "options.dry_run", "the patterns have no dry run yet (map and dispatch do)"
-            )
         path = CallPath.of(merged, agents)
         super().__init__(pattern, path, default_workers=DEFAULT_MAX_WORKERS, tag=PATTERN_TAG)
         self.pattern = pattern
@@ -89,8 +85,18 @@ class PatternRun(Engine):
         """Build the result, publish the artifacts and return the flow run's final state.
 
         ``completed`` and ``partial`` runs end ``Completed`` (``Partial`` by name);
-        a ``failed`` run ends ``Failed``, still carrying the result as its data.
+        a ``failed`` run ends ``Failed``, still carrying the result as its data. A dry
+        run ends ``Completed`` named ``DryRun``, carrying its
+        :class:`~prefect_fanout.budget.dryrun.DryRun` report.
         """
+        if self.dry is not None:
+            report = self.dry.finish([])
+            message = (
+                f"dry run: {report.calls} call(s), {report.cached} cached, "
+                f"{report.to_ask} to ask, about {report.input_tokens} input tokens"
+            )
+            self.logger.info("%s %s", self.name, message)
+            return Completed(name="DryRun", message=message, data=report)
         status = self.status(has_output)
         metrics = compute_metrics(
             self.records,

@@ -1,0 +1,100 @@
+"""One agent call on its own: :func:`call_agent`, a Prefect task run whose result comes back.
+
+It takes the run's options like every shape does. With a budget (``budget_tokens``,
+``budget_usd``, ``budget_name``) the call's estimate is reserved first, as a run's calls are
+(:mod:`prefect_fanout.budget.meter`): a call that does not fit raises
+:class:`~prefect_fanout.errors.BudgetExhausted` without asking, and what the call spent is
+counted (on the Prefect server for a named budget, so calls in a loop or in other processes
+stop together). A cache hit is free and needs no room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.agents.resolver import Prompt
+from prefect_fanout.call.budgeted import spent_by_error
+from prefect_fanout.call.cache import stored_answer
+from prefect_fanout.call.path import CallPath
+from prefect_fanout.call.task import call_parameters, configured_call_task, result_from_state
+from prefect_fanout.errors import ConfigurationError
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.options import RunOptions
+
+__all__ = ["call_agent"]
+
+
+def call_agent(
+    prompt: Prompt,
+    *,
+    agent: str | AgentProfile = "default",
+    system: str | None = None,
+    item_id: str | None = None,
+    agents: Mapping[str, AgentProfile] | None = None,
+    variables: Mapping[str, Any] | None = None,
+    tags: Iterable[str] = (),
+    options: RunOptions | None = None,
+) -> AgentResult:
+    """Make one agent call as a Prefect task run and return its result.
+
+    Call it inside a flow (or alone: Prefect then runs the task by itself).
+
+    Args:
+        prompt: The user prompt or a list of chat messages.
+        agent: An agent name (built-in, saved block) or an :class:`AgentProfile`.
+        system: A system prompt overriding the profile's.
+        item_id: The item or task id, shown in the run name.
+        agents: Extra profiles by name.
+        variables: Values for the profile's prompt template.
+        tags: Extra tags for the task run.
+        options: The run's options: model, endpoint (None: ``OPENAI_API_KEY`` /
+            ``OPENAI_BASE_URL``), cache, max_tokens, temperature, timeout_seconds,
+            the endpoint limits and the budget (see
+            :class:`~prefect_fanout.options.RunOptions`).
+
+    Returns:
+        The :class:`AgentResult`; ``cached`` is true when it came from the cache.
+
+    Raises:
+        ConfigurationError: No endpoint is configured, the agent is unknown, the budget
+            is below what this call may spend, or ``options.dry_run`` is set (one call
+            has no dry-run report: the shapes have one).
+        BudgetExhausted: The budget (a named one others spend too) has no room left for
+            this call; nothing was asked.
+        AgentCallError: The call failed for good.
+
+    """
+    options = options or RunOptions()
+    if options.dry_run:
+        raise ConfigurationError(
+            "dry_run: call_agent makes one call and has no dry-run report (fanout map, "
+            "fanout dispatch and the pattern flows have one)"
+        )
+    path = CallPath.of(options, agents)
+    request = path.request(
+        prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
+    )
+    if path.budget is None:
+        return _run(path, request)
+    stored = stored_answer(request, path.cache)
+    if stored is not None:
+        return stored
+    path.budget.check_first(request)
+    reservation = path.budget.reserve(request)
+    try:
+        result = _run(path, request)
+    except Exception as exc:
+        path.budget.settle(reservation, *spent_by_error(exc))
+        raise
+    spent = 0 if result.cached else result.prompt_tokens + result.completion_tokens
+    path.budget.settle(reservation, spent, 0.0 if result.cached else result.cost_usd)
+    return result
+
+
+def _run(path: CallPath, request: CallRequest) -> AgentResult:
+    task_ = configured_call_task(request, path.cache)
+    transport = path.resolver.transport(request.model)
+    return result_from_state(task_(**call_parameters(request, transport), return_state=True))
