@@ -17,7 +17,7 @@ import pytest
 from prefect_fanout import map_corpus
 from prefect_fanout.files import TEMP_SUFFIX
 from prefect_fanout.llm.endpoints import LLMEndpoint
-from prefect_fanout.options import RunOptions
+from prefect_fanout.options import RunOptions, merge_options
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import read_jsonl, tag, write_corpus
 
@@ -151,7 +151,7 @@ def test_rerun_is_served_entirely_from_the_cache(
         partitions_after_first
     )
 
-    refresh = options["options"].model_copy(update={"cache": "refresh"})
+    refresh = merge_options({"cache": "refresh"}, options["options"])
     third = map_corpus(source, **{**options, "options": refresh, "reduce": None})
     assert fake_openai.total == requests_after_first + 24  # --refresh asks again
     assert third.cached == 0

@@ -57,7 +57,7 @@ def uid() -> str:
 
 
 def sampled(endpoint: LLMEndpoint, **more: Any) -> RunOptions:
-    return SAMPLING.model_copy(update={"endpoint": endpoint, "cache": "off", **more})
+    return merge_options({"endpoint": endpoint, "cache": "off", **more}, SAMPLING)
 
 
 def assert_every_request_sampled(fake: FakeOpenAI, key: str, expected: int) -> None:

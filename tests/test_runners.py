@@ -26,7 +26,7 @@ from prefect_fanout import dispatch_plan, map_corpus
 from prefect_fanout.call.locks import FlockLockManager
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint
-from prefect_fanout.options import RunOptions
+from prefect_fanout.options import RunOptions, merge_options
 from prefect_fanout.plan.model import Plan
 from prefect_fanout.runners import check_task_runner
 from prefect_fanout.runners.choice import dask_cluster_kwargs
@@ -208,7 +208,7 @@ def test_map_on_worker_processes_matches_the_thread_runner(
     on_threads = map_corpus(
         source,
         output_dir=tmp_path / "thread",
-        options=base.model_copy(update={"cache": "refresh"}),
+        options=merge_options({"cache": "refresh"}, base),
         **options,
     )
     assert on_threads.completed == 12 and fake_openai.count(run) == 24
