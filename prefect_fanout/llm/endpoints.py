@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -96,6 +96,16 @@ class LLMEndpoint(Block):
         if value is not None:
             register_secret(value.get_secret_value())
         return value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in another process (a Dask or Ray worker): register the key there too.
+
+        Validators do not run when a model is unpickled, so without this a worker would
+        log an echoed key unmasked.
+        """
+        super().__setstate__(state)
+        if self.api_key is not None:
+            register_secret(self.api_key.get_secret_value())
 
     @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute")
     @classmethod
