@@ -57,7 +57,7 @@ def endpoint_for(fake: FakeOpenAI, **fields: Any) -> LLMEndpoint:
 
 def long_text(run: str) -> str:
     """About 40,000 characters of lines, each naming its number (so chunks can be told apart)."""
-    lines = [f"{run} line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(700)]
+    lines = [f"{run} line {n:05d}: the quick brown fox jumps over a dog." for n in range(700)]
     text = "\n".join(lines)
     assert len(text) >= LONG_CHARS
     return text[: LONG_CHARS + 100]
@@ -234,9 +234,10 @@ def test_the_profile_beats_the_endpoint_which_beats_the_server(fake_openai: Fake
     profile = AgentProfile(name="p", context_tokens=1000, long_inputs="chunk")
     assert resolver.request("hi", agent=profile).context_tokens == 1000
     assert resolver.request("hi", agent=profile).long_inputs == "chunk"
-    assert Resolver(RunOptions(endpoint=endpoint_for(fake_openai))).request(
-        "hi"
-    ).context_tokens == 3000
+    assert (
+        Resolver(RunOptions(endpoint=endpoint_for(fake_openai))).request("hi").context_tokens
+        == 3000
+    )
 
 
 def test_the_server_tokenizer_counts_where_it_has_one(fake_openai: FakeOpenAI) -> None:
@@ -288,7 +289,8 @@ def test_another_model_answering_warns_once(
     transport = OpenAITransport(endpoint_for(fake_openai))
     with caplog.at_level(logging.WARNING, logger=LOG.name):
         for n in range(3):
-            execute_request(request_for(fake_openai.base_url, "llama-3-8b", f"q{n}"), transport, LOG)
+            request = request_for(fake_openai.base_url, "llama-3-8b", f"q{n}")
+            execute_request(request, transport, LOG)
     warnings = [r.getMessage() for r in caplog.records if "asked for model" in r.getMessage()]
     assert len(warnings) == 1
     assert "'llama-3-8b'" in warnings[0] and "'gemma-3-270m'" in warnings[0]
