@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout import map_corpus
+from prefect_fanout import fan_out, map_corpus
 from prefect_fanout.agents import resolver as resolver_module
 from prefect_fanout.agents.context import TokenCounter, split_text
 from prefect_fanout.agents.profiles import AgentProfile
@@ -170,6 +170,45 @@ def test_chunk_answers_a_long_item_in_several_calls_and_one_row_and_a_rerun_asks
     assert fake_openai.total == before  # every chunk and the combine came from the cache
     assert again.completed == 3
     assert rows_by_id(tmp_path / "out")[f"{run}-long"]["output"] == combined["output"]
+
+
+@pytest.mark.server
+def test_a_pattern_chunks_a_long_item_and_fails_none(
+    prefect_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    run = tag()
+    fake_openai.emulate(context_tokens=4096, props=True, tokenize=True)
+    fake_openai.script("[Part ", *[Reply(f"{run} part findings") for _ in range(40)])
+    result = fan_out(
+        [f"{run} short", long_text(run)],
+        agent="default",
+        options=RunOptions(endpoint=endpoint_for(fake_openai), max_tokens=200, long_inputs="chunk"),
+    )
+    assert result.status == "completed"
+    assert result.output[0] == f"echo: {run} short"
+    assert result.output[1] == "echo: " + fake_openai.requests("Combine the")[-1].prompt
+    assert fake_openai.count("[Part 1 of ") == 1
+
+
+@pytest.mark.server
+def test_a_dispatch_task_whose_prompt_is_over_the_context_is_exit_2_before_running(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tests.test_cli_dispatch import env_for, fanout
+
+    fake_openai.emulate(context_tokens=2048, props=True)
+    plan = {
+        "tasks": [
+            {"task_id": "short", "description": "hello"},
+            {"task_id": "huge", "description": long_text(tag())},
+        ]
+    }
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    done = fanout("dispatch", str(path), env=env_for(prefect_server, fake_openai))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "plan task 'huge'" in done.stderr and "context of 2048 tokens" in done.stderr
+    assert fake_openai.total == 0  # nothing was asked
 
 
 # ------------------------------------------------------------------------------ pure parts
