@@ -29,6 +29,7 @@ prompt, which every chunk carries.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -41,7 +42,8 @@ from prefect.futures import PrefectFuture
 from prefect_fanout.agents.context import TokenCounter, answer_reserve, fitting_prefix, split_text
 from prefect_fanout.call.task import result_from_future
 from prefect_fanout.call.window import Submitted
-from prefect_fanout.errors import AgentCallError, InputTooLongError, OutputValidationError
+from prefect_fanout.errors import BudgetExhausted, InputTooLongError, OutputValidationError
+from prefect_fanout.limits.estimate import TOKENS_PER_MESSAGE
 from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.request import CallRequest, output_as_text, render_context
 from prefect_fanout.llm.result import AgentResult
@@ -94,12 +96,23 @@ class LongInput:
         self.logger = run_logger or logger
         self.context = int(request.context_tokens or 0)
         self.reserve = answer_reserve(request.max_tokens)
-        self.tokens = counter.messages(request.messages)
+
+    @functools.cached_property
+    def tokens(self) -> int:
+        """The input's tokens (upstream results included), counted once."""
+        return self.counter.messages(self.request.messages)
 
     @property
     def fits(self) -> bool:
-        """True when the input and the answer's ``max_tokens`` fit the context."""
-        return self.tokens + self.reserve + MARGIN_TOKENS <= self.context
+        """True when the input and the answer's ``max_tokens`` fit the context.
+
+        An input whose UTF-8 bytes fit is not counted: no tokenizer makes more tokens than
+        bytes, so a short input costs no count (nor a ``/tokenize`` request).
+        """
+        room = self.context - self.reserve - MARGIN_TOKENS
+        texts = [str(m.get("content", "")) for m in self.request.messages]
+        most = sum(len(t.encode("utf-8")) for t in texts) + TOKENS_PER_MESSAGE * len(texts)
+        return most <= room or self.tokens <= room
 
     def error(self) -> InputTooLongError:
         """The failure of ``long_inputs: fail``: the call, its tokens and the context."""
@@ -183,7 +196,7 @@ def answer_in_chunks(
     long_input: LongInput,
     chunks: list[CallRequest],
     submit: Callable[[CallRequest], Submitted],
-) -> AgentResult | AgentCallError:
+) -> AgentResult | Exception:
     """Answer each chunk through ``submit`` and combine the answers into one result.
 
     Args:
@@ -201,7 +214,7 @@ def answer_in_chunks(
     try:
         for submitted in pending:
             answers.append(_wait(submitted))
-    except AgentCallError as exc:
+    except Exception as exc:  # the first chunk that failed is the call's outcome
         return exc
     parts: list[AgentResult] = list(answers)
     if request.output_schema is not None and _mergeable(request.output_schema):
@@ -217,7 +230,9 @@ def answer_in_chunks(
     else:
         try:
             combined = _combine_texts(long_input, answers, submit, parts)
-        except AgentCallError as exc:
+        except Exception as exc:  # a combine call failed (BudgetExhausted propagates)
+            if isinstance(exc, BudgetExhausted):
+                raise
             return exc
         output, raw = combined.output, combined.raw_text
     cost: float | None = 0.0

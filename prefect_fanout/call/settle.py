@@ -19,11 +19,11 @@ server runs (``PREFECT_API_URL`` set, or no flow ran) it returns at once.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from prefect.client.orchestration import get_client
 from prefect.events.worker import EventsWorker
-from prefect.server.api.server import SubprocessASGIServer
 
 from prefect_fanout.bounded import call_within
 
@@ -54,9 +54,14 @@ def let_temporary_server_finish(timeout: float = SETTLE_SECONDS) -> bool:
         True when the server is done (or is not a temporary one), False when the wait ran
         out or the server could not be asked (the process then exits as before).
     """
+    # Prefect's client imports the temporary server's module only to start one: when it is not
+    # imported, none runs (and importing it here would cost every command a second).
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:
+        return True
     # The client's own singleton (what get_client() starts with no PREFECT_API_URL): asked
     # whether it runs, never started here.
-    if not SubprocessASGIServer().running:
+    if not server_module.SubprocessASGIServer().running:
         return True
     deadline = time.monotonic() + timeout
     try:
