@@ -57,7 +57,7 @@ def endpoint_for(fake: FakeOpenAI, **fields: Any) -> LLMEndpoint:
 
 def long_text(run: str) -> str:
     """About 40,000 characters of lines, each naming its number (so chunks can be told apart)."""
-    lines = [f"{run} line {n:05d}: the quick brown fox jumps over a dog." for n in range(700)]
+    lines = [f"{run} line {n:05d}: the quick brown fox jumps over a dog." for n in range(900)]
     text = "\n".join(lines)
     assert len(text) >= LONG_CHARS
     return text[: LONG_CHARS + 100]
