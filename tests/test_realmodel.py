@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,7 @@ def test_a_map_of_the_projects_own_source_chunks_what_is_over_the_context(
     agents = tmp_path / "agents.json"
     agents.write_text(json.dumps({"describer": profile}))
     out = tmp_path / "out"
+    started = time.perf_counter()
     done = fanout(
         prefect_server,
         local_server,
@@ -273,6 +275,7 @@ def test_a_map_of_the_projects_own_source_chunks_what_is_over_the_context(
         "--output",
         str(out),
     )
+    elapsed = time.perf_counter() - started
     assert done.returncode in (0, 1), done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "final.jsonl").read_text().splitlines()]
     assert len(rows) == len(SOURCE_FILES)
@@ -286,6 +289,7 @@ def test_a_map_of_the_projects_own_source_chunks_what_is_over_the_context(
             valid += 1
     print(
         f"\n{local_server.kind}: source map with long_inputs chunk: {valid}/{len(rows)} valid, "
-        f"{len(chunked)} file(s) chunked into {[row['chunks'] for row in chunked]} parts"
+        f"{len(chunked)} file(s) chunked into {[row['chunks'] for row in chunked]} parts, "
+        f"{elapsed:.1f} s for the command"
     )
     assert valid >= len(rows) - 1, f"{valid}/{len(rows)} valid:\n{done.stderr[-3000:]}"
