@@ -23,7 +23,7 @@ from prefect_fanout.agents import resolver as resolver_module
 from prefect_fanout.agents.context import TokenCounter, split_text
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.call.longinputs import merge_outputs
+from prefect_fanout.call.merge import merge_outputs
 from prefect_fanout.errors import ConfigurationError, RetriesExhaustedError
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.execute import execute_request

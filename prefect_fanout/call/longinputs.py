@@ -40,6 +40,7 @@ import jsonschema
 from prefect.futures import PrefectFuture
 
 from prefect_fanout.agents.context import TokenCounter, answer_reserve, fitting_prefix, split_text
+from prefect_fanout.call.merge import merge_outputs, mergeable
 from prefect_fanout.call.task import result_from_future
 from prefect_fanout.call.window import Submitted
 from prefect_fanout.errors import BudgetExhausted, InputTooLongError, OutputValidationError
@@ -48,7 +49,7 @@ from prefect_fanout.llm.pricing import add_costs
 from prefect_fanout.llm.request import CallRequest, output_as_text, render_context
 from prefect_fanout.llm.result import AgentResult
 
-__all__ = ["COMBINE_INSTRUCTION", "OVERLAP_TOKENS", "LongInput", "merge_outputs"]
+__all__ = ["COMBINE_INSTRUCTION", "OVERLAP_TOKENS", "LongInput", "answer_in_chunks"]
 
 logger = logging.getLogger("prefect_fanout.long_inputs")
 
@@ -217,7 +218,7 @@ def answer_in_chunks(
     except Exception as exc:  # the first chunk that failed is the call's outcome
         return exc
     parts: list[AgentResult] = list(answers)
-    if request.output_schema is not None and _mergeable(request.output_schema):
+    if request.output_schema is not None and mergeable(request.output_schema):
         try:
             output = merge_outputs([a.output for a in answers], request)
         except (ValueError, jsonschema.ValidationError) as exc:
@@ -328,63 +329,3 @@ def _groups(texts: list[str], long_input: LongInput) -> list[list[str]]:
         else:
             groups.append(current)
     return groups
-
-
-def _mergeable(schema: Mapping[str, Any]) -> bool:
-    """True for an object schema with properties: its answers merge field by field."""
-    return schema.get("type") == "object" and isinstance(schema.get("properties"), Mapping)
-
-
-def merge_outputs(outputs: list[Any], request: CallRequest) -> Any:
-    """Structured chunk answers merged field by field (see the module), then validated.
-
-    Raises:
-        ValueError, jsonschema.ValidationError: The merge does not match the schema.
-    """
-    data = [o.model_dump(mode="json") if hasattr(o, "model_dump") else o for o in outputs]
-    schema = request.output_schema or {}
-    merged = _merge(data, schema, schema)
-    if request.output_type is not None:
-        return request.output_type.model_validate(merged)
-    jsonschema.validate(merged, schema)
-    return merged
-
-
-def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        node: Any = root
-        for part in ref[2:].split("/"):
-            node = node.get(part, {}) if isinstance(node, Mapping) else {}
-        return node if isinstance(node, Mapping) else {}
-    return schema
-
-
-def _merge(values: list[Any], schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
-    schema = _resolve(schema, root)
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    if all(isinstance(v, list) for v in present):
-        joined: list[Any] = []
-        seen: set[str] = set()
-        for value in present:
-            for entry in value:
-                key = json.dumps(entry, sort_keys=True, default=str)
-                if key not in seen:
-                    seen.add(key)
-                    joined.append(entry)
-        most = schema.get("maxItems")
-        return joined[:most] if isinstance(most, int) else joined
-    if all(isinstance(v, dict) for v in present):
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, Mapping) else {}
-        keys = list(dict.fromkeys(k for v in present for k in v))
-        return {
-            key: _merge([v.get(key) for v in present], properties.get(key, {}), root)
-            for key in keys
-        }
-    for value in present:  # a scalar: the first chunk's value that is set
-        if value != "":
-            return value
-    return present[0]
