@@ -29,6 +29,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file, map_corpus
+from prefect_fanout.call.settle import let_temporary_server_finish
 from prefect_fanout.options import merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except FanoutError as exc:
         print(f"extract_insights: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:  # a quiet exit: the temporary server records the run before it is stopped
+        let_temporary_server_finish()
     print(report(summary))
     return 0 if summary.ok else 1
 

@@ -28,7 +28,7 @@ rows and logs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from prefect_fanout.redact import redact
 
@@ -188,6 +188,25 @@ class OutputValidationError(AgentCallError):
 
 class TruncatedOutputError(OutputValidationError):
     """A structured answer was cut at ``max_tokens`` and no larger budget was allowed."""
+
+
+class InputTooLongError(AgentCallError):
+    """The input does not fit the model's context; the call was not sent (``long_inputs: fail``).
+
+    Attributes:
+        input_tokens: The tokens the input was counted at.
+        context_tokens: The context it had to fit, with the answer's ``max_tokens`` in it.
+    """
+
+    def __init__(
+        self, message: str, attempts: int = 0, input_tokens: int = 0, context_tokens: int = 0
+    ) -> None:
+        super().__init__(message, attempts)
+        self.input_tokens = input_tokens
+        self.context_tokens = context_tokens
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.attempts, self.input_tokens, self.context_tokens))
 
 
 def exit_code_for(error: BaseException) -> int:

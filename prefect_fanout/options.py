@@ -142,6 +142,10 @@ class RunOptions(BaseModel):
         budget_usd: The most USD the run may spend (needs priced models). Default: none.
         budget_name: Share the budget with every run of the same name, held on the Prefect
             server (see :mod:`prefect_fanout.budget.shared`). Default: this run's own.
+        long_inputs: An input over the model's context: ``fail`` (the call fails before any
+            request, the run goes on), ``truncate`` (cut to fit) or ``chunk`` (answered in
+            overlapping chunks, combined per item); see docs/real-models.md. Default: the
+            agent's ``long_inputs``, then ``fail``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -172,6 +176,7 @@ class RunOptions(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=1)
     budget_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     budget_name: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    long_inputs: Literal["fail", "truncate", "chunk"] | None = None
 
     @field_validator("trace_dir", mode="before")
     @classmethod

@@ -172,6 +172,12 @@ class RecordedRequest:
     tokens: int | None = None
 
 
+def fake_tokens(text: str) -> int:
+    """The fake's token count of a text: one token per three characters, rounded up (not the
+    client's estimate of four, so a test can tell which counted)."""
+    return -(-len(text) // 3)
+
+
 def message_text(content: Any) -> str:
     """Return the text of a message's ``content`` (a string or a list of content parts)."""
     if isinstance(content, str):
@@ -414,6 +420,10 @@ class FakeOpenAI:
         self.reported_model: str | None = None
         self.refused_formats: frozenset[str] = frozenset()
         self.refusal_status = 500
+        self.context_tokens: int | None = None
+        self.props = False
+        self.tokenize = False
+        self.max_model_len: int | None = None
         self.batches = FakeBatchAPI(self._answer_line)
         batch_routes = [
             Route(path, handler, methods=methods)
@@ -424,6 +434,8 @@ class FakeOpenAI:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/health", self._health, methods=["GET"]),
+                Route("/props", self._props, methods=["GET"]),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
                 *batch_routes,
             ],
             exception_handlers={HTTPException: self._http_error},
@@ -546,6 +558,10 @@ class FakeOpenAI:
         reported_model: str | None = None,
         refused_formats: frozenset[str] | set[str] = frozenset(),
         refusal_status: int = 500,
+        context_tokens: int | None = None,
+        props: bool = False,
+        tokenize: bool = False,
+        max_model_len: int | None = None,
     ) -> None:
         """Behave like another server (``reset`` goes back to OpenAI's ways).
 
@@ -557,7 +573,19 @@ class FakeOpenAI:
                 ``response_format`` (``json_schema``, ``json_object+schema``,
                 ``json_object``), as llama-cpp-python refuses ``json_schema``.
             refusal_status: The status of that error (llama-cpp-python: 500).
+            context_tokens: A context (prompt tokens, counted as :func:`fake_tokens` does,
+                plus ``max_tokens``) over which a chat request is answered 400
+                ``exceed_context_size_error``, as llama-server does.
+            props: Answer ``GET /props`` with ``default_generation_settings.n_ctx`` (the
+                context) as llama-server does; otherwise it is a 404.
+            tokenize: Answer ``POST /tokenize`` as llama-server does (tokens of
+                :func:`fake_tokens`); otherwise it is a 404.
+            max_model_len: Each model of ``GET /v1/models`` carries it, as vLLM's do.
         """
+        self.context_tokens = context_tokens
+        self.props = props
+        self.tokenize = tokenize
+        self.max_model_len = max_model_len
         self.models = tuple(models)
         self.reported_model = reported_model
         self.refused_formats = frozenset(refused_formats)
@@ -573,7 +601,40 @@ class FakeOpenAI:
             {"id": model, "object": "model", "created": 0, "owned_by": "fakeopenai"}
             for model in self.models
         ]
+        if self.max_model_len is not None:
+            for entry in data:
+                entry["max_model_len"] = self.max_model_len
         return JSONResponse({"object": "list", "data": data})
+
+    async def _props(self, request: Request) -> Response:
+        if not self.props:
+            return JSONResponse(error_body(404, "File Not Found"), 404)
+        settings = {"n_ctx": self.context_tokens or 4096}
+        return JSONResponse({"default_generation_settings": settings, "total_slots": 1})
+
+    async def _tokenize(self, request: Request) -> Response:
+        if not self.tokenize:
+            return JSONResponse(error_body(404, "File Not Found"), 404)
+        try:
+            content = str(json.loads(await request.body()).get("content", ""))
+        except (ValueError, AttributeError):
+            return JSONResponse(error_body(400, "expected {content: TEXT}"), 400)
+        return JSONResponse({"tokens": list(range(fake_tokens(content)))})
+
+    def _over_context(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """llama-server's 400 for a request over the context, or None when it fits."""
+        if self.context_tokens is None:
+            return None
+        messages = body.get("messages") or []
+        prompt = sum(fake_tokens(message_text(m.get("content"))) + 4 for m in messages)
+        wanted = prompt + int(body.get("max_tokens") or 0)
+        if wanted <= self.context_tokens:
+            return None
+        error = error_body(400, "the request exceeds the available context size, try increasing it")
+        error["error"].update(
+            type="exceed_context_size_error", n_prompt_tokens=prompt, n_ctx=self.context_tokens
+        )
+        return error
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -613,6 +674,9 @@ class FakeOpenAI:
             if problem is not None:
                 message, param = problem
                 return JSONResponse(error_body(400, message, None, param or None), 400)
+            over = self._over_context(valid)
+            if over is not None:
+                return JSONResponse(over, 400)
             if refused:  # before any scripted step: a refused request consumes none
                 status = self.refusal_status
                 content = error_body(status, RESPONSE_FORMAT_REFUSAL, None, "response_format")

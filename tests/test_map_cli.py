@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,28 @@ def test_extract_insights_flow_runs_offline_and_reports(
     assert digest["status"] == "completed" and digest["agent"] == "digest"
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert again.returncode == 0 and "40 from cache" in again.stdout
+
+
+@pytest.mark.timeout(400)
+def test_the_demos_first_run_on_prefects_temporary_server_shows_no_traceback(
+    tmp_path: Path,
+) -> None:
+    # A new PREFECT_HOME and no PREFECT_API_URL: Prefect starts its temporary server, and
+    # stops it at exit; its task-run recorder must not be stopped while it writes.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "OPENAI_"))
+    }
+    env.update(
+        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        FANOUT_MODEL="test",
+    )
+    command = [sys.executable, "flows/extract_insights.py", "--output", str(tmp_path / "out")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=360, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Stopping temporary server" in done.stderr  # the temporary server ran, and stopped
+    assert "Traceback" not in done.stderr, done.stderr[-5000:]
+    assert "| ERROR" not in done.stderr, done.stderr[-5000:]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,83 @@ def test_a_structured_map_of_20_items_is_valid_with_no_format_retries(
         f"\n{local_server.kind}: {valid}/20 valid, {fallbacks} style fallback(s), "
         f"model {local_server.model!r}, started in {local_server.started_s:.1f}s"
     )
+
+
+SOURCE_SCHEMA: dict[str, Any] = {
+    "title": "SourceFile",
+    "type": "object",
+    "properties": {
+        "purpose": {"type": "string", "maxLength": 160},
+        "names": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 4},
+    },
+    "required": ["purpose", "names"],
+    "additionalProperties": False,
+}
+SOURCE_FILES = [  # the project's own source: small files and one over a 2,048-token context
+    "prefect_fanout/llm/styles.py",
+    "prefect_fanout/llm/result.py",
+    "prefect_fanout/llm/answer.py",
+    "prefect_fanout/llm/serverinfo.py",
+    "prefect_fanout/llm/retry.py",
+]
+
+
+def test_a_map_of_the_projects_own_source_chunks_what_is_over_the_context(
+    prefect_server, local_server, tmp_path
+):
+    corpus = tmp_path / "source"
+    for name in SOURCE_FILES:
+        target = corpus / name.replace("/", "__")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text((ROOT / name).read_text())
+    profile: dict[str, Any] = {
+        "system_prompt": "You describe Python source files. Answer with JSON only.",
+        "prompt_template": "Describe this Python file: its purpose and its main names.\n\n{input}",
+        "output_schema": SOURCE_SCHEMA,
+        "max_tokens": 160,
+        "temperature": 0,
+        "extra_body": {"repeat_penalty": 1.2, "seed": 1},
+        "max_validation_retries": 1,
+    }
+    if local_server.kind == "llama-cpp-python":  # it does not say its context: the user does
+        profile["context_tokens"] = 2048  # below its n_ctx of 4096, as llama-server's slots
+    agents = tmp_path / "agents.json"
+    agents.write_text(json.dumps({"describer": profile}))
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    done = fanout(
+        prefect_server,
+        local_server,
+        "map",
+        str(corpus),
+        "--agent",
+        "describer",
+        "--agents",
+        str(agents),
+        "--partition",
+        "count:1",
+        "--max-workers",
+        "2",
+        "--long-inputs",
+        "chunk",
+        "--output",
+        str(out),
+    )
+    elapsed = time.perf_counter() - started
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "final.jsonl").read_text().splitlines()]
+    assert len(rows) == len(SOURCE_FILES)
+    assert "exceeds the available context" not in done.stderr  # nothing was sent too long
+    chunked = [row for row in rows if row.get("chunks")]
+    assert chunked, f"no file was chunked:\n{done.stderr[-3000:]}"
+    valid = 0
+    for row in rows:
+        if row["status"] == "completed":
+            jsonschema.validate(row["output"], SOURCE_SCHEMA)
+            valid += 1
+    print(
+        f"\n{local_server.kind}: source map with long_inputs chunk: {valid}/{len(rows)} valid, "
+        f"{len(chunked)} file(s) chunked into {[row['chunks'] for row in chunked]} parts, "
+        f"{elapsed:.1f} s for the command"
+    )
+    assert valid >= len(rows) - 1, f"{valid}/{len(rows)} valid:\n{done.stderr[-3000:]}"

@@ -8,7 +8,7 @@ plans and flows refer to by name.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, PrivateAttr, field_validator
@@ -89,6 +89,22 @@ class AgentProfile(Block):
     output_schema: dict[str, Any] | None = Field(
         default=None,
         description="JSON schema the answer must validate against, or None for plain text.",
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Tokens one request of this agent may fill (prompt and answer); None uses the "
+            "endpoint's, else what the server says."
+        ),
+    )
+    long_inputs: Literal["fail", "truncate", "chunk"] | None = Field(
+        default=None,
+        description=(
+            "An input over the context: fail (the call fails before any request), truncate "
+            "(cut to fit, with a warning) or chunk (answered in overlapping chunks, combined); "
+            "None: fail, unless the run's long_inputs says otherwise."
+        ),
     )
     timeout_seconds: float = Field(
         default=120.0, description="Timeout of one HTTP request, in seconds."

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from prefect_fanout.agents.context import TokenCounter
 from prefect_fanout.agents.profiles import AgentProfile, resolve_agent
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.limits.spec import check_completion_budget
@@ -38,6 +39,7 @@ from prefect_fanout.llm.endpoints import (
     resolve_endpoint,
 )
 from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.serverinfo import server_context
 from prefect_fanout.llm.transport import (
     TEST_MODEL,
     OpenAITransport,
@@ -160,6 +162,37 @@ class Resolver:
                 self._transport = OpenAITransport(self.endpoint())
             return self._transport
 
+    def context_tokens(self, agent: str | AgentProfile) -> int | None:
+        """Tokens one request of the agent may fill (see :mod:`prefect_fanout.agents.context`).
+
+        The profile's ``context_tokens``, else the endpoint's, else what the server says
+        (asked once per process); None when unknown, and always for the ``test`` model.
+        """
+        profile = self.agent(agent)
+        if profile.context_tokens is not None:
+            return profile.context_tokens
+        model = self.model(profile)
+        transport = self.transport(model)
+        if not isinstance(transport, OpenAITransport):
+            return None
+        endpoint = transport.endpoint
+        if endpoint.context_tokens is not None:
+            return endpoint.context_tokens
+        return server_context(endpoint, model)
+
+    def long_inputs(self, agent: str | AgentProfile) -> str:
+        """What the agent's calls do with an input over the context.
+
+        The run's ``long_inputs``, else the agent's, else ``fail``.
+        """
+        return self.options.long_inputs or self.agent(agent).long_inputs or "fail"
+
+    def counter(self, model: str) -> TokenCounter:
+        """What counts ``model``'s tokens: its server's tokenizer, tiktoken, or the estimate."""
+        transport = self.transport(model)
+        endpoint = transport.endpoint if isinstance(transport, OpenAITransport) else None
+        return TokenCounter(model, endpoint)
+
     def check(self, agents: Iterable[str | AgentProfile]) -> None:
         """Resolve every agent and, when one of their models needs it, the endpoint.
 
@@ -252,6 +285,8 @@ class Resolver:
             batch_input_price_per_million=profile.batch_input_price_per_million,
             batch_output_price_per_million=profile.batch_output_price_per_million,
             tags=(f"agent:{profile.name}", f"model:{model}", *tags),
+            long_inputs=self.long_inputs(profile),
+            context_tokens=self.context_tokens(profile),
         )
 
 

@@ -26,7 +26,7 @@ from prefect_fanout.limits.estimate import (
 from prefect_fanout.llm.pricing import cost_usd
 from prefect_fanout.llm.request import CallRequest
 
-__all__ = ["CallEstimate", "estimate_call", "input_tokens", "tokenizer_name"]
+__all__ = ["CallEstimate", "count_text", "estimate_call", "input_tokens", "tokenizer_name"]
 
 FALLBACK = "chars/4"
 """The name of the limiter's estimate, as reports show it."""
@@ -71,6 +71,17 @@ def tokenizer_name(model: str) -> str:
     """What counts a model's input tokens here: ``tiktoken:ENCODING`` or ``chars/4``."""
     encoding = _encoding(model)
     return f"tiktoken:{encoding.name}" if encoding is not None else FALLBACK
+
+
+def count_text(text: str, model: str) -> int:
+    """The tokens of ``text`` for ``model``.
+
+    tiktoken's count when it knows the model, else the estimate (characters / 4, rounded up).
+    """
+    encoding = _encoding(model)
+    if encoding is not None:
+        return len(encoding.encode(text, disallowed_special=()))
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def _text(message: Mapping[str, Any]) -> str:

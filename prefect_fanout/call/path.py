@@ -8,13 +8,19 @@ the resolver does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from prefect.exceptions import MissingContextError
+from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
 from prefect_fanout.budget.meter import BudgetMeter
 from prefect_fanout.call.budgeted import submit_within
+from prefect_fanout.call.longinputs import LongInput, answer_in_chunks
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import Submitted
 from prefect_fanout.errors import ConfigurationError
@@ -107,6 +113,38 @@ class CallPath:
                 "dry_run: no call is made; this shape has no dry-run report (map and "
                 "dispatch have one)"
             )
+        if request.context_tokens is not None:
+            if answered is None:
+                answered = request.with_context(_resolved(context))
+            long_input = LongInput(answered, self.resolver.counter(request.model), _run_logger())
+            if not long_input.fits:
+                return self._long(long_input, run_name)
+        return self._submit(request, context, answered, run_name)
+
+    def _long(self, long_input: LongInput, run_name: str | None) -> Submitted:
+        """A call whose input is over its context, as its ``long_inputs`` says."""
+        mode = long_input.request.long_inputs
+        if mode == "truncate":
+            cut = long_input.truncated()
+            if isinstance(cut, BaseException):
+                return cut
+            return self._submit(cut, None, cut, run_name)
+        if mode == "chunk":
+            chunks = long_input.chunks()
+            if isinstance(chunks, BaseException):
+                return chunks
+            return answer_in_chunks(
+                long_input, chunks, lambda chunk: self._submit(chunk, None, chunk, None)
+            )
+        return long_input.error()
+
+    def _submit(
+        self,
+        request: CallRequest,
+        context: Mapping[str, Any] | None,
+        answered: CallRequest | None,
+        run_name: str | None,
+    ) -> Submitted:
         if self.budget is not None:
             return submit_within(
                 self.budget,
@@ -125,3 +163,19 @@ class CallPath:
             answered=answered,
             run_name=run_name,
         )
+
+
+def _resolved(context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Upstream results by id, futures waited for (a dependant starts after its upstreams)."""
+    return {
+        key: value.result() if isinstance(value, PrefectFuture) else value
+        for key, value in (context or {}).items()
+    }
+
+
+def _run_logger() -> Any:
+    """The flow run's logger, or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prefect_fanout.long_inputs")

@@ -72,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command() -> None:
     """The ``fanout`` console script: run, then exit with a bounded teardown."""
     install_signal_handlers()
-    sys.exit(bounded_exit(main()))
+    code = main()
+    from prefect_fanout.call.settle import let_temporary_server_finish
+
+    let_temporary_server_finish()  # a quiet exit: see prefect_fanout.call.settle
+    sys.exit(bounded_exit(code))
 
 
 if __name__ == "__main__":

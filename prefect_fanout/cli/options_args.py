@@ -66,6 +66,12 @@ def add_run_option_arguments(
         help="deadline of each HTTP request (default: the endpoint's, then the agent's)",
     )
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "--long-inputs",
+        choices=("fail", "truncate", "chunk"),
+        help="an input over the model's context: fail it before any request (default), "
+        "truncate it to fit, or chunk it (answer overlapping chunks, combine them)",
+    )
     add_limit_arguments(parser)
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
@@ -182,6 +188,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "budget_tokens": "budget_tokens",
         "budget_usd": "budget_usd",
         "budget_name": "budget_name",
+        "long_inputs": "long_inputs",
     }
     flags = {field: getattr(args, attr, None) for field, attr in names.items()}
     flags["cache"] = cache

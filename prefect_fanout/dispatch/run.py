@@ -27,13 +27,16 @@ from typing import Any
 from prefect.states import State
 
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.call.longinputs import LongInput
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.dispatch.budget import check_plan_budget
 from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
+from prefect_fanout.dispatch.prompts import task_request
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.engine.run import carried_result
 from prefect_fanout.engine.run import final_state as engine_final_state
+from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.options import RunOptions, merge_options
 from prefect_fanout.plan.agents import plan_profiles
 from prefect_fanout.plan.model import Plan
@@ -85,9 +88,29 @@ def check_plan(plan: Plan, options: RunOptions | None = None) -> Resolver:
     if plan.config.synthesize:
         names[plan.config.synthesize] = None
     resolver.check(names)
+    check_prompt_lengths(plan, resolver)
     if merged.budgeted():
         check_plan_budget(plan, resolver)
     return resolver
+
+
+def check_prompt_lengths(plan: Plan, resolver: Resolver) -> None:
+    """Refuse a task whose own prompt is over its agent's context (``long_inputs: fail``).
+
+    Only where the context is known, and only the task's own prompt: upstream results are
+    counted when the task runs, and ``truncate`` or ``chunk`` deal with it then.
+
+    Raises:
+        ConfigurationError: The first task whose prompt does not fit, with its tokens and the
+            context (exit 2).
+    """
+    for task in plan.tasks:
+        request = task_request(resolver, task, task.agent)
+        if request.context_tokens is None or request.long_inputs != "fail":
+            continue
+        long_input = LongInput(request, resolver.counter(request.model))
+        if not long_input.fits:
+            raise ConfigurationError(f"plan task {task.task_id!r}: {long_input.error()}")
 
 
 def run_plan(

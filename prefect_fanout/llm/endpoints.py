@@ -86,6 +86,13 @@ class LLMEndpoint(Block):
         default=None,
         description="Tokens per minute (estimated before each request, corrected after).",
     )
+    context_tokens: int | None = Field(
+        default=None,
+        description=(
+            "Tokens one request may fill (prompt and answer); None reads it from the server "
+            "where it says (llama.cpp's /props, vLLM's /v1/models), else it is unknown."
+        ),
+    )
 
     _check_style = field_validator("structured_output")(check_style)
 
@@ -107,7 +114,9 @@ class LLMEndpoint(Block):
         if self.api_key is not None:
             register_secret(self.api_key.get_secret_value())
 
-    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute")
+    @field_validator(
+        "max_concurrency", "requests_per_minute", "tokens_per_minute", "context_tokens"
+    )
     @classmethod
     def _check_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and value <= 0:

@@ -19,6 +19,7 @@ import jsonschema
 from pydantic import ValidationError
 
 from prefect_fanout.errors import AgentCallError, OutputValidationError, TruncatedOutputError
+from prefect_fanout.llm.notices import notice_answer
 from prefect_fanout.llm.pricing import add_costs, cost_usd
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
@@ -85,6 +86,7 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
             raise fail(exc) from exc.__cause__
         raw, finish = answer.text, answer.finish_reason
         model = answer.model or request.model
+        notice_answer(request.label, request.base_url, request.model, answer.model, raw, logger)
         prompt_tokens += answer.prompt_tokens
         completion_tokens += answer.completion_tokens
         attempts += answer.attempts
@@ -178,6 +180,7 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         cache_key=request.cache_key(),
         limit_wait_s=round(waited, 6),
         endpoint=None if is_offline(request.base_url) else request.base_url,
+        truncated=request.truncated,
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
     logger.info(

@@ -53,8 +53,16 @@ NOT_KEY_FIELDS = frozenset(
         # how the schema is asked for (response_format style); the answer is validated
         # against output_schema whatever the style, and `auto` may change it mid-run
         "structured_output",
+        # what to do with an input over the context, and that context: decided before the
+        # call; a cut or chunked input is sent as other messages, which are keyed
+        "long_inputs",
+        "context_tokens",
+        "truncated",  # a label: the messages sent were cut to fit (they are keyed)
     }
 )
+
+#: What a call does with an input over its context (``long_inputs``).
+LONG_INPUTS = ("fail", "truncate", "chunk")
 
 
 class CallRequest(BaseModel):
@@ -87,6 +95,9 @@ class CallRequest(BaseModel):
     batch_input_price_per_million: float | None = None
     batch_output_price_per_million: float | None = None
     tags: tuple[str, ...] = ()
+    long_inputs: str = "fail"
+    context_tokens: int | None = None
+    truncated: bool = False
 
     @property
     def label(self) -> str:

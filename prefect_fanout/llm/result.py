@@ -16,6 +16,9 @@ class AgentResult(BaseModel):
     usage stays visible. ``limit_wait_s`` is the time the call's requests waited for
     the endpoint's limits (:mod:`prefect_fanout.limits`); ``endpoint`` is the base URL
     they went to (None for the offline ``test`` model and older cached results).
+    ``truncated`` is true when the input was cut to fit the context (``long_inputs:
+    truncate``); ``chunks`` is how many chunks a long input was answered in (``long_inputs:
+    chunk``), None for an input answered whole.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -35,6 +38,8 @@ class AgentResult(BaseModel):
     cache_key: str | None = None
     limit_wait_s: float = 0.0
     endpoint: str | None = None
+    truncated: bool = False
+    chunks: int | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -143,12 +143,25 @@ def describe_api_error(exc: BaseException) -> str:
     return describe(exc)
 
 
+def connection_hint(exc: BaseException, base_url: str | None) -> str:
+    """For an error that never reached a server: which URL was tried, and what to check."""
+    if base_url is None or not isinstance(exc, openai.APIConnectionError):
+        return ""
+    if isinstance(exc, openai.APITimeoutError):
+        return ""
+    return (
+        f". Nothing answered at {base_url}: is a server running there? Check the endpoint's "
+        "base_url (or OPENAI_BASE_URL) and that the server is up"
+    )
+
+
 def call_with_retries(
     send: Callable[[], T],
     options: RetryOptions,
     label: str,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     timeout_seconds: float | None = None,
+    base_url: str | None = None,
 ) -> tuple[T, int]:
     """Call ``send`` until it succeeds, retrying transient API errors only.
 
@@ -158,6 +171,7 @@ def call_with_retries(
         label: Names the call in error messages (agent and item).
         logger: Where retries are reported (WARNING).
         timeout_seconds: The per-request timeout, quoted in timeout errors.
+        base_url: Where the requests went, named (with the likely fix) when none connected.
 
     Returns:
         The value of the successful request and the number of attempts made.
@@ -224,7 +238,9 @@ def call_with_retries(
     except Exception as exc:
         if is_transient(exc):
             raise RetriesExhaustedError(
-                f"{label}: failed after {attempts} attempt(s): {describe_api_error(exc)}", attempts
+                f"{label}: failed after {attempts} attempt(s): {describe_api_error(exc)}"
+                + connection_hint(exc, base_url),
+                attempts,
             ) from exc
         raise NonRetryableAPIError(
             f"{label}: {describe_api_error(exc)} (not retried)", attempts

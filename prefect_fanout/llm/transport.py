@@ -414,6 +414,7 @@ class OpenAITransport:
             request.label,
             logger=logger,
             timeout_seconds=request.timeout_seconds,
+            base_url=self.base_url,
         )
 
 

@@ -372,7 +372,11 @@ def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
     answered = [
         (item.id, job.requests[item.id])
         for item in job.items
-        if (result := stage.outcomes[item.id].result) is not None and not result.cached
+        if (result := stage.outcomes[item.id].result) is not None
+        and not result.cached
+        # a cut or chunked input was stored under the requests actually sent
+        and not result.truncated
+        and not result.chunks
     ]
     missing = unstored(answered, job.cache)
     if missing:

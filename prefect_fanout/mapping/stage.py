@@ -84,6 +84,10 @@ def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
             model=done.result.model,
             finish_reason=done.result.finish_reason,
         )
+        if done.result.truncated:  # long_inputs: truncate cut the input to fit
+            row["truncated"] = True
+        if done.result.chunks:  # long_inputs: chunk answered it in parts
+            row["chunks"] = done.result.chunks
     else:
         row.update(
             status="failed",
