@@ -65,8 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    recording = sys.modules.get(_RECORDING)  # imported by a flow run only
+    mark = recording.guard_mark() if recording else 0
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
     except Interrupted as stop:
         print(
             f"fanout {args.command}: interrupted ({stop}); finished answers are cached, "
@@ -74,6 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
+    _say_if_server_fell_behind(args.command, mark)
+    return code
+
+
+_RECORDING = "prefect_fanout.call.recording"
+
+
+def _say_if_server_fell_behind(command: str, mark: int) -> None:
+    """One line on stderr when the Prefect server fell behind this command's flow runs."""
+    recording = sys.modules.get(_RECORDING)
+    if recording is None:  # no flow run made a task run: nothing to compare
+        return
+    line = recording.server_behind_line(mark)
+    if line:
+        print(f"fanout {command}: {line}", file=sys.stderr)
 
 
 def run_command() -> None:
