@@ -157,8 +157,8 @@ def b3(fake: FakeOpenAI, server: Server, args: argparse.Namespace, profiles: Pat
         elapsed, done = timed(profiled(command, out), env)
         rerun.append(elapsed)
         summary = json.loads((work / "out" / "summary.json").read_text())
-        if summary.get("cache_hits", args.items) < args.items:
-            print(f"warning: the rerun had {summary.get('cache_hits')} cache hits", flush=True)
+        if summary.get("cached", args.items) < args.items:
+            print(f"warning: the rerun had {summary.get('cached')} cached answers", flush=True)
         lines += [line for line in done.stderr.splitlines() if "Prefect server" in line]
         print(f"{server.how} run {i + 1}: first {first[-1]:.1f} s, rerun {rerun[-1]:.1f} s",
               flush=True)  # fmt: skip
