@@ -23,6 +23,13 @@ FANOUT = [sys.executable, "-m", "prefect_fanout.cli"]
 RECORDER_BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
 
 
+def test_a_setting_the_profile_sets_is_left_to_the_profile():
+    persister = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"
+    env = server_environment({}, profile_names={persister})
+    assert persister not in env
+    assert env[RECORDER_BATCH] == STANDALONE_SETTINGS[RECORDER_BATCH]
+
+
 def test_the_settings_are_defaults_the_environment_overrides():
     env = server_environment({RECORDER_BATCH: "7", "PATH": "/bin"})
     assert env[RECORDER_BATCH] == "7"
@@ -67,9 +74,15 @@ def _wait_healthy(process: subprocess.Popen[bytes], api_url: str, log: Path) -> 
 def unrecording_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``fanout server start`` with the task-run recorder off: a server that never catches up.
 
-    The environment also sets the recorder's batch size, which must win over the default.
+    The environment sets the recorder's batch size and the active Prefect profile the event
+    persister's: both must win over the defaults.
     """
     root = tmp_path_factory.mktemp("fanout-server")
+    (root / "home").mkdir()
+    (root / "home" / "profiles.toml").write_text(
+        'active = "mine"\n[profiles.mine]\n'
+        'PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE = "123"\n'
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
@@ -96,13 +109,16 @@ def unrecording_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         stop_process_group(process)
 
 
-def test_the_server_runs_with_the_defaults_and_the_users_own_values(unrecording_server):
+def test_the_server_runs_with_the_defaults_and_the_users_own_values_from_env_and_profile(
+    unrecording_server,
+):
     api_url, _ = unrecording_server
     settings = httpx.get(f"{api_url}/admin/settings", timeout=30).json()
     services = settings["server"]["services"]
     assert services["task_run_recorder"]["batch_size"] == 7  # the user's
     assert services["task_run_recorder"]["read_batch_size"] == 100  # ours
-    assert services["event_persister"]["batch_size"] == 500
+    assert services["event_persister"]["batch_size"] == 123  # the profile's
+    assert services["event_persister"]["read_batch_size"] == 100  # ours
     assert services["event_persister"]["flush_interval"] == 1.0
     assert settings["server"]["analytics_enabled"] is False
 

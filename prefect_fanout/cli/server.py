@@ -4,10 +4,10 @@ Every argument after ``start`` goes to ``prefect server start`` unchanged (``--h
 ``--port``, ``--background``, ``--no-ui``...). Before starting it, the command sets
 :data:`~prefect_fanout.cli.tuning.STANDALONE_SETTINGS` in the server's environment,
 each only where the environment does not set that variable already, so an exported
-value (or a ``.env`` file's, which Prefect reads itself) always wins. Prefect's own
-profile values are overridden by these defaults unless exported, as any environment
-variable overrides a profile. The process then becomes ``prefect server start``
-(``exec``): signals, output and exit code are Prefect's.
+value, or one the Prefect profile the server uses sets, always wins. Values in ``.env``,
+``prefect.toml`` or ``pyproject.toml`` rank below environment variables in Prefect's order,
+so these defaults override them: export such a value or put it in the profile. The process
+then becomes ``prefect server start`` (``exec``): signals, output and exit code are Prefect's.
 """
 
 from __future__ import annotations
@@ -58,11 +58,35 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def profile_setting_names(prefect_args: Sequence[str]) -> set[str]:
+    """The settings the Prefect profile the server will use sets (``--profile`` or the active).
+
+    An unreadable profile file sets nothing here; Prefect reports it when it starts.
+    """
+    from prefect.settings import load_current_profile, load_profiles
+
+    name = None
+    for i, arg in enumerate(prefect_args):
+        if arg == "--profile" and i + 1 < len(prefect_args):
+            name = prefect_args[i + 1]
+        elif arg.startswith("--profile="):
+            name = arg.split("=", 1)[1]
+    try:
+        profile = load_profiles()[name] if name else load_current_profile()
+    except Exception:  # Prefect itself says what is wrong with its profiles when it starts
+        return set()
+    return {setting.name for setting in profile.settings}
+
+
 def exec_server(prefect_args: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
-    """Replace this process with ``prefect server start``, with the settings as defaults."""
-    env = server_environment(environ)
+    """Replace this process with ``prefect server start``, with the settings as defaults.
+
+    A setting is left to the user when the environment or the Prefect profile the server
+    uses sets it.
+    """
+    env = server_environment(environ, profile_setting_names(prefect_args))
     command = prefect_server_command(prefect_args)
-    chosen = " ".join(f"{n}={env[n]}" for n in STANDALONE_SETTINGS)
+    chosen = " ".join(f"{n}={env[n]}" for n in STANDALONE_SETTINGS if n in env)
     print(f"fanout server: {chosen}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(command[0], command, env)

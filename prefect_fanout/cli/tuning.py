@@ -16,7 +16,7 @@ the user set. ``fanout server start`` starts a standalone server with
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 
 SERVER_SETTINGS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
@@ -44,16 +44,21 @@ STANDALONE_SETTINGS: dict[str, str] = {
 Automations stay on: users of a standing server may have some."""
 
 
-def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``environ`` with :data:`STANDALONE_SETTINGS` where it does not set them.
+def server_environment(
+    environ: Mapping[str, str], profile_names: Collection[str] = ()
+) -> dict[str, str]:
+    """A copy of ``environ`` with :data:`STANDALONE_SETTINGS` where the user set nothing.
 
     Args:
         environ: The environment the server would start with.
+        profile_names: Settings the user's Prefect profile sets (the server reads them
+            there; an environment variable would override them).
 
     Returns:
         The server's environment: every variable of ``environ`` kept as it is.
     """
-    return {**STANDALONE_SETTINGS, **environ}
+    defaults = {k: v for k, v in STANDALONE_SETTINGS.items() if k not in profile_names}
+    return {**defaults, **environ}
 
 
 def tune_embedded_server(environ: MutableMapping[str, str] | None = None) -> bool:
