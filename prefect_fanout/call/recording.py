@@ -23,6 +23,7 @@ a minute), the guard stops braking for the rest of the run and says so once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ from prefect.context import FlowRunContext
 
 from prefect_fanout.bounded import call_within
 
-__all__ = ["MAX_LAG", "RecordingGuard", "recording_guard"]
+__all__ = ["MAX_LAG", "RecordingGuard", "guard_mark", "recording_guard", "server_behind_line"]
 
 logger = logging.getLogger("prefect_fanout.recording")
 
@@ -95,6 +96,7 @@ class RecordingGuard:
         self.waited_s = 0.0
         self.checks = 0
         self.active = True
+        self.sequence = next(_sequence)
         self._finished = 0
         self._since_check = 0
         self._lock = threading.Lock()
@@ -108,6 +110,11 @@ class RecordingGuard:
                 return
             self._since_check = 0
             self._catch_up()
+
+    @property
+    def finished_count(self) -> int:
+        """Task runs reported finished so far."""
+        return self._finished
 
     def recorded(self) -> int:
         """Task runs of the flow run the server has recorded in a final state."""
@@ -160,6 +167,8 @@ class RecordingGuard:
         )
 
 
+_sequence = itertools.count(1)
+
 KEPT_GUARDS = 256
 """Guards kept for the flow runs of a long-lived process (the oldest is forgotten first)."""
 
@@ -180,3 +189,68 @@ def recording_guard() -> RecordingGuard | None:
             while len(_guards) > KEPT_GUARDS:
                 _guards.popitem(last=False)
         return guard
+
+
+BEHIND_MIN_LAG = 200
+"""Unrecorded task runs at a run's end that count as behind, at the least (a server that
+keeps up, flushing once a second, is a second of calls behind at the end)."""
+
+BEHIND_SHARE = 0.1
+"""The share of a run's task runs unrecorded at its end that counts as behind."""
+
+
+def guard_mark() -> int:
+    """A mark: :func:`server_behind_line` looks only at the flow runs started after it."""
+    with _guards_lock:
+        return max((guard.sequence for guard in _guards.values()), default=0)
+
+
+def server_behind_line(since: int = 0) -> str | None:
+    """One line saying the Prefect server fell behind the flow runs started after ``since``.
+
+    Behind means: a run had to wait for the server to record its task runs, its guard
+    stopped braking (the count stood still or could not be read), or at the end more than
+    :data:`BEHIND_MIN_LAG` and :data:`BEHIND_SHARE` of its finished task runs are not yet
+    recorded. One read of the count per flow run, each bounded by
+    :data:`READ_TIMEOUT_SECONDS`.
+
+    Args:
+        since: A :func:`guard_mark` taken before the runs started.
+
+    Returns:
+        The line, or None when the server kept up (or no task run was made).
+    """
+    with _guards_lock:
+        guards = [g for g in _guards.values() if g.sequence > since and g.finished_count]
+    if not guards:
+        return None
+    finished = sum(guard.finished_count for guard in guards)
+    waited = sum(guard.waited_s for guard in guards)
+    stalled = not all(guard.active for guard in guards)
+    try:
+        recorded = sum(
+            call_within(READ_TIMEOUT_SECONDS, "a count request", guard.recorded) for guard in guards
+        )
+    except Exception as exc:
+        timed_out = isinstance(exc, TimeoutError)
+        why = f"no answer within {READ_TIMEOUT_SECONDS:g} s" if timed_out else exc
+        return (
+            f"the Prefect server at {_api_url()} fell behind: its count of recorded task runs "
+            f"could not be read at the end of the run ({why}); start it with "
+            "`fanout server start` (README: Server)"
+        )
+    lag = finished - recorded
+    if not (waited > 0 or stalled or lag > max(BEHIND_MIN_LAG, BEHIND_SHARE * finished)):
+        return None
+    held = f"; this run waited {waited:.1f} s for it" if waited > 0 else ""
+    return (
+        f"the Prefect server at {_api_url()} fell behind: it has recorded {recorded:,} of the "
+        f"{finished:,} task runs this run finished{held}; its next runs' API calls wait behind "
+        "that backlog. Start it with `fanout server start` (README: Server)"
+    )
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or "(embedded)"

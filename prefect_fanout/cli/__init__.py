@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.errors import EXIT_USAGE
 from prefect_fanout.redact import register_environment
 
-COMMANDS = ("call", "validate", "dispatch", "map")
+COMMANDS = ("call", "validate", "dispatch", "map", "server")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,15 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fanout`` command line and return its exit code."""
-    tune_embedded_server()  # before Prefect reads its settings
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["server", "start"]:  # every later argument is prefect server start's
+        from prefect_fanout.cli.server import exec_server
+
+        exec_server(argv[2:], os.environ)
+    if argv[:1] != ["server"]:  # a standalone server gets its own defaults (cli/server.py)
+        tune_embedded_server()  # before Prefect reads its settings
     register_environment()  # OPENAI_API_KEY is masked in every message
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    recording = sys.modules.get(_RECORDING)  # imported by a flow run only
+    mark = recording.guard_mark() if recording else 0
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
     except Interrupted as stop:
         print(
             f"fanout {args.command}: interrupted ({stop}); finished answers are cached, "
@@ -67,6 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
+    _say_if_server_fell_behind(args.command, mark)
+    return code
+
+
+_RECORDING = "prefect_fanout.call.recording"
+
+
+def _say_if_server_fell_behind(command: str, mark: int) -> None:
+    """One line on stderr when the Prefect server fell behind this command's flow runs."""
+    recording = sys.modules.get(_RECORDING)
+    if recording is None:  # no flow run made a task run: nothing to compare
+        return
+    line = recording.server_behind_line(mark)
+    if line:
+        print(f"fanout {command}: {line}", file=sys.stderr)
 
 
 def run_command() -> None:

@@ -9,14 +9,14 @@ server keep up; automations (the triggers service) are not used by our runs.
 
 The ``fanout`` CLI applies :data:`SERVER_SETTINGS` to its own environment when it
 starts an embedded server (no ``PREFECT_API_URL``), never overriding a value
-the user set. For your own ``prefect server start``, export the same variables
-first (README: Performance).
+the user set. ``fanout server start`` starts a standalone server with
+:data:`STANDALONE_SETTINGS` the same way (README: Server).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 
 SERVER_SETTINGS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
@@ -34,6 +34,31 @@ EMBEDDED_SETTINGS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 """For the embedded server the CLI starts: the above, without automations and analytics."""
+
+STANDALONE_SETTINGS: dict[str, str] = {
+    **SERVER_SETTINGS,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+"""What ``fanout server start`` sets (as defaults) for a long-lived ``prefect server start``.
+
+Automations stay on: users of a standing server may have some."""
+
+
+def server_environment(
+    environ: Mapping[str, str], profile_names: Collection[str] = ()
+) -> dict[str, str]:
+    """A copy of ``environ`` with :data:`STANDALONE_SETTINGS` where the user set nothing.
+
+    Args:
+        environ: The environment the server would start with.
+        profile_names: Settings the user's Prefect profile sets (the server reads them
+            there; an environment variable would override them).
+
+    Returns:
+        The server's environment: every variable of ``environ`` kept as it is.
+    """
+    defaults = {k: v for k, v in STANDALONE_SETTINGS.items() if k not in profile_names}
+    return {**defaults, **environ}
 
 
 def tune_embedded_server(environ: MutableMapping[str, str] | None = None) -> bool:

@@ -1,0 +1,180 @@
+"""``fanout server start`` and the line the CLI prints when a server falls behind a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prefect_fanout.call.recording import RecordingGuard, guard_mark, server_behind_line
+from prefect_fanout.cli.tuning import STANDALONE_SETTINGS, server_environment
+from tests.conftest import PREFECT_START_TIMEOUT, free_port, stop_process_group
+from tests.fakeopenai import FakeOpenAI
+
+FANOUT = [sys.executable, "-m", "prefect_fanout.cli"]
+RECORDER_BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
+
+
+def test_a_setting_the_profile_sets_is_left_to_the_profile():
+    persister = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"
+    env = server_environment({}, profile_names={persister})
+    assert persister not in env
+    assert env[RECORDER_BATCH] == STANDALONE_SETTINGS[RECORDER_BATCH]
+
+
+def test_the_settings_are_defaults_the_environment_overrides():
+    env = server_environment({RECORDER_BATCH: "7", "PATH": "/bin"})
+    assert env[RECORDER_BATCH] == "7"
+    assert env["PATH"] == "/bin"
+    for name, value in STANDALONE_SETTINGS.items():
+        if name != RECORDER_BATCH:
+            assert env[name] == value
+    assert "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED" not in env  # automations stay on
+
+
+def test_fanout_server_without_an_action_prints_its_help_and_exits_2():
+    done = subprocess.run([*FANOUT, "server"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "start" in done.stderr and RECORDER_BATCH in done.stderr
+
+
+def test_help_after_start_is_prefect_server_starts():
+    done = subprocess.run(
+        [*FANOUT, "server", "start", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "prefect server start" in done.stdout
+    assert "--port" in done.stdout
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], api_url: str, log: Path) -> None:
+    """Wait (at most PREFECT_START_TIMEOUT s) until the server answers /health."""
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"fanout server start exited {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"the server did not answer within {PREFECT_START_TIMEOUT} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def unrecording_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``fanout server start`` with the task-run recorder off: a server that never catches up.
+
+    The environment sets the recorder's batch size and the active Prefect profile the event
+    persister's: both must win over the defaults.
+    """
+    root = tmp_path_factory.mktemp("fanout-server")
+    (root / "home").mkdir()
+    (root / "home" / "profiles.toml").write_text(
+        'active = "mine"\n[profiles.mine]\n'
+        'PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE = "123"\n'
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED="false",
+        **{RECORDER_BATCH: "7"},
+    )
+    log = root / "server.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*FANOUT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(process, api_url, log)
+        yield api_url, root
+    finally:
+        stop_process_group(process)
+
+
+def test_the_server_runs_with_the_defaults_and_the_users_own_values_from_env_and_profile(
+    unrecording_server,
+):
+    api_url, _ = unrecording_server
+    settings = httpx.get(f"{api_url}/admin/settings", timeout=30).json()
+    services = settings["server"]["services"]
+    assert services["task_run_recorder"]["batch_size"] == 7  # the user's
+    assert services["task_run_recorder"]["read_batch_size"] == 100  # ours
+    assert services["event_persister"]["batch_size"] == 123  # the profile's
+    assert services["event_persister"]["read_batch_size"] == 100  # ours
+    assert services["event_persister"]["flush_interval"] == 1.0
+    assert settings["server"]["analytics_enabled"] is False
+
+
+def _map(api_url: str, root: Path, fake: FakeOpenAI, items: int) -> subprocess.CompletedProcess:
+    tag = uuid.uuid4().hex[:8]
+    work = root / f"map-{tag}"
+    work.mkdir()
+    source = work / "corpus.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"id": f"i{i}", "text": f"behind {tag} {i}"}) + "\n" for i in range(items)
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FANOUT_MODEL",)}
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(work / "home"),
+        PREFECT_LOCAL_STORAGE_PATH=str(work / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        OPENAI_BASE_URL=fake.base_url,
+        OPENAI_API_KEY="sk-test",
+    )
+    command = [*FANOUT, "map", str(source), "--agent", "default", "--partition", "count:1"]
+    command += ["--output", str(work / "out"), "--max-workers", "16", "--model", "gpt-4o-mini"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_cli_says_once_in_one_line_when_the_server_fell_behind(unrecording_server, fake_openai):
+    api_url, root = unrecording_server
+    done = _map(api_url, root, fake_openai, 300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if "fell behind" in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("fanout map: the Prefect server at " + api_url)
+    assert "recorded 0 of the 300 task runs" in lines[0]
+    assert "fanout server start" in lines[0]
+
+
+def test_the_cli_says_nothing_when_the_server_keeps_up(prefect_server, fake_openai):
+    done = _map(prefect_server.api_url, prefect_server.home.parent, fake_openai, 300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fell behind" not in done.stderr
+
+
+def test_a_server_that_cannot_be_read_is_reported_too():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    mark = guard_mark()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        guard = RecordingGuard(uuid.uuid4(), check_every=10**6)
+        from prefect_fanout.call import recording
+
+        with recording._guards_lock:
+            recording._guards[guard.flow_run_id] = guard
+        guard.finished(5)
+        line = server_behind_line(mark)
+    assert line is not None and "could not be read" in line
+    assert server_behind_line(guard.sequence) is None  # only runs after the mark count
