@@ -158,7 +158,9 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
-def _on_task_runner(options: RunOptions, max_workers: int) -> Iterator[None]:
+def _on_task_runner(
+    options: RunOptions, max_workers: int, *, chunked: bool = False
+) -> Iterator[None]:
     """Submit this flow body's task runs to the runner the options choose.
 
     A flow run started by :func:`run_map_flow` or :func:`run_dispatch_flow` has the
@@ -170,19 +172,29 @@ def _on_task_runner(options: RunOptions, max_workers: int) -> Iterator[None]:
     if context is None or runner_matches(context.task_runner, options.runner()):
         yield
         return
-    runner = _runner(options, max_workers)
+    runner = _runner(options, max_workers, chunked=chunked)
     with runner, context.model_copy(update={"task_runner": runner}):
         yield
 
 
-def _runner(options: RunOptions, max_workers: int, *, cli: bool = False) -> Any:
-    """The task runner the options choose, checked first (a wrong choice raises)."""
+def _runner(
+    options: RunOptions, max_workers: int, *, cli: bool = False, chunked: bool = False
+) -> Any:
+    """The task runner the options choose, checked first (a wrong choice raises).
+
+    ``chunked``: for a map that sends its calls to the workers in chunks.
+    """
     choice = {
         "dask_address": options.dask_address,
         "ray_address": options.ray_address,
     }
     check_task_runner(options.runner(), **choice, cli=cli)
-    return build_task_runner(options.runner(), max_workers=max_workers, **choice)
+    return build_task_runner(options.runner(), max_workers=max_workers, chunked=chunked, **choice)
+
+
+def _chunked(options: RunOptions) -> bool:
+    """True when a map with these options sends its calls in chunks (not budget, not batch)."""
+    return not options.budgeted() and not options.batch
 
 
 @flow(name="fanout-call", log_prints=False)
@@ -418,7 +430,7 @@ def map_flow(
         )
     if job.options.dry_run:
         return _keep(dry_run_map(job))
-    with _on_task_runner(job.options, job.max_workers):
+    with _on_task_runner(job.options, job.max_workers, chunked=_chunked(job.options)):
         summary = run_map(job)
     if summary.budget_reached and summary.budget is not None:
         return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
@@ -457,7 +469,7 @@ def run_map_flow(
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
-    runner = _runner(job.options, job.max_workers)
+    runner = _runner(job.options, job.max_workers, chunked=_chunked(job.options))
     parameters = {
         "input": job.source,
         "agent": job.agent.name,

@@ -173,6 +173,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "task_runner": "task_runner",
         "dask_address": "dask_address",
         "ray_address": "ray_address",
+        "chunk_size": "chunk_size",
         "batch": "batch",
         "batch_wait": "batch_wait",
         "batch_max_tokens": "batch_max_tokens",
