@@ -120,7 +120,8 @@ def check_against_threads(
     records = items_of(run, 40)
     twin = f"{run} twin"  # first in both partitions: their chunks start together
     records[0]["text"] = records[20]["text"] = twin
-    fake.script(twin, Reply("twin answer", latency=1.0))
+    answer = Reply("twin answer", latency=1.0)
+    fake.script(twin, answer, answer, answer)  # this run, then the refreshing thread run
     source = write_corpus(tmp_path / "items.jsonl", records)
     settings: dict[str, Any] = {"agent": "default", "partition": "count:2"}
     base = RunOptions(endpoint=endpoint, max_workers=4)
@@ -192,8 +193,8 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
 class DaskCluster:
     """``dask scheduler`` and two ``dask worker`` processes, as their users start them."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2) -> None:
+        self.env, self.log_dir, self.count = env, log_dir, workers
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -217,25 +218,22 @@ class DaskCluster:
             "--dashboard-address", "127.0.0.1:0",
         )  # fmt: skip
         _wait_port(self.port, scheduler, "dask scheduler")
-        for n in range(2):
-            self.workers.append(
-                self._start(
-                    f"worker{n}",
-                    "worker",
-                    self.address,
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--dashboard-address",
-                    "127.0.0.1:0",
-                )  # fmt: skip
-            )
+        for _ in range(self.count):
+            self.add_worker()
         from distributed import Client
 
         with Client(self.address, timeout=START_SECONDS) as client:
-            client.wait_for_workers(2, timeout=START_SECONDS)
+            client.wait_for_workers(self.count, timeout=START_SECONDS)
         return self
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more ``dask worker`` (one thread) for the scheduler."""
+        worker = self._start(
+            f"worker{len(self.workers)}", "worker", self.address, "--nthreads", "1",
+            "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+        )  # fmt: skip
+        self.workers.append(worker)
+        return worker
 
     def __exit__(self, *exc_info: object) -> None:
         for process in reversed(self.processes):
@@ -272,13 +270,18 @@ def test_a_killed_workers_chunk_is_rerun_asking_only_what_is_missing(
     env = prefect_server.env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
     options = RunOptions(endpoint=endpoint, max_workers=4, chunk_size=10, task_runner="dask")
     settings: dict[str, Any] = {"agent": "default", "partition": "count:2"}
-    with DaskCluster(env, tmp_path) as cluster:
+    with DaskCluster(env, tmp_path, workers=1) as cluster:
         options = options.model_copy(update={"dask_address": cluster.address})
-        victim = cluster.workers[0]
+        (victim,) = cluster.workers
 
         def kill_when_busy() -> None:
+            # The only worker runs the first chunk, 4 calls at once: a fifth request is
+            # sent only when a call has finished and stored its answer, so at 8 requests
+            # at least 4 answers of the chunk are stored. Then it dies; a second worker
+            # takes the chunks not yet started.
             poll(lambda: fake_openai.count(run), lambda n: n >= 8, 300.0, "8 calls asked")
             os.killpg(victim.pid, signal.SIGKILL)
+            cluster.add_worker()
 
         killer = threading.Thread(target=kill_when_busy, daemon=True)
         killer.start()

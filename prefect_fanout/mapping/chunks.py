@@ -159,16 +159,22 @@ def run_chunk(work: ChunkWork) -> ChunkDone:
     """
     from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.transactions import CommitMode, transaction
 
     from prefect_fanout.call.tags import LIMITED_TAGS
 
     LIMITED_TAGS.refresh()  # this worker process may not have looked the limits up yet
-    context = FlowRunContext.get()
-    if context is None:  # not on a worker of a flow run: run the calls where we are
-        return _run_calls(work)
-    runner = ThreadPoolTaskRunner(max_workers=work.threads)
-    with runner, context.model_copy(update={"task_runner": runner}):
-        return _run_calls(work)
+    # The calls are task runs nested in this one: by default their transactions would
+    # commit (store their answers, release their call locks) only when the whole chunk
+    # ends. Eager commits store each answer as its call ends, as on the thread runner,
+    # so a chunk that dies leaves what it answered for the rerun.
+    with transaction(commit_mode=CommitMode.EAGER):
+        context = FlowRunContext.get()
+        if context is None:  # not on a worker of a flow run: run the calls where we are
+            return _run_calls(work)
+        runner = ThreadPoolTaskRunner(max_workers=work.threads)
+        with runner, context.model_copy(update={"task_runner": runner}):
+            return _run_calls(work)
 
 
 def chunk_size(total: int, slots: int, given: int | None) -> int:
