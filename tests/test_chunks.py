@@ -145,7 +145,7 @@ def check_against_threads(
     local = map_corpus(
         source,
         output_dir=tmp_path / "thread",
-        options=base.model_copy(update={"cache": "refresh"}),
+        options=RunOptions(endpoint=endpoint, max_workers=4, cache="refresh"),
         **settings,
     )
     assert local.completed == 40
