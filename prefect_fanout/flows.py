@@ -51,6 +51,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
 )
+from prefect_fanout.mapping.deployed import run_partition_chunk
 from prefect_fanout.mapping.dryrun import dry_run_map
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.outcome import map_final_state
@@ -63,6 +64,7 @@ from prefect_fanout.runners import build_task_runner, check_task_runner, runner_
 
 __all__ = [
     "call_flow",
+    "partition_flow",
     "dispatch_flow",
     "dispatch_plan",
     "map_corpus",
@@ -223,6 +225,27 @@ def call_flow(
     if prompt is None:
         raise ConfigurationError("fanout-call needs a prompt or a prompt_path")
     return call_agent(prompt, agent=agent, system=system, options=options)
+
+
+@flow(name="fanout-partition", log_prints=False, validate_parameters=True)
+def partition_flow(
+    chunk_file: str, options: RunOptions | None = None, threads: int = 8
+) -> dict[str, Any]:
+    """Run one chunk of a map's calls: what a map with ``partition_deployment`` starts.
+
+    Deploy it on a work pool (``deployments/prefect.yaml``, entry ``partition``); a map
+    run with ``--partition-deployment fanout-partition/partition`` starts one flow run
+    per chunk and reads the answers from result storage (README "Task runners").
+
+    Args:
+        chunk_file: The chunk's calls, written by the map in its output directory.
+        options: The map's options (endpoint as a block name, or ``OPENAI_*`` here).
+        threads: Calls in flight at most.
+
+    Returns:
+        Counts of the chunk's calls: completed, failed, cached.
+    """
+    return run_partition_chunk(chunk_file, options, threads)
 
 
 # The resolver a caller in this process checked a plan with, handed to the flow run it

@@ -34,3 +34,9 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --task-runner dask or ray: the most calls of a map sent to a worker as one "
         "chunk (default: the calls over four chunks per worker slot, 50 to 500)",
     )
+    parser.add_argument(
+        "--partition-deployment",
+        metavar="FLOW/DEPLOYMENT",
+        help="map: run each chunk as a flow run of this deployed fanout-partition flow "
+        "(e.g. fanout-partition/partition), on its work pool's workers",
+    )

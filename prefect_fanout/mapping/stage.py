@@ -32,9 +32,11 @@ from prefect.futures import PrefectFuture
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.mapping.chunks import ChunkRun, run_chunks, worker_slots
 from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.mapping.deployed import run_deployed_chunks
 from prefect_fanout.mapping.job import MapJob
 from prefect_fanout.mapping.partition import safe_partition_filenames
 from prefect_fanout.mapping.summary import PartitionReport
@@ -245,6 +247,17 @@ def chunk_slots(
     return worker_slots(context.task_runner)
 
 
+def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:
+    """Each item's request tagged with its partition, by id."""
+    requests = {}
+    for key, items in groups.items():
+        for item in items:
+            request = job.requests[item.id]
+            tagged = (*request.tags, f"partition:{key}")
+            requests[item.id] = request.model_copy(update={"tags": tagged})
+    return requests
+
+
 def _chunked(
     job: MapJob,
     groups: Mapping[str, list[Item]],
@@ -253,12 +266,7 @@ def _chunked(
     logger: Any,
 ) -> Iterator[CallOutcome[tuple[str, Item]]]:
     """The map's outcomes, its partitions sent to the workers in chunks."""
-    requests = {}
-    for key, items in groups.items():
-        for item in items:
-            request = job.requests[item.id]
-            tagged = (*request.tags, f"partition:{key}")
-            requests[item.id] = request.model_copy(update={"tags": tagged})
+    requests = _tagged_requests(job, groups)
     models = {request.model for request in requests.values()}
     finished = run_chunks(
         groups,
@@ -325,7 +333,21 @@ def map_partitions(
     )
     slots = chunk_slots(job, answered)
     measured = ChunkRun()
-    if slots is None:
+    deployment = job.options.partition_deployment
+    if deployment and answered is None and job.path.budget is None:
+        slots = None
+        finished = run_deployed_chunks(
+            deployment,
+            groups,
+            _tagged_requests(job, groups),
+            options=job.options,
+            cache=job.cache,
+            max_workers=job.max_workers,
+            output_dir=job.output_dir,
+            measured=measured,
+            logger=logger,
+        )
+    elif slots is None:
         order = interleave(groups, job.active_partitions)
         jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
         finished = window.run(jobs)
