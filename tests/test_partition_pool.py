@@ -153,11 +153,16 @@ def test_chunks_run_as_flow_runs_on_two_pool_workers_like_threads(
     assert {r["work_pool_name"] for r in children} == {POOL}
     calls = poll(
         lambda: _task_runs_named(prefect_server.api_url, f"default:{run}-"),
-        lambda runs: len({r["name"] for r in runs if r["state_type"] == "COMPLETED"}) >= 24,
+        lambda runs: len({r["name"] for r in runs if r["state_type"] == "COMPLETED"}) >= 23,
         60.0,
-        "24 agent-call task runs recorded",
+        "23 agent-call task runs recorded",
     )
-    assert len({r["name"] for r in calls}) == 24  # every call a task run of a child run
+    # Every call asked is a task run of a child run; the second twin is one too, unless
+    # its chunk started after the first had stored the answer (a cache hit: no task run).
+    names = {r["name"] for r in calls}
+    twins = {f"default:{records[n]['id']}" for n in (0, 12)}
+    others = {f"default:{r['id']}" for r in records} - twins
+    assert others <= names and names & twins and len(calls) == len(names)
     assert {r["flow_run_id"] for r in calls} <= {r["id"] for r in children}
 
     # A rerun has every answer stored: no flow run is started, nothing is asked.

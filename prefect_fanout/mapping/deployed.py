@@ -1,7 +1,7 @@
 """The map stage on a Prefect work pool: each chunk a flow run of a deployed ``fanout-partition``.
 
 With ``partition_deployment`` (``--partition-deployment FLOW/DEPLOYMENT``) the map
-writes each chunk's calls to ``.fanout-chunks/`` in the output directory and starts
+writes each chunk's calls to ``.fanout-chunks/`` beside local result storage and starts
 one flow run of that deployment per chunk (``run_deployment``); any Prefect worker
 of the deployment's work pool (process, Docker, Kubernetes) picks it up and runs
 the chunk's calls as agent-call task runs, ``max_workers`` at once, storing each
@@ -18,6 +18,7 @@ parent (README "Task runners").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 CHUNKS_DIR = ".fanout-chunks"
-"""Where the parent writes each chunk's calls for its flow run (inside the output directory)."""
+"""Where the parent writes each chunk's calls for its flow run (beside local result storage)."""
 
 POLL_SECONDS = 1.0
 """How often the parent reads its child runs' states."""
@@ -77,15 +78,27 @@ def check_partition_deployment(options: RunOptions) -> None:
         )
 
 
-def write_chunk_file(path: Path, calls: list[tuple[str, CallRequest]]) -> None:
-    """Write a chunk's calls (item id, request) as JSON for its flow run."""
+def write_chunk_file(calls: list[tuple[str, CallRequest]]) -> Path:
+    """Write a chunk's calls (item id, request) as JSON beside result storage; its path.
+
+    The file is named by its content, in ``.fanout-chunks`` beside local result storage
+    (which the workers share with the map), so the same chunk is one file.
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
     document = {
         "calls": [
             {"id": item_id, "request": request.model_dump(mode="json")}
             for item_id, request in calls
-        ]  # fmt: skip
+        ]
     }
-    write_text_atomic(path, json.dumps(document))
+    text = json.dumps(document)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    folder = Path(str(PREFECT_LOCAL_STORAGE_PATH.value())).expanduser() / CHUNKS_DIR
+    path = folder / f"{digest}.json"
+    if not path.exists():
+        write_text_atomic(path, text)
+    return path
 
 
 def read_chunk_file(path: str) -> list[tuple[str, CallRequest]]:
@@ -140,7 +153,6 @@ def run_deployed_chunks(
     options: RunOptions,
     cache: CacheOptions,
     max_workers: int,
-    output_dir: Path,
     measured: ChunkRun,
     logger: Any,
 ) -> Iterator[CallOutcome[tuple[str, Item]]]:
@@ -153,7 +165,6 @@ def run_deployed_chunks(
         options: The run's options (the child runs' ``options`` parameter).
         cache: The cache settings of every call.
         max_workers: Calls in flight at most in each child run.
-        output_dir: The map's output directory (where the chunk files go).
         measured: Filled with the chunk count, size and threads.
         logger: Where the waits are reported.
     """
@@ -163,8 +174,6 @@ def run_deployed_chunks(
     total = sum(len(items) for items in groups.values())
     size = chunk_size(total, 2, options.chunk_size)
     measured.size, measured.threads = size, max_workers
-    folder = output_dir / CHUNKS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     started: dict[str, tuple[str, list[tuple[str, Item]]]] = {}  # flow run id -> name, missing
     for key, items in groups.items():
         for index, chunk in enumerate(cut_chunks(items, size)):
@@ -178,8 +187,7 @@ def run_deployed_chunks(
                     missing.append((key, item))
             if not missing:
                 continue
-            path = folder / f"chunk-{len(started):05d}.json"
-            write_chunk_file(path, [(item.id, requests[item.id]) for _, item in missing])
+            path = write_chunk_file([(item.id, requests[item.id]) for _, item in missing])
             name = f"chunk:{key}:{index}"
             flow_run = run_deployment(
                 deployment,

@@ -343,7 +343,6 @@ def map_partitions(
             options=job.options,
             cache=job.cache,
             max_workers=job.max_workers,
-            output_dir=job.output_dir,
             measured=measured,
             logger=logger,
         )
