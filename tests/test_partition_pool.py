@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,13 @@ def _task_runs_named(api_url: str, text: str) -> list[dict[str, Any]]:
     return response.json()
 
 
-def _child_runs(api_url: str, parent: str | None) -> list[dict[str, Any]]:
-    body = {"flow_runs": {"parent_flow_run_id": {"any_": [parent]}}, "limit": 200}
+def _child_runs(api_url: str, parent: str | None, state: str | None = None) -> list[dict]:
+    """Flow runs started by a map (``parent``), or every flow run in ``state``."""
+    if parent is not None:
+        body: dict[str, Any] = {"flow_runs": {"parent_flow_run_id": {"any_": [parent]}}}
+    else:
+        body = {"flow_runs": {"state": {"type": {"any_": [state]}}}}
+    body["limit"] = 200
     response = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=30)
     response.raise_for_status()
     return response.json()
@@ -179,3 +185,59 @@ def test_chunks_run_as_flow_runs_on_two_pool_workers_like_threads(
     assert local.completed == 24
     for name in ("final.jsonl", "partitions/partition-0000.jsonl"):
         assert read_jsonl(tmp_path / "pool" / name) == read_jsonl(tmp_path / "thread" / name)
+
+
+@pytest.mark.timeout(900)
+def test_a_cancelled_child_run_is_rerun_asking_only_its_missing_calls(
+    prefect_server: Any, fake_openai: FakeOpenAI, pool_workers: Any, tmp_path: Path
+) -> None:
+    from prefect import get_client
+    from prefect.states import Cancelling
+
+    run = tag()
+    records = [{"id": f"{run}-{n:03d}", "text": f"{run} item {n}"} for n in range(24)]
+    source = write_corpus(tmp_path / "items.jsonl", records)
+    fake_openai.default_latency = 2.0
+    settings: dict[str, Any] = {"agent": "default", "partition": "count:2"}
+    # One child run per partition, 2 calls at once: 6 rounds of 2 s each.
+    options = RunOptions(max_workers=2, chunk_size=12, partition_deployment=DEPLOYMENT)
+    outcome: list[Any] = []
+
+    def map_in_background() -> None:
+        outcome.append(map_corpus(source, output_dir=tmp_path / "out", options=options, **settings))
+
+    mapping = threading.Thread(target=map_in_background, daemon=True)
+    mapping.start()
+    # 6 requests: each child has stored its first 2 answers and asks 2 more.
+    poll(lambda: fake_openai.count(run), lambda n: n >= 6, 300.0, "6 calls asked")
+    running = poll(
+        lambda: [
+            r
+            for r in _child_runs(prefect_server.api_url, None, state="RUNNING")
+            if r["name"].startswith("chunk:")
+        ],  # fmt: skip
+        bool,
+        60.0,
+        "a running child flow run",
+    )
+    victim = running[0]
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(victim["id"], Cancelling(), force=True)
+    mapping.join(timeout=600)
+    (first,) = outcome
+    assert first.failed > 0 and first.completed + first.failed == 24
+    completed = {r["id"] for r in read_jsonl(tmp_path / "out" / "final.jsonl")
+                 if r["status"] == "completed"}  # fmt: skip
+    before = fake_openai.count(run)
+
+    second = map_corpus(source, output_dir=tmp_path / "out", options=options, **settings)
+    assert (second.completed, second.failed) == (24, 0)
+    asked_again = [r.prompt for r in fake_openai.requests(run)[before:]]
+    text_of = {r["id"]: r["text"] for r in records}
+    for item_id in completed:  # nothing answered in the first run is asked again
+        assert text_of[item_id] not in asked_again, item_id
+    # The map counts the cancelled child's stored answers as completed; only the calls
+    # with no stored answer failed, and the rerun asks exactly those.
+    assert first.completed > 12 and len(asked_again) == first.failed
+    children = _child_runs(prefect_server.api_url, second.flow_run_id)
+    assert len(children) == 1  # only the cancelled chunk is sent again
