@@ -51,6 +51,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
 )
+from prefect_fanout.mapping.deployed import run_partition_chunk
 from prefect_fanout.mapping.dryrun import dry_run_map
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.outcome import map_final_state
@@ -63,6 +64,7 @@ from prefect_fanout.runners import build_task_runner, check_task_runner, runner_
 
 __all__ = [
     "call_flow",
+    "partition_flow",
     "dispatch_flow",
     "dispatch_plan",
     "map_corpus",
@@ -158,7 +160,9 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
-def _on_task_runner(options: RunOptions, max_workers: int) -> Iterator[None]:
+def _on_task_runner(
+    options: RunOptions, max_workers: int, *, chunked: bool = False
+) -> Iterator[None]:
     """Submit this flow body's task runs to the runner the options choose.
 
     A flow run started by :func:`run_map_flow` or :func:`run_dispatch_flow` has the
@@ -170,19 +174,29 @@ def _on_task_runner(options: RunOptions, max_workers: int) -> Iterator[None]:
     if context is None or runner_matches(context.task_runner, options.runner()):
         yield
         return
-    runner = _runner(options, max_workers)
+    runner = _runner(options, max_workers, chunked=chunked)
     with runner, context.model_copy(update={"task_runner": runner}):
         yield
 
 
-def _runner(options: RunOptions, max_workers: int, *, cli: bool = False) -> Any:
-    """The task runner the options choose, checked first (a wrong choice raises)."""
+def _runner(
+    options: RunOptions, max_workers: int, *, cli: bool = False, chunked: bool = False
+) -> Any:
+    """The task runner the options choose, checked first (a wrong choice raises).
+
+    ``chunked``: for a map that sends its calls to the workers in chunks.
+    """
     choice = {
         "dask_address": options.dask_address,
         "ray_address": options.ray_address,
     }
     check_task_runner(options.runner(), **choice, cli=cli)
-    return build_task_runner(options.runner(), max_workers=max_workers, **choice)
+    return build_task_runner(options.runner(), max_workers=max_workers, chunked=chunked, **choice)
+
+
+def _chunked(options: RunOptions) -> bool:
+    """True when a map with these options sends its calls in chunks (not budget, not batch)."""
+    return not options.budgeted() and not options.batch
 
 
 @flow(name="fanout-call", log_prints=False)
@@ -211,6 +225,27 @@ def call_flow(
     if prompt is None:
         raise ConfigurationError("fanout-call needs a prompt or a prompt_path")
     return call_agent(prompt, agent=agent, system=system, options=options)
+
+
+@flow(name="fanout-partition", log_prints=False, validate_parameters=True)
+def partition_flow(
+    chunk_file: str, options: RunOptions | None = None, threads: int = 8
+) -> dict[str, Any]:
+    """Run one chunk of a map's calls: what a map with ``partition_deployment`` starts.
+
+    Deploy it on a work pool (``deployments/prefect.yaml``, entry ``partition``); a map
+    run with ``--partition-deployment fanout-partition/partition`` starts one flow run
+    per chunk and reads the answers from result storage (README "Task runners").
+
+    Args:
+        chunk_file: The chunk's calls, written by the map in its output directory.
+        options: The map's options (endpoint as a block name, or ``OPENAI_*`` here).
+        threads: Calls in flight at most.
+
+    Returns:
+        Counts of the chunk's calls: completed, failed, cached.
+    """
+    return run_partition_chunk(chunk_file, options, threads)
 
 
 # The resolver a caller in this process checked a plan with, handed to the flow run it
@@ -418,7 +453,7 @@ def map_flow(
         )
     if job.options.dry_run:
         return _keep(dry_run_map(job))
-    with _on_task_runner(job.options, job.max_workers):
+    with _on_task_runner(job.options, job.max_workers, chunked=_chunked(job.options)):
         summary = run_map(job)
     if summary.budget_reached and summary.budget is not None:
         return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
@@ -457,7 +492,7 @@ def run_map_flow(
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
-    runner = _runner(job.options, job.max_workers)
+    runner = _runner(job.options, job.max_workers, chunked=_chunked(job.options))
     parameters = {
         "input": job.source,
         "agent": job.agent.name,

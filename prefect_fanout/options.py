@@ -123,6 +123,11 @@ class RunOptions(BaseModel):
         task_runner: ``thread``, ``dask`` or ``ray``: where the calls run. Default: ``thread``.
         dask_address: An existing Dask scheduler (with ``dask``). Default: a LocalCluster.
         ray_address: An existing Ray cluster (with ``ray``). Default: a local Ray.
+        chunk_size: With ``dask`` or ``ray``, the most calls of a map sent to a worker as
+            one chunk. Default: the total over four chunks per worker slot, 50 to 500.
+        partition_deployment: ``FLOW/DEPLOYMENT`` of a deployed ``fanout-partition`` flow:
+            a map runs each chunk as a flow run of it, on that deployment's work pool.
+            Default: the chunks go to the task runner.
         trace_dir: Where a dispatch writes its trace files. Default: none written.
         batch: Send a map's uncached calls through the provider's Batch API (half the
             price, answers within 24 h; README "Batch mode"). Default: online calls.
@@ -166,6 +171,8 @@ class RunOptions(BaseModel):
     task_runner: Literal["thread", "dask", "ray"] | None = None
     dask_address: str | None = None
     ray_address: str | None = None
+    chunk_size: int | None = Field(default=None, ge=1)
+    partition_deployment: str | None = Field(default=None, pattern=r"^[^/]+/[^/]+$")
     trace_dir: str | None = None
     batch: bool | None = None
     batch_wait: bool | None = None

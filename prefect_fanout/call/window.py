@@ -93,6 +93,10 @@ class CallWindow(Generic[K]):
         """
         return self._requests.value or self._calls_peak
 
+    def note_peak(self, in_flight: int) -> None:
+        """Count calls that ran in flight elsewhere (worker processes) in the reached peak."""
+        self._calls_peak = max(self._calls_peak, in_flight)
+
     @property
     def has_room(self) -> bool:
         """True when another call may be submitted now."""

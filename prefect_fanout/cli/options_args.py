@@ -179,6 +179,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "task_runner": "task_runner",
         "dask_address": "dask_address",
         "ray_address": "ray_address",
+        "chunk_size": "chunk_size",
+        "partition_deployment": "partition_deployment",
         "batch": "batch",
         "batch_wait": "batch_wait",
         "batch_max_tokens": "batch_max_tokens",

@@ -1,9 +1,10 @@
-"""``--task-runner``, ``--dask-address`` and ``--ray-address``, shared by map and dispatch."""
+"""``--task-runner``, ``--dask-address``, ``--ray-address``, ``--chunk-size``: map and dispatch."""
 
 from __future__ import annotations
 
 import argparse
 
+from prefect_fanout.cli.argtypes import positive_int
 from prefect_fanout.runners import TASK_RUNNERS
 
 
@@ -25,4 +26,17 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray-address",
         metavar="ADDRESS",
         help="an existing Ray cluster, e.g. ray://127.0.0.1:10001 (with --task-runner ray)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        metavar="N",
+        help="with --task-runner dask or ray: the most calls of a map sent to a worker as one "
+        "chunk (default: the calls over four chunks per worker slot, 50 to 500)",
+    )
+    parser.add_argument(
+        "--partition-deployment",
+        metavar="FLOW/DEPLOYMENT",
+        help="map: run each chunk as a flow run of this deployed fanout-partition flow "
+        "(e.g. fanout-partition/partition), on its work pool's workers",
     )

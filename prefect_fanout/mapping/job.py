@@ -35,6 +35,7 @@ from prefect_fanout.mapping.defaults import (
     DEFAULT_PARTITION_RETRY_DELAY,
     DEFAULT_REDUCE_BUDGET,
 )
+from prefect_fanout.mapping.deployed import check_partition_deployment
 from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
 from prefect_fanout.mapping.prompts import check_template, item_prompt
 from prefect_fanout.options import CacheOptions, RunOptions
@@ -297,6 +298,7 @@ def prepare_map(
     _check_options(active_partitions, partition_retries, partition_retry_delay, reduce_budget)
     check_template(items, prompt)  # input errors first, before agents and endpoints
     path = CallPath.of(RunOptions.of(options), agents)
+    check_partition_deployment(path.options)
     resolver = path.resolver
     profile = resolver.agent(agent)
     classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None

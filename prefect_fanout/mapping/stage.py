@@ -32,8 +32,11 @@ from prefect.futures import PrefectFuture
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.mapping.chunks import ChunkRun, run_chunks, worker_slots
 from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.mapping.deployed import run_deployed_chunks
 from prefect_fanout.mapping.job import MapJob
 from prefect_fanout.mapping.partition import safe_partition_filenames
 from prefect_fanout.mapping.summary import PartitionReport
@@ -226,6 +229,74 @@ class _Mapper:
         self.stage.reports[key] = report
 
 
+def chunk_slots(
+    job: MapJob, answered: Mapping[str, AgentResult | BaseException] | None
+) -> int | None:
+    """Worker slots when this map goes to the workers in chunks, else None (call by call).
+
+    Chunks go to Dask and Ray when the flow run's task runner is the one chosen; a
+    run with a budget (spent call by call in this process) or with batch answers
+    sends its calls one by one.
+    """
+    from prefect.context import FlowRunContext
+
+    from prefect_fanout.runners import runner_matches
+
+    kind = job.options.runner()
+    if kind == "thread" or answered is not None or job.path.budget is not None:
+        return None
+    context = FlowRunContext.get()
+    if context is None or not runner_matches(context.task_runner, kind):
+        return None
+    return worker_slots(context.task_runner)
+
+
+def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:
+    """Each item's request tagged with its partition, by id."""
+    requests = {}
+    for key, items in groups.items():
+        for item in items:
+            request = job.requests[item.id]
+            tagged = (*request.tags, f"partition:{key}")
+            requests[item.id] = request.model_copy(update={"tags": tagged})
+    return requests
+
+
+def _chunked(
+    job: MapJob,
+    groups: Mapping[str, list[Item]],
+    slots: int,
+    measured: ChunkRun,
+    logger: Any,
+) -> Iterator[CallOutcome[tuple[str, Item]]]:
+    """The map's outcomes, its partitions sent to the workers in chunks."""
+    requests = _tagged_requests(job, groups)
+    models = {request.model for request in requests.values()}
+    finished = run_chunks(
+        groups,
+        requests,
+        transports={model: job.resolver.transport(model) for model in models},
+        cache=job.cache,
+        max_workers=job.max_workers,
+        slots=slots,
+        given_size=job.options.chunk_size,
+        measured=measured,
+        logger=logger,
+    )
+    first = True
+    for outcome in finished:
+        if first:
+            logger.info(
+                "map: partitions sent to %d worker slot(s) in %s-call chunks, %d call(s) at "
+                "once in each",
+                measured.slots,
+                measured.size,
+                measured.threads,
+            )
+            first = False
+        yield outcome
+
+
 def map_partitions(
     job: MapJob,
     groups: Mapping[str, list[Item]],
@@ -264,10 +335,29 @@ def map_partitions(
         f"fanout map: {total} items in {len(groups)} partitions",
         note=meter.progress_line if meter is not None else None,
     )
-    order = interleave(groups, job.active_partitions)
-    jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
+    slots = chunk_slots(job, answered)
+    measured = ChunkRun()
+    deployment = job.options.partition_deployment
+    if deployment and answered is None and job.path.budget is None:
+        slots = None
+        finished = run_deployed_chunks(
+            deployment,
+            groups,
+            _tagged_requests(job, groups),
+            options=job.options,
+            cache=job.cache,
+            max_workers=job.max_workers,
+            measured=measured,
+            logger=logger,
+        )
+    elif slots is None:
+        order = interleave(groups, job.active_partitions)
+        jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
+        finished = window.run(jobs)
+    else:
+        finished = _chunked(job, groups, slots, measured, logger)
     step = max(1, total // 10)
-    for count, done in enumerate(window.run(jobs), start=1):
+    for count, done in enumerate(finished, start=1):
         key, item = done.key
         stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
         if not done.over_budget:  # a call not made spent nothing and is no call
@@ -281,6 +371,8 @@ def map_partitions(
         if count % step == 0 or count == total:
             logger.info("map: %d/%d items done (%d failed)", count, total, stage.usage.failed)
     progress.finish()
+    if slots is not None:
+        window.note_peak(min(job.max_workers, measured.peak * min(slots, measured.chunks)))
     for key in groups:
         mapper.collect_write(key, names[key], groups[key], writes[key])
     stage.duration_s = time.perf_counter() - started

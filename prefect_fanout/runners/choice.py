@@ -6,9 +6,11 @@ worker processes started for the run, bound to 127.0.0.1, or the scheduler at
 ``dask_address``); ``ray`` on Ray through ``prefect-ray`` (a local Ray started
 for the run, or the cluster at ``ray_address``).
 
-The flow itself (the call window, the partition bookkeeping, the merge and the
-reduce) always runs in the caller's process; only task runs (``agent-call``,
-``write-partition``) go to the workers. Workers must share with the flow's
+The flow itself (the partition bookkeeping, the merge and the reduce) always runs
+in the caller's process; only task runs go to the workers: a map's ``map-chunk``
+runs (each running its calls on a thread pool in the worker, see
+:mod:`prefect_fanout.mapping.chunks`) and ``write-partition`` runs, a dispatch's
+``agent-call`` runs one by one. Workers must share with the flow's
 process: the result storage (``PREFECT_LOCAL_STORAGE_PATH``, where cached
 answers live), the lock directory beside it (``.fanout-locks``; ``flock``
 locks, so one machine or a filesystem with working ``flock``), the output
@@ -119,16 +121,23 @@ def check_task_runner(
             ) from None
 
 
-def dask_cluster_kwargs(max_workers: int) -> dict[str, Any]:
-    """``LocalCluster`` arguments: worker processes on 127.0.0.1, ``max_workers`` threads in all.
+def local_processes(max_workers: int) -> int:
+    """Worker processes of a cluster started for a run: one per CPU, at most ``max_workers``."""
+    return max(1, min(max_workers, os.cpu_count() or 1))
 
-    One worker process per CPU (at most ``max_workers``), each with enough threads
-    that the cluster runs ``max_workers`` tasks at once; no dashboard.
+
+def dask_cluster_kwargs(max_workers: int, *, chunked: bool = False) -> dict[str, Any]:
+    """``LocalCluster`` arguments: worker processes on 127.0.0.1, no dashboard.
+
+    One worker process per CPU (at most ``max_workers``). Call by call, each has
+    enough threads that the cluster runs ``max_workers`` tasks at once; ``chunked``
+    (a map sending chunks of calls), one thread each: a chunk runs its calls on a
+    thread pool of its own.
     """
-    processes = max(1, min(max_workers, os.cpu_count() or 1))
+    processes = local_processes(max_workers)
     return {
         "n_workers": processes,
-        "threads_per_worker": max(1, math.ceil(max_workers / processes)),
+        "threads_per_worker": 1 if chunked else max(1, math.ceil(max_workers / processes)),
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
@@ -141,6 +150,7 @@ def build_task_runner(
     max_workers: int,
     dask_address: str | None = None,
     ray_address: str | None = None,
+    chunked: bool = False,
 ) -> TaskRunner[Any]:
     """A Prefect task runner for a choice (checked with :func:`check_task_runner` first).
 
@@ -149,6 +159,8 @@ def build_task_runner(
         max_workers: Task runs in flight at most (threads, or Dask worker threads).
         dask_address: An existing Dask scheduler; None starts a ``LocalCluster``.
         ray_address: An existing Ray cluster; None starts a local Ray.
+        chunked: The runner of a map that sends chunks of calls: a cluster started for
+            it has one slot (Dask worker thread, Ray CPU) per worker process.
 
     Returns:
         An unstarted task runner.
@@ -160,7 +172,7 @@ def build_task_runner(
             return FanoutDaskTaskRunner(address=dask_address)
         return FanoutDaskTaskRunner(
             cluster_class="distributed.LocalCluster",
-            cluster_kwargs=dask_cluster_kwargs(max_workers),
+            cluster_kwargs=dask_cluster_kwargs(max_workers, chunked=chunked),
         )
     if task_runner == "ray":
         from prefect_fanout.runners.ray_runner import FanoutRayTaskRunner
@@ -169,7 +181,7 @@ def build_task_runner(
             return FanoutRayTaskRunner(address=ray_address)
         return FanoutRayTaskRunner(
             init_kwargs={
-                "num_cpus": max_workers,
+                "num_cpus": local_processes(max_workers) if chunked else max_workers,
                 "include_dashboard": False,
                 "_node_ip_address": "127.0.0.1",
             }

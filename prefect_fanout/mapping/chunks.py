@@ -1,0 +1,336 @@
+"""The map stage on Dask and Ray: a chunk of a partition is what goes to a worker.
+
+Sending each call to a cluster on its own costs more than the call (prefect-dask
+serialises Prefect's settings context with every submission; Ray starts a task in a
+worker process that imports Prefect). On ``dask`` and ``ray`` the map therefore cuts
+each partition into chunks of calls and sends each chunk as one ``map-chunk`` task
+run. In the worker process the chunk runs its calls as ``agent-call`` task runs on a
+thread pool of its own, through the same path as the thread runner (cache lookup,
+call lock, transport retries, tag limits held on the Prefect server), and sends back
+one outcome per call. The flow's process only schedules chunks, keeps partition
+bookkeeping, writes the partition files, merges and reduces.
+
+The split of ``max_workers``: the parent keeps at most two chunks per worker slot
+in flight (a slot is one Dask worker thread, one Ray CPU), and each chunk runs
+``ceil(max_workers / slots)`` calls at once, so about ``max_workers`` calls are in
+flight over the whole cluster. A ``LocalCluster`` or local Ray started for a map
+has one slot per worker process (one per CPU, at most ``max_workers``).
+
+Chunk size: ``chunk_size`` calls at most (the run option), by default
+``clamp(total / (4 * slots), 50, 500)``; a partition is cut into equal chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.errors import AgentCallError, describe
+from prefect_fanout.llm.request import CallRequest
+from prefect_fanout.llm.result import AgentResult
+from prefect_fanout.llm.transport import Transport
+from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.options import CacheOptions
+
+__all__ = [
+    "MIN_CHUNK",
+    "MAX_CHUNK",
+    "ChunkDone",
+    "ChunkWork",
+    "chunk_size",
+    "cut_chunks",
+    "run_chunk",
+    "run_chunks",
+    "worker_slots",
+]
+
+MIN_CHUNK = 50
+"""Fewest calls in a default chunk (a chunk costs one task run and one round trip)."""
+
+MAX_CHUNK = 500
+"""Most calls in a default chunk (smaller chunks balance the workers better)."""
+
+WAIT_NOTE_SECONDS = 60.0
+"""How often the flow says which chunks it still waits for."""
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """What a worker needs to run one chunk: its calls and how to make them.
+
+    Attributes:
+        key: The partition key.
+        index: The chunk's position in its partition.
+        calls: (item id, request) of each call, in partition order.
+        transports: The transport of each model the calls use.
+        cache: The cache settings of every call.
+        threads: Calls in flight at most inside the worker.
+    """
+
+    key: str
+    index: int
+    calls: tuple[tuple[str, CallRequest], ...]
+    transports: Mapping[str, Transport]
+    cache: CacheOptions
+    threads: int
+
+
+@dataclass
+class ChunkDone:
+    """One chunk's outcomes, sent back to the flow's process.
+
+    Attributes:
+        key: The partition key.
+        index: The chunk's position in its partition.
+        outcomes: (item id, result, error) of each call, in the order they finished.
+        peak: The most requests (or calls) in flight at once inside the worker.
+        duration_s: The chunk's wall time in the worker.
+    """
+
+    key: str
+    index: int
+    outcomes: list[tuple[str, AgentResult | None, BaseException | None]] = field(
+        default_factory=list
+    )
+    peak: int = 0
+    duration_s: float = 0.0
+
+
+def _travelling(error: BaseException | None) -> BaseException | None:
+    """The error itself when it pickles back to the flow's process, else its description."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        copy = AgentCallError(describe(error))
+        copy.model = getattr(error, "model", None)  # type: ignore[attr-defined]
+        copy.finish_reason = getattr(error, "finish_reason", None)  # type: ignore[attr-defined]
+        return copy
+
+
+def _run_calls(work: ChunkWork) -> ChunkDone:
+    started = time.perf_counter()
+    done = ChunkDone(work.key, work.index)
+    window: CallWindow[str] = CallWindow(work.threads)
+    jobs = (
+        (
+            item_id,
+            partial(
+                submit_or_reuse,
+                request,
+                transport=work.transports[request.model],
+                cache=work.cache,
+            ),
+        )
+        for item_id, request in work.calls
+    )
+    for outcome in window.run(jobs):
+        done.outcomes.append((outcome.key, outcome.result, _travelling(outcome.error)))
+    done.peak = window.peak
+    done.duration_s = time.perf_counter() - started
+    return done
+
+
+@task(name="map-chunk", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def run_chunk(work: ChunkWork) -> ChunkDone:
+    """Run one chunk's calls as agent-call task runs on a thread pool in this process.
+
+    Runs inside a worker (a Prefect task run of the map's flow run): the calls are
+    submitted to a ``ThreadPoolTaskRunner`` of ``work.threads`` put in place of the
+    flow's task runner for this chunk, so each call is a task run of the same flow
+    run, made exactly as on the thread runner.
+
+    Returns:
+        The chunk's outcomes, one per call.
+    """
+    from prefect.context import FlowRunContext, SyncClientContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.transactions import CommitMode, transaction
+
+    from prefect_fanout.call.tags import LIMITED_TAGS
+
+    LIMITED_TAGS.refresh()  # this worker process may not have looked the limits up yet
+    # The calls are task runs nested in this one: by default their transactions would
+    # commit (store their answers, release their call locks) only when the whole chunk
+    # ends. Eager commits store each answer as its call ends, as on the thread runner,
+    # so a chunk that dies leaves what it answered for the rerun.
+    # One Prefect client for the chunk's calls: without a client in context each task
+    # run on the pool builds two (an SSL context each), a tenth of a worker's CPU.
+    with transaction(commit_mode=CommitMode.EAGER), SyncClientContext.get_or_create():
+        context = FlowRunContext.get()
+        if context is None:  # not on a worker of a flow run: run the calls where we are
+            return _run_calls(work)
+        runner = ThreadPoolTaskRunner(max_workers=work.threads)
+        with runner, context.model_copy(update={"task_runner": runner}):
+            return _run_calls(work)
+
+
+def chunk_size(total: int, slots: int, given: int | None) -> int:
+    """The most calls in one chunk: ``given``, or ``clamp(total / (4 * slots), 50, 500)``."""
+    if given is not None:
+        return max(1, given)
+    return max(MIN_CHUNK, min(MAX_CHUNK, math.ceil(total / (4 * max(1, slots)))))
+
+
+def cut_chunks(items: list[Item], size: int) -> list[list[Item]]:
+    """A partition's items cut into equal chunks of at most ``size`` (input order kept)."""
+    if not items:
+        return []
+    count = math.ceil(len(items) / size)
+    step = len(items) / count
+    bounds = [round(n * step) for n in range(count + 1)]
+    return [items[bounds[n] : bounds[n + 1]] for n in range(count)]
+
+
+def worker_slots(runner: Any) -> int:
+    """Chunks a started Dask or Ray task runner runs at once: worker threads, or CPUs."""
+    try:
+        client = getattr(runner, "client", None)  # prefect-dask's DaskTaskRunner
+        if client is not None and hasattr(client, "nthreads"):
+            return max(1, sum(client.nthreads().values()))
+    except Exception:
+        pass
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    except Exception:
+        pass
+    return 1
+
+
+@dataclass
+class ChunkRun:
+    """What the chunked map stage measured: chunks, their peak, the slots it used."""
+
+    chunks: int = 0
+    slots: int = 1
+    size: int = 0
+    threads: int = 1
+    peak: int = 0
+
+
+def run_chunks(
+    groups: Mapping[str, list[Item]],
+    requests: Mapping[str, CallRequest],
+    *,
+    transports: Mapping[str, Transport],
+    cache: CacheOptions,
+    max_workers: int,
+    slots: int,
+    given_size: int | None,
+    measured: ChunkRun,
+    logger: Any,
+) -> Iterator[CallOutcome[tuple[str, Item]]]:
+    """Send every partition's chunks to the workers; yield each call's outcome.
+
+    Chunks go in partition order, at most ``2 * slots`` in flight; outcomes come
+    back a chunk at a time, as the chunks finish. A chunk whose task run failed
+    (a worker died and the cluster gave up on it) yields its calls as failed:
+    what they answered is stored, so the rerun asks only the missing ones.
+
+    Args:
+        groups: Partition key -> items.
+        requests: Each item's request (already tagged ``partition:KEY``), by id.
+        transports: The transport of each model.
+        cache: The cache settings of every call.
+        max_workers: Calls in flight at most over the cluster.
+        slots: Chunks the cluster runs at once.
+        given_size: The ``chunk_size`` option, if set.
+        measured: Filled with the chunk count, size, threads and peak.
+        logger: Where the waits for slow chunks are reported.
+    """
+    total = sum(len(items) for items in groups.values())
+    size = chunk_size(total, slots, given_size)
+    threads = max(1, math.ceil(max_workers / slots))
+    measured.slots, measured.size, measured.threads = slots, size, threads
+    by_id = {item.id: (key, item) for key, items in groups.items() for item in items}
+    pending = (
+        ChunkWork(
+            key=key,
+            index=index,
+            calls=tuple((item.id, requests[item.id]) for item in chunk),
+            transports=transports,
+            cache=cache,
+            threads=threads,
+        )
+        for key, items in groups.items()
+        for index, chunk in enumerate(cut_chunks(items, size))
+    )
+    in_flight: dict[int, tuple[ChunkWork, PrefectFuture[Any]]] = {}
+    finished: list[int] = []
+    ready = threading.Condition()
+
+    def on_done(number: int, _future: Any) -> None:
+        with ready:
+            finished.append(number)
+            ready.notify()
+
+    number = 0
+    exhausted = False
+    while True:
+        while not exhausted and len(in_flight) < 2 * slots:
+            work = next(pending, None)
+            if work is None:
+                exhausted = True
+                break
+            chunk_task = run_chunk.with_options(task_run_name=f"chunk:{work.key}:{work.index}")
+            future = chunk_task.submit(work)
+            in_flight[number] = (work, future)
+            future.add_done_callback(partial(on_done, number))
+            number += 1
+            measured.chunks += 1
+        if not in_flight:
+            return
+        with ready:
+            while not finished:
+                # A chunk's end always notifies; each call inside it has its own deadline.
+                if not ready.wait(timeout=WAIT_NOTE_SECONDS):
+                    logger.info(
+                        "map: waiting for %d chunk(s) on the workers: %s",
+                        len(in_flight),
+                        ", ".join(f"{w.key}:{w.index}" for w, _ in list(in_flight.values())[:5]),
+                    )
+            done_number = finished.pop(0)
+        work, future = in_flight.pop(done_number)
+        yield from _outcomes(work, future, by_id, measured)
+
+
+def _outcomes(
+    work: ChunkWork,
+    future: PrefectFuture[Any],
+    by_id: Mapping[str, tuple[str, Item]],
+    measured: ChunkRun,
+) -> Iterator[CallOutcome[tuple[str, Item]]]:
+    try:
+        done = future.result(raise_on_failure=True)
+    except Exception as exc:  # the chunk's task run failed: every call of it is failed
+        reason = AgentCallError(
+            f"chunk {work.index} of partition {work.key} failed on its worker: {describe(exc)}"
+        )
+        for item_id, _request in work.calls:
+            yield CallOutcome(by_id[item_id], None, reason)
+        return
+    measured.peak = max(measured.peak, done.peak)
+    seen = set()
+    for item_id, result, error in done.outcomes:
+        seen.add(item_id)
+        yield CallOutcome(by_id[item_id], result, error)
+    for item_id, _request in work.calls:  # never expected: a call the chunk did not report
+        if item_id not in seen:
+            yield CallOutcome(by_id[item_id], None, AgentCallError("no outcome from its chunk"))

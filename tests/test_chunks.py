@@ -1,0 +1,366 @@
+"""A map on Dask and Ray sends its partitions to the workers in chunks.
+
+Against the session's real Prefect server and the fake OpenAI server: a Dask
+``LocalCluster`` and a local Ray started for the run, a scheduler and two workers
+started with the ``dask scheduler`` / ``dask worker`` commands, and a head started
+with ``ray start --head``. Each run's files are compared with the thread runner's,
+its task runs counted through the Prefect API, and a killed worker's chunk is
+re-run by the rerun, which asks only what has no stored answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from prefect_fanout import map_corpus
+from prefect_fanout.llm.endpoints import LLMEndpoint
+from prefect_fanout.mapping.chunks import chunk_size, cut_chunks
+from prefect_fanout.mapping.corpus import Item
+from prefect_fanout.options import RunOptions
+from tests.conftest import free_port, stop_process_group
+from tests.fakeopenai import FakeOpenAI, Reply
+from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.ui_helpers import PrefectAPI, poll
+
+pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
+
+HAS_RAY = importlib.util.find_spec("prefect_ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="the ray extra is not installed")
+BIN = Path(sys.executable).parent
+START_SECONDS = 120.0
+
+
+@pytest.fixture(autouse=True)
+def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+
+
+@pytest.fixture
+def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
+    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
+
+
+# ------------------------------------------------------------------------ pure parts
+
+
+def test_a_partition_is_cut_into_equal_chunks_in_input_order() -> None:
+    items = [Item(id=str(n), text=str(n), record={}, index=n) for n in range(125)]
+    chunks = cut_chunks(items, 100)
+    assert [len(c) for c in chunks] == [62, 63]
+    assert [i.id for c in chunks for i in c] == [i.id for i in items]
+    assert cut_chunks(items[:3], 100) == [items[:3]] and cut_chunks([], 5) == []
+    sizes = [len(c) for c in cut_chunks(items[:10], 3)]
+    assert len(sizes) == 4 and sum(sizes) == 10 and max(sizes) - min(sizes) <= 1
+
+
+def test_the_default_chunk_is_four_per_slot_between_50_and_500_calls() -> None:
+    assert chunk_size(1000, 2, None) == 125
+    assert chunk_size(12, 2, None) == 50
+    assert chunk_size(100_000, 2, None) == 500
+    assert chunk_size(1000, 2, 7) == 7
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def items_of(run: str, count: int) -> list[dict[str, Any]]:
+    return [{"id": f"{run}-{n:03d}", "text": f"{run} item {n}"} for n in range(count)]
+
+
+def task_runs(prefect_server: Any, flow_run_id: str, calls: int, chunks: int) -> list[dict]:
+    """The flow run's task runs once its calls and chunks are all recorded as finished."""
+    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+    def done(runs: list[dict[str, Any]]) -> bool:
+        names = [r["name"] for r in runs if r["state_type"] in final]
+        return (
+            sum(1 for n in names if n.startswith("default:")) >= calls
+            and sum(1 for n in names if n.startswith("chunk:")) >= chunks
+        )
+
+    with PrefectAPI(prefect_server.api_url) as api:
+        return poll(
+            lambda: api.task_runs(flow_run_id),
+            done,
+            60.0,
+            f"{calls} agent-call and {chunks} map-chunk task runs of flow run {flow_run_id}",
+        )
+
+
+def same_files(left: Path, right: Path) -> None:
+    parts = sorted(p.name for p in (left / "partitions").iterdir())
+    assert parts == sorted(p.name for p in (right / "partitions").iterdir())
+    for name in ("final.jsonl", *(f"partitions/{part}" for part in parts)):
+        assert read_jsonl(left / name) == read_jsonl(right / name), name
+
+
+def check_against_threads(
+    prefect_server: Any,
+    fake: FakeOpenAI,
+    endpoint: LLMEndpoint,
+    tmp_path: Path,
+    **runner: Any,
+) -> None:
+    """A 40-item map on ``runner``: the thread runner's files, one task run per call,
+    and two identical calls running at once on two workers asked once."""
+    run = tag()
+    records = items_of(run, 40)
+    twin = f"{run} twin"  # first in both partitions: their chunks start together
+    records[0]["text"] = records[20]["text"] = twin
+    answer = Reply("twin answer", latency=1.0)
+    fake.script(twin, answer, answer, answer)  # this run, then the refreshing thread run
+    source = write_corpus(tmp_path / "items.jsonl", records)
+    settings: dict[str, Any] = {"agent": "default", "partition": "count:2"}
+    base = RunOptions(endpoint=endpoint, max_workers=4)
+    remote = map_corpus(
+        source,
+        output_dir=tmp_path / "remote",
+        options=base.model_copy(update=runner),
+        **settings,
+    )
+    assert (remote.total, remote.completed, remote.failed) == (40, 40, 0)
+    assert fake.count(run) == 39 and fake.count(twin) == 1  # the twin asked once
+    assert remote.cached == 1
+    runs = task_runs(prefect_server, remote.flow_run_id, 39, 2)
+    calls = [r for r in runs if r["name"].startswith("default:")]
+    chunks = [r for r in runs if r["name"].startswith("chunk:")]
+    # One agent-call task run per call asked (the twin that found the other's answer
+    # under the call lock is one too); one map-chunk task run per partition.
+    assert len(calls) in (39, 40) and len({r["name"] for r in calls}) == len(calls)
+    assert sorted(r["name"] for r in chunks) == ["chunk:0000:0", "chunk:0001:0"]
+
+    local = map_corpus(
+        source,
+        output_dir=tmp_path / "thread",
+        options=RunOptions(endpoint=endpoint, max_workers=4, cache="refresh"),
+        **settings,
+    )
+    assert local.completed == 40
+    same_files(tmp_path / "remote", tmp_path / "thread")
+
+
+# ------------------------------------------------------------------------ started for the run
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_a_map_on_a_local_cluster_sends_chunks_and_matches_threads(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+) -> None:
+    check_against_threads(prefect_server, fake_openai, endpoint, tmp_path, task_runner="dask")
+
+
+@needs_ray
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_a_map_on_local_ray_sends_chunks_and_matches_threads(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+) -> None:
+    check_against_threads(prefect_server, fake_openai, endpoint, tmp_path, task_runner="ray")
+
+
+# ------------------------------------------------------------------------ existing clusters
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    import socket
+
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{what} not listening on 127.0.0.1:{port} after {START_SECONDS:g} s")
+
+
+class DaskCluster:
+    """``dask scheduler`` and two ``dask worker`` processes, as their users start them."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2) -> None:
+        self.env, self.log_dir, self.count = env, log_dir, workers
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [str(BIN / "dask"), *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> DaskCluster:
+        scheduler = self._start(
+            "scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+            "--dashboard-address", "127.0.0.1:0",
+        )  # fmt: skip
+        _wait_port(self.port, scheduler, "dask scheduler")
+        for _ in range(self.count):
+            self.add_worker()
+        from distributed import Client
+
+        with Client(self.address, timeout=START_SECONDS) as client:
+            client.wait_for_workers(self.count, timeout=START_SECONDS)
+        return self
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more ``dask worker`` (one thread) for the scheduler."""
+        worker = self._start(
+            f"worker{len(self.workers)}", "worker", self.address, "--nthreads", "1",
+            "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+        )  # fmt: skip
+        self.workers.append(worker)
+        return worker
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in reversed(self.processes):
+            stop_process_group(process)
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_map_on_an_external_dask_scheduler_matches_threads(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+) -> None:
+    with DaskCluster(prefect_server.env(), tmp_path) as cluster:
+        check_against_threads(
+            prefect_server,
+            fake_openai,
+            endpoint,
+            tmp_path,
+            task_runner="dask",
+            dask_address=cluster.address,
+        )
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_killed_workers_chunk_is_rerun_asking_only_what_is_missing(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+) -> None:
+    run = tag()
+    records = items_of(run, 40)
+    source = write_corpus(tmp_path / "items.jsonl", records)
+    fake_openai.default_latency = 0.3
+    # The scheduler gives up on a task whose worker died (no retry on the other one),
+    # so the killed worker's chunks fail in this run and are left to the rerun.
+    env = prefect_server.env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    options = RunOptions(endpoint=endpoint, max_workers=4, chunk_size=10, task_runner="dask")
+    settings: dict[str, Any] = {"agent": "default", "partition": "count:2"}
+    with DaskCluster(env, tmp_path, workers=1) as cluster:
+        options = options.model_copy(update={"dask_address": cluster.address})
+        (victim,) = cluster.workers
+
+        def kill_when_busy() -> None:
+            # The only worker runs the first chunk, 4 calls at once: a fifth request is
+            # sent only when a call has finished and stored its answer, so at 8 requests
+            # at least 4 answers of the chunk are stored. Then it dies; a second worker
+            # takes the chunks not yet started.
+            poll(lambda: fake_openai.count(run), lambda n: n >= 8, 300.0, "8 calls asked")
+            os.killpg(victim.pid, signal.SIGKILL)
+            cluster.add_worker()
+
+        killer = threading.Thread(target=kill_when_busy, daemon=True)
+        killer.start()
+        first = map_corpus(source, output_dir=tmp_path / "out", options=options, **settings)
+        killer.join(timeout=300)
+        assert victim.poll() is not None  # the worker was killed during the run
+        assert first.failed > 0 and first.completed + first.failed == 40
+        completed_first = {r["id"] for r in read_jsonl(tmp_path / "out" / "final.jsonl")
+                           if r["status"] == "completed"}  # fmt: skip
+        before = fake_openai.count(run)
+
+        second = map_corpus(source, output_dir=tmp_path / "out", options=options, **settings)
+        assert (second.completed, second.failed) == (40, 0)
+    asked_again = [r.prompt for r in fake_openai.requests(run)[before:]]
+    # Nothing answered (stored) in the first run is asked again; only what is missing.
+    by_id = {r["id"]: r["text"] for r in records}
+    for item_id in completed_first:
+        assert by_id[item_id] not in asked_again, item_id
+    assert len(asked_again) == second.total - second.cached
+    assert len(asked_again) < first.failed  # some of the failed chunks' calls were stored
+
+
+class RayHead:
+    """A head started with ``ray start --head --block``, stopped with its process group."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.port, self.client_port = free_port(), free_port()
+        self.address = f"ray://127.0.0.1:{self.client_port}"
+        # A short private temp dir: Ray's socket paths must stay under 107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+
+    def __enter__(self) -> RayHead:
+        log = (self.log_dir / "ray-head.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(self.port),
+                "--ray-client-server-port",
+                str(self.client_port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--temp-dir",
+                self.temp_dir,
+                "--disable-usage-stats",
+            ],  # fmt: skip
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_port(self.client_port, self.process, "ray start --head")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop_process_group(self.process, grace=30.0)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@needs_ray
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_map_on_a_ray_head_started_with_ray_start_matches_threads(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+) -> None:
+    with RayHead(prefect_server.env(), tmp_path) as head:
+        check_against_threads(
+            prefect_server,
+            fake_openai,
+            endpoint,
+            tmp_path,
+            task_runner="ray",
+            ray_address=head.address,
+        )
