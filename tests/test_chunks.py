@@ -364,3 +364,18 @@ def test_a_map_on_a_ray_head_started_with_ray_start_matches_threads(
             task_runner="ray",
             ray_address=head.address,
         )
+
+
+def test_dispatch_has_no_chunk_flags(tmp_path: Path) -> None:
+    """A plan's tasks go one by one: the map's chunk flags are refused there, not ignored."""
+    import subprocess
+
+    for flag, value in (("--chunk-size", "3"), ("--partition-deployment", "a/b")):
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect_fanout.cli", "dispatch", "plan.json", flag, value],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2 and f"unrecognized arguments: {flag}" in done.stderr

@@ -80,7 +80,7 @@ def add_run_option_arguments(
             "--no-cache", action="store_true", help="neither read nor write the cache"
         )
     if runner:
-        add_runner_arguments(parser)
+        add_runner_arguments(parser, chunks=not dispatch)  # a plan's tasks go one by one
     if costs:
         add_cost_arguments(parser)
     if batch:

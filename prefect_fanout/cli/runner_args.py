@@ -1,4 +1,4 @@
-"""``--task-runner``, ``--dask-address``, ``--ray-address``, ``--chunk-size``: map and dispatch."""
+"""``--task-runner``, ``--dask-address``, ``--ray-address`` (map and dispatch); the map's chunks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from prefect_fanout.cli.argtypes import positive_int
 from prefect_fanout.runners import TASK_RUNNERS
 
 
-def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the task runner options to a command's parser."""
+def add_runner_arguments(parser: argparse.ArgumentParser, *, chunks: bool = True) -> None:
+    """Add the task runner options to a command's parser.
+
+    Args:
+        parser: The command's parser.
+        chunks: Add ``--chunk-size`` and ``--partition-deployment`` (a map's: a plan's
+            tasks are submitted one by one).
+    """
     parser.add_argument(
         "--task-runner",
         choices=TASK_RUNNERS,
@@ -27,6 +33,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="an existing Ray cluster, e.g. ray://127.0.0.1:10001 (with --task-runner ray)",
     )
+    if not chunks:
+        return
     parser.add_argument(
         "--chunk-size",
         type=positive_int,
