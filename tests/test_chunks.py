@@ -73,6 +73,34 @@ def test_the_default_chunk_is_four_per_slot_between_50_and_500_calls() -> None:
     assert chunk_size(1000, 2, 7) == 7
 
 
+def test_waiting_for_chunks_ends_at_a_finished_chunk_or_one_past_its_bound() -> None:
+    import logging
+
+    from prefect_fanout.mapping.chunks import next_finished_chunk, wait_bound
+
+    assert wait_bound(100, 10, 120.0) == 600.0 + 2 * 120.0 * 10
+    ready = threading.Condition()
+    logger = logging.getLogger("test-chunks")
+    now = time.monotonic()
+    in_flight: dict[int, Any] = {0: ("work-0", None), 1: ("work-1", None)}
+    # Chunk 1 is past its bound and none has finished: the wait ends at once, naming it.
+    assert next_finished_chunk(ready, [], in_flight, {0: now + 3600, 1: now - 1}, logger) == 1
+    # A chunk finished (its callback appended it): the wait ends with no chunk given up.
+    later = {0: now + 3600, 1: now + 3600}
+    assert next_finished_chunk(ready, [0], in_flight, later, logger) is None
+    # One finishing while the wait goes on wakes it.
+    finished: list[int] = []
+
+    def finish() -> None:
+        with ready:
+            finished.append(0)
+            ready.notify()
+
+    threading.Timer(0.2, finish).start()
+    assert next_finished_chunk(ready, finished, in_flight, later, logger) is None
+    assert finished == [0]
+
+
 # ------------------------------------------------------------------------ helpers
 
 

@@ -51,8 +51,10 @@ __all__ = [
     "ChunkWork",
     "chunk_size",
     "cut_chunks",
+    "next_finished_chunk",
     "run_chunk",
     "run_chunks",
+    "wait_bound",
     "worker_slots",
 ]
 
@@ -179,6 +181,14 @@ def run_chunk(work: ChunkWork) -> ChunkDone:
             return _run_calls(work)
 
 
+def wait_bound(calls: int, threads: int, timeout_seconds: float) -> float:
+    """The longest to wait for ``calls`` run ``threads`` at a time: each to its deadline, twice.
+
+    Plus 600 s for the cluster's own delays (a worker starting, a chunk queued behind another).
+    """
+    return 600.0 + 2.0 * timeout_seconds * max(1, calls) / max(1, threads)
+
+
 def chunk_size(total: int, slots: int, given: int | None) -> int:
     """The most calls in one chunk: ``given``, or ``clamp(total / (4 * slots), 50, 500)``."""
     if given is not None:
@@ -273,6 +283,8 @@ def run_chunks(
         for index, chunk in enumerate(cut_chunks(items, size))
     )
     in_flight: dict[int, tuple[ChunkWork, PrefectFuture[Any]]] = {}
+    deadlines: dict[int, float] = {}  # chunk number -> when to give up on it (monotonic)
+    allowed: dict[int, float] = {}  # chunk number -> its bound in seconds
     finished: list[int] = []
     ready = threading.Condition()
 
@@ -292,23 +304,65 @@ def run_chunks(
             chunk_task = run_chunk.with_options(task_run_name=f"chunk:{work.key}:{work.index}")
             future = chunk_task.submit(work)
             in_flight[number] = (work, future)
+            # Queued behind at most one chunk per slot: twice its own calls' bound.
+            longest = max(request.timeout_seconds for _id, request in work.calls)
+            allowed[number] = wait_bound(2 * len(work.calls), threads, longest)
+            deadlines[number] = time.monotonic() + allowed[number]
             future.add_done_callback(partial(on_done, number))
             number += 1
             measured.chunks += 1
         if not in_flight:
             return
-        with ready:
-            while not finished:
-                # A chunk's end always notifies; each call inside it has its own deadline.
-                if not ready.wait(timeout=WAIT_NOTE_SECONDS):
-                    logger.info(
-                        "map: waiting for %d chunk(s) on the workers: %s",
-                        len(in_flight),
-                        ", ".join(f"{w.key}:{w.index}" for w, _ in list(in_flight.values())[:5]),
-                    )
-            done_number = finished.pop(0)
+        overdue = next_finished_chunk(ready, finished, in_flight, deadlines, logger)
+        if overdue is not None:  # past its bound: its calls fail, the rest of the run goes on
+            work, _future = in_flight.pop(overdue)
+            deadlines.pop(overdue)
+            logger.error(
+                "map: chunk %s:%d did not finish on its worker in time; its calls are failed "
+                "(what they answered is stored: a rerun asks the rest)",
+                work.key,
+                work.index,
+            )
+            reason = AgentCallError(
+                f"chunk {work.index} of partition {work.key} did not finish on its worker "
+                f"within {allowed[overdue]:.0f} s (its calls' deadlines, twice, plus 600 s)"
+            )
+            for item_id, _request in work.calls:
+                yield CallOutcome(by_id[item_id], None, reason)
+            continue
+        done_number = finished.pop(0)
+        if done_number not in in_flight:  # a chunk given up on earlier finished after all
+            continue
         work, future = in_flight.pop(done_number)
+        deadlines.pop(done_number, None)
         yield from _outcomes(work, future, by_id, measured)
+
+
+def next_finished_chunk(
+    ready: threading.Condition,
+    finished: list[int],
+    in_flight: Mapping[int, tuple[ChunkWork, Any]],
+    deadlines: Mapping[int, float],
+    logger: Any,
+) -> int | None:
+    """Wait until a chunk finishes (None) or one in flight passes its bound (its number).
+
+    Says every minute which chunks it still waits for.
+    """
+    with ready:
+        while not finished:
+            now = time.monotonic()
+            late = [n for n in in_flight if deadlines.get(n, now + 1) <= now]
+            if late:
+                return late[0]
+            soonest = min((deadlines[n] for n in in_flight if n in deadlines), default=now)
+            if not ready.wait(timeout=max(0.1, min(WAIT_NOTE_SECONDS, soonest - now))):
+                logger.info(
+                    "map: waiting for %d chunk(s) on the workers: %s",
+                    len(in_flight),
+                    ", ".join(f"{w.key}:{w.index}" for w, _ in list(in_flight.values())[:5]),
+                )
+    return None
 
 
 def _outcomes(

@@ -31,7 +31,14 @@ from prefect_fanout.call.window import CallOutcome
 from prefect_fanout.errors import AgentCallError, ConfigurationError
 from prefect_fanout.files import write_text_atomic
 from prefect_fanout.llm.request import CallRequest
-from prefect_fanout.mapping.chunks import ChunkDone, ChunkRun, ChunkWork, chunk_size, cut_chunks
+from prefect_fanout.mapping.chunks import (
+    ChunkDone,
+    ChunkRun,
+    ChunkWork,
+    chunk_size,
+    cut_chunks,
+    wait_bound,
+)
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
 
@@ -140,11 +147,6 @@ def run_partition_chunk(
     }
 
 
-def _wait_bound(calls: int, threads: int, timeout_seconds: float) -> float:
-    """The longest the parent waits for its child runs: every call to its deadline, twice."""
-    return 600.0 + 2.0 * timeout_seconds * max(1, calls) / max(1, threads)
-
-
 def run_deployed_chunks(
     deployment: str,
     groups: Mapping[str, list[Item]],
@@ -206,7 +208,7 @@ def run_deployed_chunks(
     logger.info(
         "map: %d chunk(s) of up to %d calls sent as flow runs of %s", len(started), size, deployment
     )
-    bound = _wait_bound(total, max_workers, options.timeout_seconds or 120.0)
+    bound = wait_bound(total, max_workers, options.timeout_seconds or 120.0)
     deadline = time.monotonic() + bound
     noted = time.monotonic()
     with get_client(sync_client=True) as client:
