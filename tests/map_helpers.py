@@ -22,3 +22,12 @@ def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL file into a list of objects."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def endpoint_for(fake: Any, **fields: Any) -> Any:
+    """An ``LLMEndpoint`` at the fake OpenAI server ``fake``, with a test key."""
+    from pydantic import SecretStr
+
+    from prefect_fanout.llm.endpoints import LLMEndpoint
+
+    return LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-local"), **fields)

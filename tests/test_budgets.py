@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fakeopenai import FakeOpenAI
-from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.map_helpers import endpoint_for, read_jsonl, tag, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 100
@@ -416,11 +416,9 @@ def test_a_pattern_stops_at_its_budget(
 
 
 def _pattern_options(fake: FakeOpenAI, **extra: Any) -> Any:
-    from pydantic import SecretStr
+    from prefect_fanout import RunOptions
 
-    from prefect_fanout import LLMEndpoint, RunOptions
-
-    endpoint = LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-test"))
+    endpoint = endpoint_for(fake)
     return RunOptions(endpoint=endpoint, max_workers=3, max_tokens=MAX_TOKENS, **extra)
 
 

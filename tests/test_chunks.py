@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from prefect_fanout import map_corpus
 from prefect_fanout.llm.endpoints import LLMEndpoint
@@ -32,7 +31,7 @@ from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import RunOptions
 from tests.conftest import free_port, stop_process_group
 from tests.fakeopenai import FakeOpenAI, Reply
-from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.map_helpers import endpoint_for, read_jsonl, tag, write_corpus
 from tests.ui_helpers import PrefectAPI, poll
 
 pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
@@ -50,7 +49,7 @@ def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
+    return endpoint_for(fake_openai)
 
 
 # ------------------------------------------------------------------------ pure parts

@@ -32,6 +32,7 @@ from prefect_fanout.llm.transport import forget_learned_styles, learned_style
 from prefect_fanout.options import RunOptions
 from prefect_fanout.usage import CallRecord, Ledger
 from tests.fakeopenai import FakeOpenAI, Reply, format_style
+from tests.map_helpers import endpoint_for
 
 LOG = logging.getLogger("tests.local_servers")
 
@@ -52,10 +53,6 @@ def _fresh_memory() -> Iterator[None]:
     yield
     forget_learned_styles()
     resolver_module.forget_served_models()
-
-
-def endpoint_for(fake: FakeOpenAI, **fields: Any) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-local"), **fields)
 
 
 def profile(**fields: Any) -> AgentProfile:

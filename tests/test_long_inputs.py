@@ -34,7 +34,7 @@ from prefect_fanout.llm.serverinfo import forget_server_info, server_context
 from prefect_fanout.llm.transport import OpenAITransport, forget_learned_styles
 from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI, Reply, fake_tokens
-from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.map_helpers import endpoint_for, read_jsonl, tag, write_corpus
 
 LOG = logging.getLogger("tests.long_inputs")
 LONG_CHARS = 40_000
@@ -49,10 +49,6 @@ def _fresh_memory() -> Iterator[None]:
     for forget in (forget_server_info, forget_notices, forget_learned_styles):
         forget()
     resolver_module.forget_served_models()
-
-
-def endpoint_for(fake: FakeOpenAI, **fields: Any) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-local"), **fields)
 
 
 def long_text(run: str) -> str:

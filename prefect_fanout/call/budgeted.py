@@ -18,13 +18,19 @@ from prefect.futures import PrefectFuture
 
 from prefect_fanout.budget.meter import BudgetMeter, Reservation
 from prefect_fanout.call.cache import stored_answer
-from prefect_fanout.call.task import result_from_future, submit_or_reuse
+from prefect_fanout.call.task import answered_request, result_from_future, submit_or_reuse
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheOptions
 
-__all__ = ["check_first_call", "spent_by", "spent_by_error", "submit_within"]
+__all__ = [
+    "check_first_call",
+    "spent_by",
+    "spent_by_error",
+    "spent_by_result",
+    "submit_within",
+]
 
 
 def spent_by_error(exc: BaseException) -> tuple[int, float | None]:
@@ -40,6 +46,11 @@ def spent_by(future: PrefectFuture[Any]) -> tuple[int, float | None]:
         result = result_from_future(future)
     except Exception as exc:  # a failed call: what its answered asks spent
         return spent_by_error(exc)
+    return spent_by_result(result)
+
+
+def spent_by_result(result: AgentResult) -> tuple[int, float | None]:
+    """Tokens and cost an answered call spent in this run: nothing for a cache hit."""
     if result.cached:
         return 0, 0.0
     return result.prompt_tokens + result.completion_tokens, result.cost_usd
@@ -65,12 +76,7 @@ def submit_within(
     Raises:
         BudgetExhausted: The budget is reached; the call is not made.
     """
-    if answered is None:
-        resolved = {
-            key: value.result() if isinstance(value, PrefectFuture) else value
-            for key, value in (context or {}).items()
-        }
-        answered = request.with_context(resolved)
+    answered = answered or answered_request(request, context)
     stored = stored_answer(answered, cache)  # None unless the cache is on and has it
     if stored is not None:
         return stored

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prefect.exceptions import MissingContextError
-from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
 from prefect_fanout.agents.profiles import AgentProfile
@@ -21,7 +20,7 @@ from prefect_fanout.agents.resolver import Prompt, Resolver
 from prefect_fanout.budget.meter import BudgetMeter
 from prefect_fanout.call.budgeted import submit_within
 from prefect_fanout.call.longinputs import LongInput, answer_in_chunks
-from prefect_fanout.call.task import submit_or_reuse
+from prefect_fanout.call.task import answered_request, submit_or_reuse
 from prefect_fanout.call.window import Submitted
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
@@ -114,8 +113,7 @@ class CallPath:
                 "dispatch have one)"
             )
         if request.context_tokens is not None:
-            if answered is None:
-                answered = request.with_context(_resolved(context))
+            answered = answered or answered_request(request, context)
             long_input = LongInput(answered, self.resolver.counter(request.model), _run_logger())
             if not long_input.fits:
                 return self._long(long_input, run_name)
@@ -163,14 +161,6 @@ class CallPath:
             answered=answered,
             run_name=run_name,
         )
-
-
-def _resolved(context: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Upstream results by id, futures waited for (a dependant starts after its upstreams)."""
-    return {
-        key: value.result() if isinstance(value, PrefectFuture) else value
-        for key, value in (context or {}).items()
-    }
 
 
 def _run_logger() -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt
-from prefect_fanout.call.budgeted import spent_by_error
+from prefect_fanout.call.budgeted import spent_by_error, spent_by_result
 from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.task import call_parameters, configured_call_task, result_from_state
@@ -89,8 +89,7 @@ def call_agent(
     except Exception as exc:
         path.budget.settle(reservation, *spent_by_error(exc))
         raise
-    spent = 0 if result.cached else result.prompt_tokens + result.completion_tokens
-    path.budget.settle(reservation, spent, 0.0 if result.cached else result.cost_usd)
+    path.budget.settle(reservation, *spent_by_result(result))
     return result
 
 

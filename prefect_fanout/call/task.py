@@ -206,16 +206,23 @@ def submit_or_reuse(
     """
     options = cache or CacheOptions()
     if options.mode is CacheMode.ON:
-        if answered is None:
-            resolved = {
-                key: value.result() if isinstance(value, PrefectFuture) else value
-                for key, value in (context or {}).items()
-            }
-            answered = request.with_context(resolved)
+        answered = answered or answered_request(request, context)
         stored = stored_answer(answered, options)
         if stored is not None:
             return stored
     return _submit(request, context, transport, options, run_name=run_name)
+
+
+def answered_request(request: CallRequest, context: Mapping[str, Any] | None) -> CallRequest:
+    """The request with its upstream results rendered in (futures are waited for)."""
+    if not context:
+        return request
+    return request.with_context(
+        {
+            key: value.result() if isinstance(value, PrefectFuture) else value
+            for key, value in context.items()
+        }
+    )
 
 
 def build_request(

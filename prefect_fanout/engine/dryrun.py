@@ -57,7 +57,7 @@ class PatternDryRun:
                 group, estimate_call(request), model=request.model, from_template=True
             )
             return self._placeholder(request)
-        answered = request.with_context(upstream) if upstream else request
+        answered = request.with_context(upstream)
         hit = stored_answer(answered, self.cache)
         if hit is not None:
             self.report.count(group, None, model=request.model)
