@@ -338,8 +338,15 @@ def test_a_killed_workers_chunk_is_rerun_asking_only_what_is_missing(
 class RayHead:
     """A head started with ``ray start --head --block``, stopped with its process group."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
+    def __init__(self, env: dict[str, str], log_dir: Path, token_file: Path | None = None) -> None:
+        # Ray 2.5x turns token authentication on for a head when ~/.ray/auth_token
+        # exists (a local ray.init() writes one), and a ray:// client sends the token
+        # only when its own RayConfig says so. A test head says which it is, so a test
+        # does not depend on what earlier runs left in the home directory.
+        auth = {"RAY_AUTH_MODE": "disabled"}
+        if token_file is not None:
+            auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        self.env, self.log_dir = {**env, **auth}, log_dir
         self.port, self.client_port = free_port(), free_port()
         self.address = f"ray://127.0.0.1:{self.client_port}"
         # A short private temp dir: Ray's socket paths must stay under 107 characters.
@@ -395,6 +402,45 @@ def test_a_map_on_a_ray_head_started_with_ray_start_matches_threads(
             task_runner="ray",
             ray_address=head.address,
         )
+
+
+@needs_ray
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_token_authenticated_ray_head_needs_the_token_and_says_so(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Without RAY_AUTH_MODE=token the client is refused: exit 2 naming the flag and
+    the fix, and the process is left clean; with the token the same map runs."""
+    run = tag()
+    source = write_corpus(tmp_path / "items.jsonl", items_of(run, 6))
+    token_file = tmp_path / "ray-token"
+    token_file.write_text(f"{run}-token-0123456789abcdef")
+    with RayHead(prefect_server.env(), tmp_path, token_file=token_file) as head:
+        command = [sys.executable, "-m", "prefect_fanout.cli", "map", str(source)]
+        command += ["--agent", "default", "--partition", "count:1", "--max-workers", "2"]
+        command += ["--task-runner", "ray", "--ray-address", head.address]
+        env = prefect_server.env(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-t")
+        for name in ("FANOUT_MODEL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(name, None)
+
+        refused = subprocess.run(
+            [*command, "--output", str(tmp_path / "refused")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"--ray-address {head.address}: the Ray client could not connect" in refused.stderr
+        assert "RAY_AUTH_MODE=token" in refused.stderr
+        assert fake_openai.requests(run) == []
+
+        token_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        done = subprocess.run(
+            [*command, "--output", str(tmp_path / "done")],
+            env=token_env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(read_jsonl(tmp_path / "done" / "final.jsonl")) == 6
+        assert len({r.prompt for r in fake_openai.requests(run)}) == 6
 
 
 def test_dispatch_has_no_chunk_flags(tmp_path: Path) -> None:
