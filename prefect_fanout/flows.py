@@ -18,13 +18,12 @@ flow run when there is one (``map_corpus``).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,8 @@ from prefect_fanout.mapping.summary import MapSummary
 from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
 from prefect_fanout.plan.model import Plan
-from prefect_fanout.runners import build_task_runner, check_task_runner, runner_matches
+from prefect_fanout.runners import check_task_runner
+from prefect_fanout.runners.active import chosen_runner, on_task_runner
 
 __all__ = [
     "call_flow",
@@ -159,41 +159,6 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
     raise raised[0]
 
 
-@contextlib.contextmanager
-def _on_task_runner(
-    options: RunOptions, max_workers: int, *, chunked: bool = False
-) -> Iterator[None]:
-    """Submit this flow body's task runs to the runner the options choose.
-
-    A flow run started by :func:`run_map_flow` or :func:`run_dispatch_flow` has the
-    runner already; one started from the UI or a deployment (with the flow's
-    default thread pool) gets the runner its options name, started here and shut
-    down when the body ends.
-    """
-    context = FlowRunContext.get()
-    if context is None or runner_matches(context.task_runner, options.runner()):
-        yield
-        return
-    runner = _runner(options, max_workers, chunked=chunked)
-    with runner, context.model_copy(update={"task_runner": runner}):
-        yield
-
-
-def _runner(
-    options: RunOptions, max_workers: int, *, cli: bool = False, chunked: bool = False
-) -> Any:
-    """The task runner the options choose, checked first (a wrong choice raises).
-
-    ``chunked``: for a map that sends its calls to the workers in chunks.
-    """
-    choice = {
-        "dask_address": options.dask_address,
-        "ray_address": options.ray_address,
-    }
-    check_task_runner(options.runner(), **choice, cli=cli)
-    return build_task_runner(options.runner(), max_workers=max_workers, chunked=chunked, **choice)
-
-
 def _chunked(options: RunOptions) -> bool:
     """True when a map with these options sends its calls in chunks (not budget, not batch)."""
     return not options.budgeted() and not options.batch
@@ -288,7 +253,7 @@ def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     merged = resolver.options
     if merged.dry_run:
         return _keep(dry_run_plan(loaded, resolver))
-    with _on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
+    with on_task_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS)):
         outcome = run_plan(loaded, resolver=resolver)
     return final_state(_keep(outcome))
 
@@ -312,7 +277,7 @@ def run_dispatch_flow(plan: Plan, resolver: Resolver, options: RunOptions) -> Di
         ConfigurationError: The task runner choice is wrong (before the flow run starts).
     """
     merged = resolver.options
-    runner = _runner(merged, merged.workers(DEFAULT_PLAN_WORKERS))
+    runner = chosen_runner(merged, merged.workers(DEFAULT_PLAN_WORKERS))
     text = plan.model_dump_json(exclude_none=True)
     reference: Plan | str = plan
     if len(text.encode("utf-8")) > INLINE_PARAMETER_BYTES:
@@ -453,7 +418,7 @@ def map_flow(
         )
     if job.options.dry_run:
         return _keep(dry_run_map(job))
-    with _on_task_runner(job.options, job.max_workers, chunked=_chunked(job.options)):
+    with on_task_runner(job.options, job.max_workers, chunked=_chunked(job.options)):
         summary = run_map(job)
     if summary.budget_reached and summary.budget is not None:
         return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
@@ -492,7 +457,7 @@ def run_map_flow(
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
-    runner = _runner(job.options, job.max_workers, chunked=_chunked(job.options))
+    runner = chosen_runner(job.options, job.max_workers, chunked=_chunked(job.options))
     parameters = {
         "input": job.source,
         "agent": job.agent.name,

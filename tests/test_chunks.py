@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from prefect_fanout import map_corpus
+from prefect_fanout import fan_out, map_corpus
+from prefect_fanout.engine.chunks import chunk_size, cut_chunks
 from prefect_fanout.llm.endpoints import LLMEndpoint
-from prefect_fanout.mapping.chunks import chunk_size, cut_chunks
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import RunOptions
 from tests.conftest import free_port, stop_process_group
-from tests.fakeopenai import FakeOpenAI, Reply
+from tests.fakeopenai import Error, FakeOpenAI, Reply
 from tests.map_helpers import endpoint_for, read_jsonl, tag, write_corpus
 from tests.ui_helpers import PrefectAPI, poll
 
@@ -75,7 +75,7 @@ def test_the_default_chunk_is_four_per_slot_between_50_and_500_calls() -> None:
 def test_waiting_for_chunks_ends_at_a_finished_chunk_or_one_past_its_bound() -> None:
     import logging
 
-    from prefect_fanout.mapping.chunks import next_finished_chunk, wait_bound
+    from prefect_fanout.engine.chunks import next_finished_chunk, wait_bound
 
     assert wait_bound(100, 10, 120.0) == 600.0 + 2 * 120.0 * 10
     ready = threading.Condition()
@@ -192,6 +192,39 @@ def test_a_map_on_a_local_cluster_sends_chunks_and_matches_threads(
     prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
 ) -> None:
     check_against_threads(prefect_server, fake_openai, endpoint, tmp_path, task_runner="dask")
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_fan_out_on_a_local_cluster_sends_chunks_and_matches_threads(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
+) -> None:
+    """fan_out with task_runner dask: its items go to the workers in chunks, every call
+    is a task run of the fan-out flow run, a failed item is failed there too, and the
+    outputs are the thread runner's."""
+    run = tag()
+    items = [f"{run} fan {n}" for n in range(24)]
+    fake_openai.script(items[5], Error(400, message="bad item"), Error(400, message="bad item"))
+    options = RunOptions(endpoint=endpoint, max_workers=4, task_runner="dask", chunk_size=8)
+    remote = fan_out(items, options=options)
+    assert remote.status == "partial"
+    assert remote.call("item-5").status == "failed"
+    assert "bad item" in (remote.call("item-5").error or "")
+    assert len({r.prompt for r in fake_openai.requests(run)}) == 24
+    runs = task_runs(prefect_server, str(remote.flow_run_id), 24, 3)
+    assert sorted(r["name"] for r in runs if r["name"].startswith("chunk:")) == [
+        "chunk:fan-out:0",
+        "chunk:fan-out:1",
+        "chunk:fan-out:2",
+    ]
+    assert {r["name"] for r in runs if r["name"].startswith("default:")} == {
+        f"default:item-{n}" for n in range(24)
+    }
+
+    local = fan_out(items, options=RunOptions(endpoint=endpoint, max_workers=4))
+    assert local.output == remote.output
+    assert [c.status for c in local.calls] != [] and local.status == "partial"
+    assert sum(1 for c in local.calls if c.cached) == 23  # the thread run found every answer
 
 
 @needs_ray

@@ -119,6 +119,16 @@ class CallPath:
                 return self._long(long_input, run_name)
         return self._submit(request, context, answered, run_name)
 
+    def fits(self, request: CallRequest) -> bool:
+        """True when ``request`` (without upstream context) needs no long-input handling.
+
+        A request fits when its context is unknown or its input and answer fit it; the
+        calls sent to workers in chunks must fit (the workers send them as they are).
+        """
+        if request.context_tokens is None:
+            return True
+        return LongInput(request, self.resolver.counter(request.model), _run_logger()).fits
+
     def _long(self, long_input: LongInput, run_name: str | None) -> Submitted:
         """A call whose input is over its context, as its ``long_inputs`` says."""
         mode = long_input.request.long_inputs

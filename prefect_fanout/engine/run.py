@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.engine.chunks import ChunkRun, active_worker_slots, run_chunks
 from prefect_fanout.engine.dryrun import PatternDryRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
@@ -239,12 +240,83 @@ class Engine:
         """Make the calls, record each, apply the failure policy; the outcomes by key.
 
         Calls not yet submitted when ``all_or_nothing`` meets a failure are recorded as
-        ``skipped`` and have no outcome.
+        ``skipped`` and have no outcome. On a Dask or Ray task runner, independent calls
+        go to the workers in chunks (see :meth:`run_in_chunks`).
         """
+        calls = list(calls)
+        slots = self.chunk_slots(calls)
+        if slots is not None:
+            return self.run_in_chunks(calls, slots)
         outcomes: dict[str, CallOutcome[str]] = {}
         for outcome in self.window.run(self._entries(calls)):
             outcomes[outcome.key] = outcome
             self.record(outcome)
+        return outcomes
+
+    def chunk_slots(self, calls: list[Call]) -> int | None:
+        """Worker slots when these calls go to the workers in chunks, else None.
+
+        They do on a started Dask or Ray runner of the kind the options name, when no
+        call has upstream context, the run has no budget (spent in this process), no
+        batch answers, is no dry run, and every input fits its context.
+        """
+        if self.dry is not None or self.path.budget is not None or self.answered:
+            return None
+        if not calls or any(call.context for call in calls):
+            return None
+        slots = active_worker_slots(self.options.runner())
+        if slots is None:
+            return None
+        requests = {call.key: self._request(call) for call in calls}
+        if not all(self.path.fits(request) for request in requests.values()):
+            self.logger.info("%s: long inputs: the calls go one by one here", self.name)
+            return None
+        self.requests.update(requests)
+        return slots
+
+    def run_in_chunks(self, calls: list[Call], slots: int) -> dict[str, CallOutcome[str]]:
+        """Send the calls to the workers in chunks (``map-chunk`` task runs); record each.
+
+        Each worker runs its chunk's calls as agent-call task runs on a thread pool of its
+        own (see :mod:`prefect_fanout.engine.chunks`). Under ``all_or_nothing`` a failure
+        stops sending chunks: the calls of chunks not sent are recorded ``skipped``.
+        """
+        requests = {call.key: self.requests[call.key] for call in calls}
+        measured = ChunkRun()
+        finished = run_chunks(
+            {self.name: [call.key for call in calls]},
+            requests,
+            transports={
+                m: self.resolver.transport(m) for m in {r.model for r in requests.values()}
+            },
+            cache=self.path.cache,
+            max_workers=self.workers,
+            slots=slots,
+            given_size=self.options.chunk_size,
+            measured=measured,
+            logger=self.logger,
+        )
+        outcomes: dict[str, CallOutcome[str]] = {}
+        for outcome in finished:
+            outcomes[outcome.key] = outcome
+            self.record(outcome)
+            if self.stopped:
+                finished.close()
+                break
+        for call in calls:
+            if call.key not in outcomes:
+                self.skip(call.key, call.agent, f"not collected: {self.stopped_by} failed")
+        self.window.note_peak(min(self.workers, measured.peak * min(slots, measured.chunks)))
+        self.logger.info(
+            "%s: %d call(s) sent to %d worker slot(s) in %d chunk(s) of up to %d, %d at once "
+            "in each",
+            self.name,
+            len(calls),
+            measured.slots,
+            measured.chunks,
+            measured.size,
+            measured.threads,
+        )
         return outcomes
 
     def _entries(self, calls: Iterable[Call]) -> Iterator[tuple[str, Any]]:

@@ -28,10 +28,7 @@ from typing import Any
 
 from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.call.window import CallOutcome
-from prefect_fanout.errors import AgentCallError, ConfigurationError
-from prefect_fanout.files import write_text_atomic
-from prefect_fanout.llm.request import CallRequest
-from prefect_fanout.mapping.chunks import (
+from prefect_fanout.engine.chunks import (
     ChunkDone,
     ChunkRun,
     ChunkWork,
@@ -39,6 +36,9 @@ from prefect_fanout.mapping.chunks import (
     cut_chunks,
     wait_bound,
 )
+from prefect_fanout.errors import AgentCallError, ConfigurationError
+from prefect_fanout.files import write_text_atomic
+from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
 
@@ -123,7 +123,7 @@ def run_partition_chunk(
         Counts of the chunk's calls: ``calls``, ``completed``, ``failed``, ``cached``.
     """
     from prefect_fanout.agents.resolver import Resolver
-    from prefect_fanout.mapping.chunks import run_chunk
+    from prefect_fanout.engine.chunks import run_chunk
 
     calls = read_chunk_file(chunk_file)
     options = RunOptions.of(options)

@@ -30,11 +30,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.engine.chunks import ChunkRun, active_worker_slots, run_chunks
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
-from prefect_fanout.mapping.chunks import ChunkRun, run_chunks, worker_slots
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.deployed import run_deployed_chunks
 from prefect_fanout.mapping.job import MapJob
@@ -238,17 +238,9 @@ def chunk_slots(
     run with a budget (spent call by call in this process) or with batch answers
     sends its calls one by one.
     """
-    from prefect.context import FlowRunContext
-
-    from prefect_fanout.runners import runner_matches
-
-    kind = job.options.runner()
-    if kind == "thread" or answered is not None or job.path.budget is not None:
+    if answered is not None or job.path.budget is not None:
         return None
-    context = FlowRunContext.get()
-    if context is None or not runner_matches(context.task_runner, kind):
-        return None
-    return worker_slots(context.task_runner)
+    return active_worker_slots(job.options.runner())
 
 
 def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:
@@ -272,8 +264,9 @@ def _chunked(
     """The map's outcomes, its partitions sent to the workers in chunks."""
     requests = _tagged_requests(job, groups)
     models = {request.model for request in requests.values()}
+    by_id = {item.id: (key, item) for key, items in groups.items() for item in items}
     finished = run_chunks(
-        groups,
+        {key: [item.id for item in items] for key, items in groups.items()},
         requests,
         transports={model: job.resolver.transport(model) for model in models},
         cache=job.cache,
@@ -294,7 +287,7 @@ def _chunked(
                 measured.threads,
             )
             first = False
-        yield outcome
+        yield CallOutcome(by_id[outcome.key], outcome.result, outcome.error)
 
 
 def map_partitions(

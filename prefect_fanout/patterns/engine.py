@@ -9,6 +9,7 @@ publishes the artifacts and returns the final state carrying the :class:`Pattern
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from prefect_fanout.engine.run import Agent, Call, Engine, RunStatus, agent_name
 from prefect_fanout.errors import PatternArgumentError
 from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.result import PatternResult, compute_metrics
+from prefect_fanout.runners.active import on_task_runner
 
 __all__ = [
     "DEFAULT_MAX_WORKERS",
@@ -70,6 +72,18 @@ class PatternRun(Engine):
         path = CallPath.of(merged, agents)
         super().__init__(pattern, path, default_workers=DEFAULT_MAX_WORKERS, tag=PATTERN_TAG)
         self.pattern = pattern
+
+    def on_workers(self) -> contextlib.AbstractContextManager[None]:
+        """The task runner the options name, for this run's calls (enter it around them).
+
+        On ``dask`` or ``ray`` the runner is started for the flow run (unless it already
+        runs there), and independent calls go to its workers in chunks; a dry run never
+        starts one.
+        """
+        if self.dry is not None or self.options.runner() == "thread":
+            return contextlib.nullcontext()
+        chunked = not self.options.budgeted() and not self.options.batch
+        return on_task_runner(self.options, self.workers, chunked=chunked)
 
     def status(self, has_output: bool) -> RunStatus:
         """The run's status: ``completed``, ``partial`` or ``failed``."""

@@ -44,8 +44,9 @@ def fan_in(
         aggregate_prompt: The aggregator's prompt, before the collected results.
         agents: Extra profiles by name.
         options: The run's options (model, endpoint, max_workers (default 8),
-            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits; see
-            :class:`~prefect_fanout.options.RunOptions`).
+            failure_policy, cache, max_tokens, temperature, timeout_seconds, limits,
+            ``task_runner``: on ``dask``/``ray`` the collector calls go to the workers in
+            chunks; see :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
         The final state carrying the :class:`PatternResult`; ``output`` is the
@@ -63,7 +64,8 @@ def fan_in(
         Call(key, pool[index % len(pool)], item_prompt(source, prompt), tags=("fan-in:collect",))
         for index, (key, source) in enumerate(pairs)
     )
-    outcomes = run.run_calls(calls)
+    with run.on_workers():  # dask, ray: the collectors go to the workers in chunks
+        outcomes = run.run_calls(calls)
     done = [key for key, _ in pairs if key in outcomes and outcomes[key].ok]
     collected = {key: outcomes[key].result.output for key in done}  # type: ignore[union-attr]
     details: dict[str, Any] = {"collected": collected}

@@ -38,7 +38,9 @@ def fan_out(
             item (without it the item is appended).
         options: The run's options (model, endpoint, max_workers (default 8),
             failure_policy, cache, max_tokens, temperature, timeout_seconds, limits,
-            ``batch``: the calls through the Batch API first (README "Batch mode"); see
+            ``batch``: the calls through the Batch API first (README "Batch mode");
+            ``task_runner`` ``dask``/``ray`` (with ``dask_address``/``ray_address``,
+            ``chunk_size``): the calls go to the workers in chunks, as a map's do; see
             :class:`~prefect_fanout.options.RunOptions`).
 
     Returns:
@@ -63,7 +65,8 @@ def fan_out(
     ]
     if run.options.batch:  # batch mode: the Batch API answers first, failed lines go online
         run.answer_in_batches(calls)
-    outcomes = run.run_calls(calls)
+    with run.on_workers():  # dask, ray: the calls go to the workers in chunks
+        outcomes = run.run_calls(calls)
     outputs = [
         outcomes[key].result.output if key in outcomes and outcomes[key].ok else None  # type: ignore[union-attr]
         for key in keys

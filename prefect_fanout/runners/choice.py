@@ -9,7 +9,7 @@ for the run, or the cluster at ``ray_address``).
 The flow itself (the partition bookkeeping, the merge and the reduce) always runs
 in the caller's process; only task runs go to the workers: a map's ``map-chunk``
 runs (each running its calls on a thread pool in the worker, see
-:mod:`prefect_fanout.mapping.chunks`) and ``write-partition`` runs, a dispatch's
+:mod:`prefect_fanout.engine.chunks`) and ``write-partition`` runs, a dispatch's
 ``agent-call`` runs one by one. Workers must share with the flow's
 process: the result storage (``PREFECT_LOCAL_STORAGE_PATH``, where cached
 answers live), the lock directory beside it (``.fanout-locks``; ``flock``

@@ -1,14 +1,15 @@
-"""The map stage on Dask and Ray: a chunk of a partition is what goes to a worker.
+"""Calls on Dask and Ray: a chunk of calls is what goes to a worker.
 
 Sending each call to a cluster on its own costs more than the call (prefect-dask
 serialises Prefect's settings context with every submission; Ray starts a task in a
-worker process that imports Prefect). On ``dask`` and ``ray`` the map therefore cuts
-each partition into chunks of calls and sends each chunk as one ``map-chunk`` task
-run. In the worker process the chunk runs its calls as ``agent-call`` task runs on a
-thread pool of its own, through the same path as the thread runner (cache lookup,
-call lock, transport retries, tag limits held on the Prefect server), and sends back
-one outcome per call. The flow's process only schedules chunks, keeps partition
-bookkeeping, writes the partition files, merges and reduces.
+worker process that imports Prefect). On ``dask`` and ``ray`` a map (and ``fan_out``)
+therefore cuts each partition (a group of independent calls) into chunks and sends
+each chunk as one ``map-chunk`` task run. In the worker process the chunk runs its
+calls as ``agent-call`` task runs on a thread pool of its own, through the same path
+as the thread runner (cache lookup, call lock, transport retries, tag limits held on
+the Prefect server), and sends back one outcome per call. The flow's process only
+schedules chunks and keeps the books (a map: writes the partition files, merges and
+reduces).
 
 The split of ``max_workers``: the parent keeps at most two chunks per worker slot
 in flight (a slot is one Dask worker thread, one Ray CPU), and each chunk runs
@@ -17,7 +18,7 @@ flight over the whole cluster. A ``LocalCluster`` or local Ray started for a map
 has one slot per worker process (one per CPU, at most ``max_workers``).
 
 Chunk size: ``chunk_size`` calls at most (the run option), by default
-``clamp(total / (4 * slots), 50, 500)``; a partition is cut into equal chunks.
+``clamp(total / (4 * slots), 50, 500)``; a group is cut into equal chunks.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -41,14 +42,15 @@ from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
-from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import CacheOptions
 
 __all__ = [
     "MIN_CHUNK",
     "MAX_CHUNK",
     "ChunkDone",
+    "ChunkRun",
     "ChunkWork",
+    "active_worker_slots",
     "chunk_size",
     "cut_chunks",
     "next_finished_chunk",
@@ -60,6 +62,8 @@ __all__ = [
 
 MIN_CHUNK = 50
 """Fewest calls in a default chunk (a chunk costs one task run and one round trip)."""
+
+T = TypeVar("T")
 
 MAX_CHUNK = 500
 """Most calls in a default chunk (smaller chunks balance the workers better)."""
@@ -73,9 +77,9 @@ class ChunkWork:
     """What a worker needs to run one chunk: its calls and how to make them.
 
     Attributes:
-        key: The partition key.
-        index: The chunk's position in its partition.
-        calls: (item id, request) of each call, in partition order.
+        key: The group's key (a map's partition key).
+        index: The chunk's position in its group.
+        calls: (call id, request) of each call, in the group's order.
         transports: The transport of each model the calls use.
         cache: The cache settings of every call.
         threads: Calls in flight at most inside the worker.
@@ -94,9 +98,9 @@ class ChunkDone:
     """One chunk's outcomes, sent back to the flow's process.
 
     Attributes:
-        key: The partition key.
-        index: The chunk's position in its partition.
-        outcomes: (item id, result, error) of each call, in the order they finished.
+        key: The group's key.
+        index: The chunk's position in its group.
+        outcomes: (call id, result, error) of each call, in the order they finished.
         peak: The most requests (or calls) in flight at once inside the worker.
         duration_s: The chunk's wall time in the worker.
     """
@@ -196,8 +200,8 @@ def chunk_size(total: int, slots: int, given: int | None) -> int:
     return max(MIN_CHUNK, min(MAX_CHUNK, math.ceil(total / (4 * max(1, slots)))))
 
 
-def cut_chunks(items: list[Item], size: int) -> list[list[Item]]:
-    """A partition's items cut into equal chunks of at most ``size`` (input order kept)."""
+def cut_chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """A group's items cut into equal chunks of at most ``size`` (input order kept)."""
     if not items:
         return []
     count = math.ceil(len(items) / size)
@@ -235,8 +239,26 @@ class ChunkRun:
     peak: int = 0
 
 
+def active_worker_slots(kind: str) -> int | None:
+    """Worker slots of the flow run's task runner when it is a started ``kind`` runner.
+
+    None when ``kind`` is ``thread``, outside a flow run, or when the flow run's runner
+    is another kind: the calls then go one by one.
+    """
+    from prefect.context import FlowRunContext
+
+    from prefect_fanout.runners import runner_matches
+
+    if kind == "thread":
+        return None
+    context = FlowRunContext.get()
+    if context is None or not runner_matches(context.task_runner, kind):
+        return None
+    return worker_slots(context.task_runner)
+
+
 def run_chunks(
-    groups: Mapping[str, list[Item]],
+    groups: Mapping[str, Sequence[str]],
     requests: Mapping[str, CallRequest],
     *,
     transports: Mapping[str, Transport],
@@ -246,17 +268,18 @@ def run_chunks(
     given_size: int | None,
     measured: ChunkRun,
     logger: Any,
-) -> Iterator[CallOutcome[tuple[str, Item]]]:
-    """Send every partition's chunks to the workers; yield each call's outcome.
+) -> Iterator[CallOutcome[str]]:
+    """Send every group's chunks to the workers; yield each call's outcome by call id.
 
-    Chunks go in partition order, at most ``2 * slots`` in flight; outcomes come
-    back a chunk at a time, as the chunks finish. A chunk whose task run failed
-    (a worker died and the cluster gave up on it) yields its calls as failed:
-    what they answered is stored, so the rerun asks only the missing ones.
+    Chunks go in group order, at most ``2 * slots`` in flight; outcomes come back a
+    chunk at a time, as the chunks finish. A chunk whose task run failed (a worker
+    died and the cluster gave up on it) yields its calls as failed: what they answered
+    is stored, so the rerun asks only the missing ones. Closing the generator sends no
+    further chunk (those in flight finish on their workers).
 
     Args:
-        groups: Partition key -> items.
-        requests: Each item's request (already tagged ``partition:KEY``), by id.
+        groups: Group key (a map's partition) -> the ids of its calls, in order.
+        requests: Each call's request, by id.
         transports: The transport of each model.
         cache: The cache settings of every call.
         max_workers: Calls in flight at most over the cluster.
@@ -265,22 +288,21 @@ def run_chunks(
         measured: Filled with the chunk count, size, threads and peak.
         logger: Where the waits for slow chunks are reported.
     """
-    total = sum(len(items) for items in groups.values())
+    total = sum(len(ids) for ids in groups.values())
     size = chunk_size(total, slots, given_size)
     threads = max(1, math.ceil(max_workers / slots))
     measured.slots, measured.size, measured.threads = slots, size, threads
-    by_id = {item.id: (key, item) for key, items in groups.items() for item in items}
     pending = (
         ChunkWork(
             key=key,
             index=index,
-            calls=tuple((item.id, requests[item.id]) for item in chunk),
+            calls=tuple((call_id, requests[call_id]) for call_id in chunk),
             transports=transports,
             cache=cache,
             threads=threads,
         )
-        for key, items in groups.items()
-        for index, chunk in enumerate(cut_chunks(items, size))
+        for key, ids in groups.items()
+        for index, chunk in enumerate(cut_chunks(ids, size))
     )
     in_flight: dict[int, tuple[ChunkWork, PrefectFuture[Any]]] = {}
     deadlines: dict[int, float] = {}  # chunk number -> when to give up on it (monotonic)
@@ -318,24 +340,24 @@ def run_chunks(
             work, _future = in_flight.pop(overdue)
             deadlines.pop(overdue)
             logger.error(
-                "map: chunk %s:%d did not finish on its worker in time; its calls are failed "
+                "chunk %s:%d did not finish on its worker in time; its calls are failed "
                 "(what they answered is stored: a rerun asks the rest)",
                 work.key,
                 work.index,
             )
             reason = AgentCallError(
-                f"chunk {work.index} of partition {work.key} did not finish on its worker "
+                f"chunk {work.index} of {work.key} did not finish on its worker "
                 f"within {allowed[overdue]:.0f} s (its calls' deadlines, twice, plus 600 s)"
             )
-            for item_id, _request in work.calls:
-                yield CallOutcome(by_id[item_id], None, reason)
+            for call_id, _request in work.calls:
+                yield CallOutcome(call_id, None, reason)
             continue
         done_number = finished.pop(0)
         if done_number not in in_flight:  # a chunk given up on earlier finished after all
             continue
         work, future = in_flight.pop(done_number)
         deadlines.pop(done_number, None)
-        yield from _outcomes(work, future, by_id, measured)
+        yield from _outcomes(work, future, measured)
 
 
 def next_finished_chunk(
@@ -358,7 +380,7 @@ def next_finished_chunk(
             soonest = min((deadlines[n] for n in in_flight if n in deadlines), default=now)
             if not ready.wait(timeout=max(0.1, min(WAIT_NOTE_SECONDS, soonest - now))):
                 logger.info(
-                    "map: waiting for %d chunk(s) on the workers: %s",
+                    "waiting for %d chunk(s) on the workers: %s",
                     len(in_flight),
                     ", ".join(f"{w.key}:{w.index}" for w, _ in list(in_flight.values())[:5]),
                 )
@@ -366,25 +388,22 @@ def next_finished_chunk(
 
 
 def _outcomes(
-    work: ChunkWork,
-    future: PrefectFuture[Any],
-    by_id: Mapping[str, tuple[str, Item]],
-    measured: ChunkRun,
-) -> Iterator[CallOutcome[tuple[str, Item]]]:
+    work: ChunkWork, future: PrefectFuture[Any], measured: ChunkRun
+) -> Iterator[CallOutcome[str]]:
     try:
         done = future.result(raise_on_failure=True)
     except Exception as exc:  # the chunk's task run failed: every call of it is failed
         reason = AgentCallError(
-            f"chunk {work.index} of partition {work.key} failed on its worker: {describe(exc)}"
+            f"chunk {work.index} of {work.key} failed on its worker: {describe(exc)}"
         )
-        for item_id, _request in work.calls:
-            yield CallOutcome(by_id[item_id], None, reason)
+        for call_id, _request in work.calls:
+            yield CallOutcome(call_id, None, reason)
         return
     measured.peak = max(measured.peak, done.peak)
     seen = set()
-    for item_id, result, error in done.outcomes:
-        seen.add(item_id)
-        yield CallOutcome(by_id[item_id], result, error)
-    for item_id, _request in work.calls:  # never expected: a call the chunk did not report
-        if item_id not in seen:
-            yield CallOutcome(by_id[item_id], None, AgentCallError("no outcome from its chunk"))
+    for call_id, result, error in done.outcomes:
+        seen.add(call_id)
+        yield CallOutcome(call_id, result, error)
+    for call_id, _request in work.calls:  # never expected: a call the chunk did not report
+        if call_id not in seen:
+            yield CallOutcome(call_id, None, AgentCallError("no outcome from its chunk"))
