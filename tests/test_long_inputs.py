@@ -103,9 +103,13 @@ def test_fail_fails_only_the_long_item_before_any_request(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("runner", ["thread", "dask"])
 def test_truncate_cuts_the_long_item_to_fit_and_says_so(
-    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+    runner: str, prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
+    """Also on Dask, where a map otherwise sends its calls to the workers in chunks."""
+    if runner == "dask":
+        pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
     run = tag()
     fake_openai.emulate(context_tokens=4096, props=True, tokenize=True)
     summary = map_corpus(
@@ -114,7 +118,10 @@ def test_truncate_cuts_the_long_item_to_fit_and_says_so(
         partition="count:1",
         output_dir=tmp_path / "out",
         options=RunOptions(
-            endpoint=endpoint_for(fake_openai), max_tokens=200, long_inputs="truncate"
+            endpoint=endpoint_for(fake_openai),
+            max_tokens=200,
+            long_inputs="truncate",
+            task_runner=runner,
         ),
     )
     rows = rows_by_id(tmp_path / "out")

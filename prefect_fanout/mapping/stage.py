@@ -235,12 +235,15 @@ def chunk_slots(
     """Worker slots when this map goes to the workers in chunks, else None (call by call).
 
     Chunks go to Dask and Ray when the flow run's task runner is the one chosen; a
-    run with a budget (spent call by call in this process) or with batch answers
-    sends its calls one by one.
+    run with a budget (spent call by call in this process), with batch answers or with
+    an input over its context (``long_inputs`` applies here) sends its calls one by one.
     """
     if answered is not None or job.path.budget is not None:
         return None
-    return active_worker_slots(job.options.runner())
+    slots = active_worker_slots(job.options.runner())
+    if slots is not None and not all(job.path.fits(r) for r in job.requests.values()):
+        return None  # long inputs are cut or chunked here, call by call
+    return slots
 
 
 def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:
