@@ -1,6 +1,6 @@
 """Dask and Ray against threads: B6-B8, ratios against the thread runner in the same run.
 
-    python benchmarks/runners.py [--only B6,B7,B8] [--runs 3] [--runner dask]
+    python benchmarks/runners.py [--only B6,B7,B8,D1,D2] [--runs 3] [--runner dask]
 
 Every figure is a whole ``fanout map`` process (start to exit, the cluster's start-up
 included) and its map stage (``items_per_second`` of ``summary.json``), the median of
@@ -13,6 +13,9 @@ standalone ``prefect server start`` (SQLite, README's settings):
 - B8: 10,000 instant calls, dask with two worker processes / thread: calls/s of the
   map stage, the thread runner's over dask's. Target: dask >= 1.3x the thread runner.
   ``--postgres`` runs it on a PostgreSQL-backed server too.
+- D1: a dispatch of a 3 x 20 plan (60 tasks of 2 s, each level on the last), dask /
+  thread at ``--max-workers 20``: a dispatch sends each plan task to the cluster alone.
+- D2: the same plan with instant tasks: what the per-task submission costs.
 
 Run on demand; never part of the test suite.
 """
@@ -39,6 +42,7 @@ from run import (  # noqa: E402
     client_env,
     corpus,
     median,
+    plan_file,
     postgres_url,
     timed,
 )
@@ -65,6 +69,44 @@ def map_once(
         return elapsed, float(summary["items_per_second"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def dispatch_once(fake: FakeOpenAI, api: str, runner: str) -> tuple[float, float]:
+    """One ``fanout dispatch`` of a new 3 x 20 plan: (whole process s, tasks/s)."""
+    tag = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
+    try:
+        plan = plan_file(work / "plan.json", tag, levels=3, width=20)
+        command = [*FANOUT, "dispatch", str(plan), "--model", "gpt-4o-mini"]
+        command += ["--max-workers", "20", "--task-runner", runner]
+        elapsed, done = timed(command, client_env(fake, api, work))
+        if done.returncode != 0:
+            raise SystemExit(f"dispatch on {runner}: exit {done.returncode}: {done.stderr[-800:]}")
+        return elapsed, round(60 / elapsed, 2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_dispatch(
+    fake: FakeOpenAI, api: str, *, runs: int, latency: float, runner: str
+) -> dict[str, float]:
+    """A dispatch on threads and on ``runner``, interleaved run by run; medians."""
+    thread_s, thread_rate, remote_s, remote_rate = [], [], [], []
+    for _ in range(runs):
+        fake.default_latency = latency
+        elapsed, rate = dispatch_once(fake, api, "thread")
+        thread_s.append(elapsed)
+        thread_rate.append(rate)
+        elapsed, rate = dispatch_once(fake, api, runner)
+        remote_s.append(elapsed)
+        remote_rate.append(rate)
+        fake.reset()
+    return {
+        "thread_s": median(thread_s),
+        "thread_rate": median(thread_rate),
+        "remote_s": median(remote_s),
+        "remote_rate": median(remote_rate),
+    }
 
 
 def compare(
@@ -132,6 +174,14 @@ def main() -> None:
                             latency=0.5, runner=runner, extra=[])  # fmt: skip
                 rows.append(row("B7", "400 calls of 0.5 s, --max-workers 20", r, "<= 1.1",
                                 by_rate=False))  # fmt: skip
+            if "D1" in wanted:
+                r = compare_dispatch(fake, api, runs=args.runs, latency=2.0, runner=runner)
+                rows.append(row("D1", "dispatch, 60 plan tasks of 2 s in 3 levels", r,
+                                "no target", by_rate=False))  # fmt: skip
+            if "D2" in wanted:
+                r = compare_dispatch(fake, api, runs=args.runs, latency=0.0, runner=runner)
+                rows.append(row("D2", "dispatch, 60 instant plan tasks in 3 levels", r,
+                                "no target", by_rate=False))  # fmt: skip
             if "B8" in wanted:
                 r = compare(fake, api, runs=args.b8_runs, items=args.b8_items,
                             workers=args.workers, latency=0.0, runner=runner, extra=[])  # fmt: skip
