@@ -259,16 +259,20 @@ class DaskCluster:
 
     def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2) -> None:
         self.env, self.log_dir, self.count = env, log_dir, workers
+        # As README says for Python 3.11: Dask's profiler can freeze a worker (gh-106883).
+        self.worker_env = {**env, "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen[bytes]] = []
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [str(BIN / "dask"), *args],
-            env=self.env,
+            env=env or self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -295,6 +299,7 @@ class DaskCluster:
         worker = self._start(
             f"worker{len(self.workers)}", "worker", self.address, "--nthreads", "1",
             "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+            env=self.worker_env,
         )  # fmt: skip
         self.workers.append(worker)
         return worker

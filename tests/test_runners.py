@@ -107,6 +107,29 @@ def test_the_local_cluster_runs_max_workers_tasks_in_worker_processes_on_loopbac
     assert kwargs["n_workers"] <= 4 and dask_cluster_kwargs(1)["n_workers"] == 1
 
 
+@pytest.mark.timeout(300)
+def test_the_workers_of_a_local_cluster_run_no_statistical_profiler() -> None:
+    """Dask's profiler calls sys._current_frames() every 10 ms, which can deadlock a
+    Python 3.11 worker holding the GIL (CPython gh-106883): seen as a frozen worker."""
+    pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
+    from distributed import Client, LocalCluster
+
+    from prefect_fanout.runners.dask_runner import profiling_workers
+
+    kwargs = {**dask_cluster_kwargs(2, chunked=True), "n_workers": 2}
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+        assert profiling_workers(client) == []
+    assert list(profiling.values()) == [False, False]
+    # A cluster started with Dask's defaults profiles: on Python 3.11 fanout warns about it.
+    defaults = {key: kwargs[key] for key in ("host", "processes", "dashboard_address")}
+    with LocalCluster(n_workers=1, **defaults) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        risky = profiling_workers(client)
+    assert len(risky) == (1 if sys.version_info < (3, 12) else 0)
+
+
 def test_a_lock_manager_travels_to_a_worker_as_its_directory(tmp_path: Path) -> None:
     manager = FlockLockManager(tmp_path / "locks")
     assert manager.acquire_lock("k", "holder")

@@ -126,6 +126,19 @@ def local_processes(max_workers: int) -> int:
     return max(1, min(max_workers, os.cpu_count() or 1))
 
 
+WORKER_CONFIG: dict[str, Any] = {"distributed": {"worker": {"profile": {"enabled": False}}}}
+"""Dask configuration of the workers of a ``LocalCluster`` started for a run.
+
+The worker's statistical profiler calls ``sys._current_frames()`` every 10 ms. On
+Python 3.11 that call can deadlock the whole process while holding the GIL when a
+garbage collection inside it frees a ``threading.local`` (CPython gh-106883, fixed
+in 3.12 only): seen here as a worker frozen for good after a few thousand calls.
+Its samples also cost CPU with the many threads a chunk runs. Workers started with
+``dask worker`` take the same setting from the environment:
+``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``.
+"""
+
+
 def dask_cluster_kwargs(max_workers: int, *, chunked: bool = False) -> dict[str, Any]:
     """``LocalCluster`` arguments: worker processes on 127.0.0.1, no dashboard.
 
@@ -141,7 +154,16 @@ def dask_cluster_kwargs(max_workers: int, *, chunked: bool = False) -> dict[str,
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
+        # Each Nanny hands its worker process this whole configuration: see WORKER_CONFIG.
+        "config": _worker_config(),
     }
+
+
+def _worker_config() -> dict[str, Any]:
+    """The Dask configuration of this process with :data:`WORKER_CONFIG` merged in."""
+    import dask.config
+
+    return dask.config.merge(dask.config.config, WORKER_CONFIG)
 
 
 def build_task_runner(
