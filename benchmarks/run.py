@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +157,14 @@ def corpus(path: Path, n: int, tag: str) -> Path:
 def map_command(source: Path, out: Path, workers: int) -> list[str]:
     options = f"--agent default --partition count:1 --max-workers {workers} --model gpt-4o-mini"
     return [*FANOUT, "map", str(source), "--output", str(out), *options.split()]
+
+
+def print_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Print a Markdown table: the header, its rule, a line per row."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def median(values: list[float]) -> float:
@@ -319,11 +328,8 @@ def main() -> None:
         with FakeOpenAI() as fake:
             rows = databases(fake, args)
         print(f"machine: {platform.node()}, {os.cpu_count()} cores; {args.b4_items} instant calls")
-        print("| server database | map stage | whole process | last/first 1,000 | peak RSS "
-              "| task runs in the UI |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print_table(["server database", "map stage", "whole process", "last/first 1,000",
+                     "peak RSS", "task runs in the UI"], rows)  # fmt: skip
         return
     wanted = set(args.only.upper().split(","))
     rows: list[tuple[str, ...]] = []
@@ -364,10 +370,7 @@ def main() -> None:
             rows.append(("B5", name, f"{ours} s", f"{base} s", ratio(ours, base, "<= 1.3")))
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"machine: {machine}; median of {args.runs} run(s)")
-    print("| target | run | prefect-fanout | baseline | ratio (target) |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["target", "run", "prefect-fanout", "baseline", "ratio (target)"], rows)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import client_env, corpus, map_command, timed  # noqa: E402
+from benchmarks.run import client_env, corpus, map_command, print_table, timed  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
@@ -207,11 +207,8 @@ def main() -> None:
                          f"{ratio:.2f}x (<= 0.3)", r["said"]))  # fmt: skip
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"machine: {machine}; median of {args.runs} run(s), {args.items} calls, latency 0.5 s")
-    print("| server | task runs before | first run | cached rerun | B3 rerun/first "
-          "| 'fell behind' said after |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["server", "task runs before", "first run", "cached rerun", "B3 rerun/first",
+                 "'fell behind' said after"], rows)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
 from prefect_fanout.plan.model import Plan
 from prefect_fanout.runners import check_task_runner
-from prefect_fanout.runners.active import chosen_runner, on_task_runner
+from prefect_fanout.runners.active import chosen_runner, on_task_runner, sends_chunks
 
 __all__ = [
     "call_flow",
@@ -157,11 +157,6 @@ def _reported_best_effort(run: Callable[[], Any]) -> Any:
         _warn_unreported(" ".join(describe(raised[0]).split())[:300])
         return box[0]
     raise raised[0]
-
-
-def _chunked(options: RunOptions) -> bool:
-    """True when a map with these options sends its calls in chunks (not budget, not batch)."""
-    return not options.budgeted() and not options.batch
 
 
 @flow(name="fanout-call", log_prints=False)
@@ -418,7 +413,7 @@ def map_flow(
         )
     if job.options.dry_run:
         return _keep(dry_run_map(job))
-    with on_task_runner(job.options, job.max_workers, chunked=_chunked(job.options)):
+    with on_task_runner(job.options, job.max_workers, chunked=sends_chunks(job.options)):
         summary = run_map(job)
     if summary.budget_reached and summary.budget is not None:
         return final_state_of("budget", summary.budget.message or "budget reached", _keep(summary))
@@ -457,7 +452,7 @@ def run_map_flow(
     """
     if FlowRunContext.get() is not None:
         return run_map(job)
-    runner = chosen_runner(job.options, job.max_workers, chunked=_chunked(job.options))
+    runner = chosen_runner(job.options, job.max_workers, chunked=sends_chunks(job.options))
     parameters = {
         "input": job.source,
         "agent": job.agent.name,

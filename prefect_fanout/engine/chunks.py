@@ -27,7 +27,7 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.errors import AgentCallError, describe
@@ -45,12 +46,14 @@ from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheOptions
 
 __all__ = [
+    "WAIT_NOTE_SECONDS",
     "MIN_CHUNK",
     "MAX_CHUNK",
     "ChunkDone",
     "ChunkRun",
     "ChunkWork",
     "active_worker_slots",
+    "chunk_slots_for",
     "chunk_size",
     "cut_chunks",
     "next_finished_chunk",
@@ -69,7 +72,7 @@ MAX_CHUNK = 500
 """Most calls in a default chunk (smaller chunks balance the workers better)."""
 
 WAIT_NOTE_SECONDS = 60.0
-"""How often the flow says which chunks it still waits for."""
+"""How often a run says which chunks (or child flow runs) it still waits for."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,30 @@ def active_worker_slots(kind: str) -> int | None:
     if context is None or not runner_matches(context.task_runner, kind):
         return None
     return worker_slots(context.task_runner)
+
+
+def chunk_slots_for(
+    path: CallPath,
+    requests: Callable[[], Iterable[CallRequest]],
+    logger: Any = None,
+) -> int | None:
+    """Worker slots when the calls of ``path`` go to the workers in chunks, else None.
+
+    They do on a started Dask or Ray runner of the kind the run's options name, when the
+    run has no budget (spent call by call in this process) and every input fits its
+    context (``long_inputs`` applies in this process, call by call). ``requests`` is
+    called only when a runner is there to send to.
+    """
+    if path.budget is not None:
+        return None
+    slots = active_worker_slots(path.options.runner())
+    if slots is None:
+        return None
+    if not all(path.fits(request) for request in requests()):
+        if logger is not None:
+            logger.info("long inputs: the calls go one by one in this process")
+        return None
+    return slots
 
 
 def run_chunks(

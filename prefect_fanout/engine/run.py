@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
-from prefect_fanout.engine.chunks import ChunkRun, active_worker_slots, run_chunks
+from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, run_chunks
 from prefect_fanout.engine.dryrun import PatternDryRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
@@ -260,19 +260,16 @@ class Engine:
         call has upstream context, the run has no budget (spent in this process), no
         batch answers, is no dry run, and every input fits its context.
         """
-        if self.dry is not None or self.path.budget is not None or self.answered:
+        if self.dry is not None or self.answered or not calls:
             return None
-        if not calls or any(call.context for call in calls):
+        if any(call.context for call in calls):
             return None
-        slots = active_worker_slots(self.options.runner())
-        if slots is None:
-            return None
-        requests = {call.key: self._request(call) for call in calls}
-        if not all(self.path.fits(request) for request in requests.values()):
-            self.logger.info("%s: long inputs: the calls go one by one here", self.name)
-            return None
-        self.requests.update(requests)
-        return slots
+
+        def requests() -> list[CallRequest]:
+            self.requests.update({call.key: self._request(call) for call in calls})
+            return [self.requests[call.key] for call in calls]
+
+        return chunk_slots_for(self.path, requests, self.logger)
 
     def run_in_chunks(self, calls: list[Call], slots: int) -> dict[str, CallOutcome[str]]:
         """Send the calls to the workers in chunks (``map-chunk`` task runs); record each.

@@ -29,6 +29,7 @@ from typing import Any
 from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.call.window import CallOutcome
 from prefect_fanout.engine.chunks import (
+    WAIT_NOTE_SECONDS,
     ChunkDone,
     ChunkRun,
     ChunkWork,
@@ -55,9 +56,6 @@ CHUNKS_DIR = ".fanout-chunks"
 
 POLL_SECONDS = 1.0
 """How often the parent reads its child runs' states."""
-
-WAIT_NOTE_SECONDS = 60.0
-"""How often the parent says which child runs it still waits for."""
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 

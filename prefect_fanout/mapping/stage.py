@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
-from prefect_fanout.engine.chunks import ChunkRun, active_worker_slots, run_chunks
+from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, run_chunks
 from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.llm.request import CallRequest
@@ -238,12 +238,9 @@ def chunk_slots(
     run with a budget (spent call by call in this process), with batch answers or with
     an input over its context (``long_inputs`` applies here) sends its calls one by one.
     """
-    if answered is not None or job.path.budget is not None:
+    if answered is not None:
         return None
-    slots = active_worker_slots(job.options.runner())
-    if slots is not None and not all(job.path.fits(r) for r in job.requests.values()):
-        return None  # long inputs are cut or chunked here, call by call
-    return slots
+    return chunk_slots_for(job.path, job.requests.values)
 
 
 def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:

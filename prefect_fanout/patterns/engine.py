@@ -24,7 +24,7 @@ from prefect_fanout.engine.run import Agent, Call, Engine, RunStatus, agent_name
 from prefect_fanout.errors import PatternArgumentError
 from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.result import PatternResult, compute_metrics
-from prefect_fanout.runners.active import on_task_runner
+from prefect_fanout.runners.active import on_task_runner, sends_chunks
 
 __all__ = [
     "DEFAULT_MAX_WORKERS",
@@ -82,8 +82,7 @@ class PatternRun(Engine):
         """
         if self.dry is not None or self.options.runner() == "thread":
             return contextlib.nullcontext()
-        chunked = not self.options.budgeted() and not self.options.batch
-        return on_task_runner(self.options, self.workers, chunked=chunked)
+        return on_task_runner(self.options, self.workers, chunked=sends_chunks(self.options))
 
     def status(self, has_output: bool) -> RunStatus:
         """The run's status: ``completed``, ``partial`` or ``failed``."""

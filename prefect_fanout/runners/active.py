@@ -11,7 +11,16 @@ from prefect.context import FlowRunContext
 from prefect_fanout.options import RunOptions
 from prefect_fanout.runners.choice import build_task_runner, check_task_runner, runner_matches
 
-__all__ = ["chosen_runner", "on_task_runner"]
+__all__ = ["chosen_runner", "on_task_runner", "sends_chunks"]
+
+
+def sends_chunks(options: RunOptions) -> bool:
+    """True when a map or fan_out with these options sends its calls in chunks.
+
+    A budget is spent call by call in the calling process, and batch mode answers the
+    calls before they would be sent: both go call by call.
+    """
+    return not options.budgeted() and not options.batch
 
 
 def chosen_runner(
