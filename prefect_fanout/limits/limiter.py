@@ -13,10 +13,12 @@ settles the permit with the tokens the server reported. Getting a permit:
    when none has room (one caller fetches it, the others wait for it);
 3. a place in flight under the endpoint's ``max_concurrency`` (and the cap of
    the 429 rule). With a Prefect server each place is a slot of the shared
-   limit; a slot the process already holds goes to its next waiting caller
-   without asking the server. If the place came too late for the interval
-   (more than :data:`MAX_LATE_SECONDS`), the caller asks for a new interval,
-   keeping its place.
+   limit, taken from a block of slots the process holds
+   (:func:`~prefect_fanout.limits.server.block_size`); a block is fetched (one
+   caller fetches, the others wait for it) only when every held block is in
+   use, so the server is asked once per block, not once per request. If the
+   place came too late for the interval (more than :data:`MAX_LATE_SECONDS`),
+   the caller asks for a new interval, keeping its place.
 
 The rate comes before the place in flight so that a process never holds slots
 while it waits for a span another process holds (each waiting for the other).
@@ -46,11 +48,13 @@ from prefect_fanout.limits.backoff import Adaptation
 from prefect_fanout.limits.pacer import ALL_TIME, Bucket, Reservation, Span
 from prefect_fanout.limits.server import (
     HOLD_SECONDS,
+    IDLE_SECONDS,
     LEASE_SECONDS,
     RPM_SPAN_SECONDS,
     TPM_SPAN_SECONDS,
     WAIT_LOG_SECONDS,
     Lease,
+    block_size,
     clock_time,
     limit_name,
     span_units,
@@ -85,8 +89,12 @@ class Backend(Protocol):
         """Wait for, then take, a span of ``units / rate`` seconds of a rate limit."""
         ...
 
-    def take_slot(self, name: str, limit: int) -> Lease:
-        """Wait for, then take, one slot of a concurrency limit."""
+    def take_slots(self, name: str, limit: int, count: int = 1) -> Lease:
+        """Wait for, then take, ``count`` slots of a concurrency limit under one lease."""
+        ...
+
+    def watch(self, sweep: Callable[[], None]) -> None:
+        """Call ``sweep()`` now and then from a background thread."""
         ...
 
     def renew(self, lease: Lease) -> None:
@@ -94,8 +102,18 @@ class Backend(Protocol):
         ...
 
     def give_back(self, lease: Lease) -> None:
-        """Release a slot."""
+        """Release a block of slots."""
         ...
+
+
+@dataclass
+class _Block:
+    """A block of concurrency slots this process holds, and how many are in use."""
+
+    lease: Lease
+    used: int = 0
+    retiring: bool = False
+    idle_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,9 +198,11 @@ class EndpointLimiter:
         self._shared_slots = shared and spec.max_concurrency is not None
         self._in_flight = 0
         self._peak = 0
-        self._free: list[Lease] = []
+        self._blocks: list[_Block] = []
         self._waiting = 0
         self._fetching_slots = 0
+        if self._shared_slots and backend is not None:
+            backend.watch(self._sweep)
         self._pause_until = 0.0
         self._adapt = Adaptation()
         self._permits = 0
@@ -207,20 +227,20 @@ class EndpointLimiter:
         Args:
             tokens: The tokens the request is counted for before it is sent.
         """
-        permit, lease = _run_sync(self._acquire(tokens), self)
+        permit, block = _run_sync(self._acquire(tokens), self)
         try:
             yield permit
         finally:
-            self._release(lease)
+            self._release(block)
 
     @contextlib.asynccontextmanager
     async def arequest(self, tokens: int = 0) -> AsyncIterator[Permit]:
         """As :meth:`request`, waiting on the event loop instead of blocking it."""
-        permit, lease = await _run_async(self._acquire(tokens), self)
+        permit, block = await _run_async(self._acquire(tokens), self)
         try:
             yield permit
         finally:
-            lease = self._keep_or_return(lease)
+            lease = self._leave(block)
             if lease is not None and self.backend is not None:
                 await asyncio.to_thread(self.backend.give_back, lease)
 
@@ -249,9 +269,9 @@ class EndpointLimiter:
         self._version += 1
         self._cond.notify_all()
 
-    def _acquire(self, tokens: int) -> Generator[_Step, Any, tuple[Permit, Lease | None]]:
+    def _acquire(self, tokens: int) -> Generator[_Step, Any, tuple[Permit, _Block | None]]:
         began = time.monotonic()
-        lease: Lease | None = None
+        lease: _Block | None = None
         placed = False
         try:
             while True:
@@ -274,19 +294,25 @@ class EndpointLimiter:
                 self._release(lease)
             raise
 
-    def _place_in_flight(self) -> Generator[_Step, Any, Lease | None]:
+    def _place_in_flight(self) -> Generator[_Step, Any, _Block | None]:
         while True:
             with self._cond:
-                cap = self._adapt.cap(time.monotonic(), self.spec.max_concurrency)
-                room = cap is None or self._in_flight + self._fetching_slots < cap
-                if not self._shared_slots and room:
-                    self._in_flight += 1
-                    return None
-                if self._shared_slots and (cap is None or self._in_flight < cap) and self._free:
-                    lease = self._free.pop()
-                    self._in_flight += 1
-                    break
-                fetch = self._shared_slots and room
+                now = time.monotonic()
+                cap = self._adapt.cap(now, self.spec.max_concurrency)
+                room = cap is None or self._in_flight < cap
+                if not self._shared_slots:
+                    if room:
+                        self._in_flight += 1
+                        return None
+                    fetch = 0
+                else:
+                    block = self._free_block(now) if room else None
+                    if block is not None:
+                        block.used += 1
+                        block.idle_since = None
+                        self._in_flight += 1
+                        break
+                    fetch = self._block_to_fetch(cap) if room and not self._fetching_slots else 0
                 if fetch:
                     self._fetching_slots += 1
                 else:
@@ -294,14 +320,15 @@ class EndpointLimiter:
                     version = self._version
             if fetch:
                 try:
-                    lease = yield _Call(self._take_slot)
+                    lease = yield _Call(lambda size=fetch: self._take_slots(size))
                 finally:
                     with self._cond:
                         self._fetching_slots -= 1
                         self._changed()
                 with self._cond:
-                    self._in_flight += 1
-                return lease
+                    self._blocks.append(_Block(lease))
+                    self._changed()
+                continue
             try:
                 yield _Wait(
                     version,
@@ -311,17 +338,52 @@ class EndpointLimiter:
             finally:
                 with self._cond:
                     self._waiting -= 1
-        if time.monotonic() - lease.taken > LEASE_SECONDS / 2:
+        if time.monotonic() - block.lease.taken > LEASE_SECONDS / 2:
             try:
-                yield _Call(lambda: self.backend.renew(lease))  # type: ignore[union-attr]
+                yield _Call(lambda: self.backend.renew(block.lease))  # type: ignore[union-attr]
             except BaseException:
-                self._release(lease)
+                self._release(block)
                 raise
-        return lease
+        return block
 
-    def _take_slot(self) -> Lease:
+    def _free_block(self, now: float) -> _Block | None:
+        """A held block with a slot to hand out (lock held); old blocks stop handing out."""
+        for block in self._blocks:
+            if not block.retiring and now - block.lease.first_taken >= HOLD_SECONDS:
+                block.retiring = True
+            if not block.retiring and block.used < block.lease.slots:
+                return block
+        return None
+
+    def _block_to_fetch(self, cap: int | None) -> int:
+        """How many slots to ask the server for now (lock held)."""
+        limit = int(self.spec.max_concurrency or 1)
+        held = sum(block.lease.slots for block in self._blocks)
+        ceiling = min(limit, cap) if cap is not None else limit
+        return max(1, min(block_size(limit), ceiling - held))
+
+    def _take_slots(self, count: int) -> Lease:
         assert self.backend is not None
-        return self.backend.take_slot(self._slot_name, int(self.spec.max_concurrency or 1))
+        return self.backend.take_slots(self._slot_name, int(self.spec.max_concurrency or 1), count)
+
+    def _sweep(self) -> None:
+        """Give back blocks that went idle or retired with nothing in flight (background)."""
+        now = time.monotonic()
+        done: list[Lease] = []
+        with self._cond:
+            for block in list(self._blocks):
+                if block.used:
+                    continue
+                idle = block.idle_since is not None and now - block.idle_since >= IDLE_SECONDS
+                old = now - block.lease.first_taken >= HOLD_SECONDS
+                if block.retiring or old or (idle and not self._waiting):
+                    self._blocks.remove(block)
+                    done.append(block.lease)
+            if done:
+                self._changed()
+        for lease in done:
+            assert self.backend is not None
+            self.backend.give_back(lease)
 
     def _reserve(self, tokens: int) -> Generator[_Step, Any, tuple[Reservation, float]]:
         """An interval starting now in every rate bucket, after any pause (and its factor)."""
@@ -416,19 +478,27 @@ class EndpointLimiter:
             self._tpm.correct(permit._start, counted, used)
             self._changed()
 
-    def _keep_or_return(self, lease: Lease | None) -> Lease | None:
-        """Leave the flight; keep a slot for a waiting caller, else hand it back (the result)."""
+    def _leave(self, block: _Block | None) -> Lease | None:
+        """Leave the flight; the block's lease when it is to go back to the server now."""
         with self._cond:
             self._in_flight -= 1
-            if lease is not None and self._waiting > len(self._free):
-                if time.monotonic() - lease.first_taken < HOLD_SECONDS:
-                    self._free.append(lease)
-                    lease = None
+            lease = None
+            if block is not None:
+                block.used -= 1
+                now = time.monotonic()
+                if now - block.lease.first_taken >= HOLD_SECONDS:
+                    block.retiring = True
+                if block.used == 0:
+                    if block.retiring:
+                        self._blocks.remove(block)
+                        lease = block.lease
+                    else:
+                        block.idle_since = now
             self._changed()
         return lease
 
-    def _release(self, lease: Lease | None) -> None:
-        lease = self._keep_or_return(lease)
+    def _release(self, block: _Block | None) -> None:
+        lease = self._leave(block)
         if lease is not None and self.backend is not None:
             self.backend.give_back(lease)
 

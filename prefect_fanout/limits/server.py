@@ -15,14 +15,16 @@ named after the endpoint's key (:func:`limit_name`):
   covers :data:`RPM_SPAN_SECONDS` of requests and :data:`TPM_SPAN_SECONDS` of
   tokens, so a span serves many requests for one or two API calls.
 - ``fanout-concurrency-KEY``: a limit of ``max_concurrency`` slots without decay
-  (resized in place when ``max_concurrency`` changes). A process takes one slot per
-  request in flight with a short lease (:data:`LEASE_SECONDS`, Prefect's shortest)
-  that a background thread renews every :data:`RENEW_SECONDS` while the process
-  lives, so the slots of a process that died come back within
+  (resized in place when ``max_concurrency`` changes). A process takes slots in
+  blocks (:func:`block_size`: a quarter of the limit, at least one) with one short
+  lease per block (:data:`LEASE_SECONDS`, Prefect's shortest) and hands them to its
+  own requests in memory, so the server is asked once per block, not once per
+  request. A background thread renews the leases every :data:`RENEW_SECONDS` while
+  the process lives, so the slots of a process that died come back within
   :data:`DEAD_HOLDER_BOUND_SECONDS` (the lease, plus the server's lease sweep every
-  15 s). It keeps a slot it holds for its next request while it has callers
-  waiting, for at most :data:`HOLD_SECONDS`; then it gives the slot back so other
-  processes get their turn.
+  15 s). A block goes back to the server when none of its slots has been used for
+  :data:`IDLE_SECONDS`, when the process exits, and, so that other processes get
+  their turn, once it has been held :data:`HOLD_SECONDS` and its requests are done.
 
 A caller that has waited :data:`WAIT_LOG_SECONDS` for a slot or a span says so in
 the run's log (and on the command line), naming the limit, how many slots are
@@ -37,6 +39,7 @@ calls to the Prefect API per span are a read and an increment; see
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import math
@@ -98,8 +101,21 @@ def clock_time(monotonic: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - monotonic)))
 
 
-HOLD_SECONDS = 5.0
-"""The longest a process keeps a concurrency slot for its own waiting callers."""
+HOLD_SECONDS = 10.0
+"""The longest a process hands out the slots of one block of a concurrency limit; then the
+block goes back to the server once its requests are done (other processes get their turn)."""
+
+IDLE_SECONDS = 1.0
+"""A block of concurrency slots none of whose slots has been used this long goes back."""
+
+SWEEP_SECONDS = 0.5
+"""How often the background thread looks for idle blocks and leases due for renewal."""
+
+
+def block_size(limit: int) -> int:
+    """The slots of a concurrency limit one process takes at once: a quarter, at least one."""
+    return max(1, math.ceil(limit / 4))
+
 
 SLOT_POLL_SECONDS = 0.5
 """The longest wait before asking again for a concurrency slot the server refused."""
@@ -135,17 +151,19 @@ def span_units(rate_per_minute: int, seconds: float) -> int:
 
 @dataclass
 class Lease:
-    """A concurrency slot this process holds.
+    """A block of concurrency slots this process holds under one lease.
 
     Attributes:
         lease_id: The server's lease.
         taken: When it was taken or last renewed (``time.monotonic()``).
         first_taken: When it was first taken.
+        slots: How many slots the lease holds.
     """
 
     lease_id: UUID
     taken: float
     first_taken: float
+    slots: int = 1
 
 
 class PrefectBackend:
@@ -162,6 +180,7 @@ class PrefectBackend:
         self._held: dict[UUID, Lease] = {}
         self._renewer: threading.Thread | None = None
         self._renew_wake = threading.Event()
+        self._sweepers: list[Any] = []
         self.api_calls = 0
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -256,22 +275,38 @@ class PrefectBackend:
                 raise
             return Span(time.monotonic(), asked + units / rate)
 
-    def take_slot(self, name: str, limit: int) -> Lease:
-        """Wait for, then take, one slot of a concurrency limit (with a lease)."""
+    def take_slots(self, name: str, limit: int, count: int = 1) -> Lease:
+        """Wait for, then take, ``count`` slots of a concurrency limit under one lease.
+
+        When the server refuses the whole block, the process reads how many slots
+        are free and asks for those (at least one), so a nearly full limit still
+        serves it.
+        """
         self.ensure(name, limit, 0.0)
+        count = max(1, min(count, limit))
         began = last_log = time.monotonic()
         while True:
             try:
                 response = self._call(
                     "increment_concurrency_slots_with_lease",
                     names=[name],
-                    slots=1,
+                    slots=count,
                     mode="concurrency",
                     lease_duration=LEASE_SECONDS,
                 )
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise
+                if count > 1:
+                    try:
+                        held = self._call("read_global_concurrency_limit_by_name", name)
+                        free = limit - int(held.active_slots)
+                    except Exception:  # the next ask says more
+                        free = 1
+                    if free >= 1:
+                        count = min(count, free)
+                        continue
+                    count = 1
                 now = time.monotonic()
                 if now - last_log >= WAIT_LOG_SECONDS:
                     last_log = now
@@ -280,9 +315,18 @@ class PrefectBackend:
                 time.sleep(min(asked, SLOT_POLL_SECONDS))
                 continue
             now = time.monotonic()
-            lease = Lease(UUID(response.json()["lease_id"]), now, now)
+            lease = Lease(UUID(response.json()["lease_id"]), now, now, count)
             self._hold(lease)
             return lease
+
+    def watch(self, sweep: Any) -> None:
+        """Call ``sweep()`` from the background thread every :data:`SWEEP_SECONDS`.
+
+        A limiter uses it to give back blocks that went idle.
+        """
+        with self._lock:
+            self._sweepers.append(sweep)
+            self._start_thread()
 
     def _log_slot_wait(self, name: str, limit: int, began: float) -> None:
         try:
@@ -305,15 +349,27 @@ class PrefectBackend:
         """Keep renewing ``lease`` until it is given back (starts the renewer once)."""
         with self._lock:
             self._held[lease.lease_id] = lease
-            if self._renewer is None:
-                self._renewer = threading.Thread(
-                    target=self._renew_loop, name="fanout-lease-renewer", daemon=True
-                )
-                self._renewer.start()
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """Start the background thread and the release at exit, once (lock held)."""
+        if self._renewer is None:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="fanout-lease-renewer", daemon=True
+            )
+            self._renewer.start()
+            atexit.register(self.close)
 
     def _renew_loop(self) -> None:
         while True:
-            self._renew_wake.wait(RENEW_SECONDS / 4)
+            self._renew_wake.wait(SWEEP_SECONDS)
+            with self._lock:
+                sweepers = list(self._sweepers)
+            for sweep in sweepers:
+                try:
+                    sweep()
+                except Exception:  # a failed give-back: the lease expires on its own
+                    _log.debug("sweeping idle concurrency slots failed", exc_info=True)
             with self._lock:
                 due = [
                     lease
@@ -327,6 +383,16 @@ class PrefectBackend:
                     with self._lock:
                         if time.monotonic() - lease.taken > LEASE_SECONDS:
                             self._held.pop(lease.lease_id, None)
+
+    def close(self) -> None:
+        """Give back every block still held (at exit; best effort)."""
+        with self._lock:
+            held = list(self._held.values())
+        for lease in held:
+            try:
+                self.give_back(lease)
+            except Exception:  # the server is gone: the leases expire on their own
+                pass
 
     def renew(self, lease: Lease) -> None:
         """Renew a slot's lease."""
