@@ -160,6 +160,7 @@ class RecordedRequest:
         arrived: ``time.monotonic()`` at arrival.
         finished: ``time.monotonic()`` when the response was handed to the server.
         tokens: The ``total_tokens`` of the usage answered (None for errors).
+        status: The HTTP status answered (200 until an error is answered).
     """
 
     key: str | None
@@ -170,6 +171,7 @@ class RecordedRequest:
     arrived: float
     finished: float | None = None
     tokens: int | None = None
+    status: int = 200
 
 
 def fake_tokens(text: str) -> int:
@@ -388,6 +390,102 @@ def _validate(body: Any) -> tuple[str, str] | None:
     return None
 
 
+def reset_text(seconds: float) -> str:
+    """A duration as OpenAI writes ``x-ratelimit-reset-*``: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+class ProviderLimits:
+    """A provider's own rate limits, enforced the way OpenAI describes them.
+
+    Each limit is a bucket that refills continuously at ``R/60`` (``T/60``) a second and
+    holds ``burst_seconds`` of that (OpenAI enforces a per-minute limit over shorter
+    periods too: 600 a minute may mean 10 a second); it starts full. A request
+    is admitted when every bucket has room for it; otherwise it is answered 429
+    ``rate_limit_exceeded`` without Retry-After. A request counts as 1 request and,
+    with ``counting="reserve"`` (OpenAI's way), as its prompt (:func:`fake_tokens`, 4
+    a message) plus ``max_tokens`` when admitted; with ``counting="usage"`` it counts
+    the tokens it used, after the answer. Every answer (429s included) carries the
+    ``x-ratelimit-limit|remaining|reset-requests|tokens`` headers when ``headers``.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        headers: bool,
+        counting: str,
+        burst_seconds: float = 1.0,
+    ) -> None:
+        self.rpm, self.tpm, self.headers, self.counting = (
+            requests_per_minute,
+            tokens_per_minute,
+            headers,
+            counting,
+        )
+        self.lock = threading.Lock()
+        self.request_room = max(1.0, (requests_per_minute or 0) / 60 * burst_seconds)
+        self.token_room = max(1.0, (tokens_per_minute or 0) / 60 * burst_seconds)
+        self.requests = self.request_room
+        self.tokens = self.token_room
+        self.at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self.rpm:
+            self.requests = min(self.request_room, self.requests + (now - self.at) * self.rpm / 60)
+        if self.tpm:
+            self.tokens = min(self.token_room, self.tokens + (now - self.at) * self.tpm / 60)
+        self.at = now
+
+    def admit(self, body: dict[str, Any]) -> tuple[bool, str]:
+        """Count a request if there is room; False and the limit it hit otherwise."""
+        prompt = sum(fake_tokens(message_text(m.get("content"))) + 4 for m in body["messages"])
+        cost = prompt + int(body.get("max_tokens") or 0) if self.counting == "reserve" else 1
+        with self.lock:
+            self._refill()
+            if self.rpm and self.requests < 1:
+                return False, f"requests per min (RPM): Limit {self.rpm}, Used {self.rpm}"
+            if self.tpm and self.tokens < min(cost, self.token_room):
+                used = self.tpm - int(self.tokens / self.token_room * self.tpm)
+                return False, f"tokens per min (TPM): Limit {self.tpm}, Used {used}"
+            if self.rpm:
+                self.requests -= 1
+            if self.tpm:
+                self.tokens -= cost
+        return True, ""
+
+    def used(self, tokens: int) -> None:
+        """Count the tokens an answer used (``counting="usage"``)."""
+        if self.counting == "usage" and self.tpm:
+            with self.lock:
+                self._refill()
+                self.tokens -= tokens
+
+    def header_values(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers as they stand now (empty without ``headers``)."""
+        if not self.headers:
+            return {}
+        with self.lock:
+            self._refill()
+            out = {}
+            for kind, limit, left, room in (
+                ("requests", self.rpm, self.requests, self.request_room),
+                ("tokens", self.tpm, self.tokens, self.token_room),
+            ):
+                if limit:
+                    remaining = max(0, int(left / room * limit))
+                    out[f"x-ratelimit-limit-{kind}"] = str(limit)
+                    out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+                    out[f"x-ratelimit-reset-{kind}"] = reset_text((room - left) * 60 / limit)
+            return out
+
+
 class FakeOpenAI:
     """An OpenAI-compatible HTTP server on 127.0.0.1, scripted from tests.
 
@@ -424,6 +522,7 @@ class FakeOpenAI:
         self.props = False
         self.tokenize = False
         self.max_model_len: int | None = None
+        self.provider: ProviderLimits | None = None
         self.batches = FakeBatchAPI(self._answer_line)
         batch_routes = [
             Route(path, handler, methods=methods)
@@ -550,6 +649,32 @@ class FakeOpenAI:
             self._max_in_flight = self._in_flight
         self.batches.reset()
         self.emulate()
+        self.enforce()
+
+    def enforce(
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        headers: bool = True,
+        counting: str = "reserve",
+        burst_seconds: float = 1.0,
+    ) -> None:
+        """Enforce the provider's own rate limits (see :class:`ProviderLimits`); none: off.
+
+        Args:
+            requests_per_minute: Requests a minute the provider admits.
+            tokens_per_minute: Tokens a minute it admits.
+            headers: Send ``x-ratelimit-*`` with every answer, as OpenAI does.
+            counting: ``reserve`` (prompt + ``max_tokens`` at admission, OpenAI's way)
+                or ``usage`` (the tokens used, after the answer).
+            burst_seconds: How many seconds of the rate a bucket holds.
+        """
+        if requests_per_minute is None and tokens_per_minute is None:
+            self.provider = None
+        else:
+            self.provider = ProviderLimits(
+                requests_per_minute, tokens_per_minute, headers, counting, burst_seconds
+            )
 
     def emulate(
         self,
@@ -681,7 +806,20 @@ class FakeOpenAI:
                 status = self.refusal_status
                 content = error_body(status, RESPONSE_FORMAT_REFUSAL, None, "response_format")
                 return JSONResponse(content, status)
-            return await self._respond(step, valid, request, generation, record)
+            provider = self.provider
+            if provider is not None:
+                admitted, what = provider.admit(valid)
+                if not admitted:
+                    record.status = 429
+                    message = f"Rate limit reached for {valid['model']} on {what}, Requested 1."
+                    content = error_body(429, message, "rate_limit_exceeded")
+                    return JSONResponse(content, 429, headers=provider.header_values())
+            response = await self._respond(step, valid, request, generation, record)
+            record.status = response.status_code
+            if provider is not None:
+                provider.used(record.tokens or 0)
+                response.headers.update(provider.header_values())
+            return response
         finally:
             if record is not None:
                 record.finished = time.monotonic()

@@ -2,8 +2,9 @@
 
 ``limited(endpoint, messages, max_tokens, send, clock)`` wraps a function that
 makes one HTTP request. Every attempt (retries included) gets a permit from the
-endpoint's limiter first, counts against its limits, settles the tokens the
-answer reports, and on a 429 pauses the endpoint's other callers
+endpoint's limiter first, counts against its limits, learns from the answer's
+``x-ratelimit-*`` headers, settles the tokens the answer reports, and on a 429
+pauses the endpoint's other callers
 (:mod:`~prefect_fanout.limits.backoff`) before the error goes on to the retry
 loop, which keeps its exact budget. ``alimited`` is the same for a coroutine.
 Once the process is stopping (a signal), no attempt starts a request
@@ -28,7 +29,7 @@ from prefect_fanout.limits.estimate import (
     estimate_tokens,
     reported_tokens,
 )
-from prefect_fanout.limits.limiter import EndpointLimiter
+from prefect_fanout.limits.limiter import EndpointLimiter, Permit
 from prefect_fanout.limits.registry import limiter_for
 from prefect_fanout.limits.spec import check_request_fits
 from prefect_fanout.stopping import hold_if_stopping, stopping
@@ -117,9 +118,24 @@ class WaitClock:
         self.seconds = round(self.seconds + seconds, 6)
 
 
-def _note(limiter: EndpointLimiter, exc: BaseException) -> None:
-    if isinstance(exc, openai.APIStatusError) and exc.status_code == 429:
-        limiter.note_rate_limited(pause_seconds(exc))
+def _note(limiter: EndpointLimiter, exc: BaseException, permit: Permit) -> None:
+    """An error answer: learn from its headers; a 429 also pauses and slows the endpoint."""
+    response = getattr(exc, "response", None)
+    if isinstance(exc, openai.APIStatusError):
+        limiter.learn(getattr(response, "headers", None), permit, None)
+        if exc.status_code == 429:
+            limiter.note_rate_limited(pause_seconds(exc))
+
+
+def _answered(limiter: EndpointLimiter, permit: Permit, answer: Any, max_tokens: int | None) -> Any:
+    """A successful answer ``(body, headers)``: learn, settle the tokens; the body."""
+    body, headers = answer
+    reported = reported_tokens(body)
+    limiter.learn(headers, permit, reported)
+    permit.settle(reported)
+    budget = DEFAULT_COMPLETION_TOKENS if max_tokens is None else max_tokens
+    limiter.say_token_bound(budget, permit.tokens, reported)
+    return body
 
 
 async def _ahold_if_stopping() -> None:
@@ -135,7 +151,12 @@ def limited(
     send: Callable[[], Any],
     clock: WaitClock,
 ) -> Callable[[], Any]:
-    """``send`` (one HTTP request returning the JSON body) behind the endpoint's limiter."""
+    """``send`` behind the endpoint's limiter.
+
+    ``send`` makes one HTTP request and returns ``(JSON body, response headers)``; the
+    wrapped function returns the body, having learned from the headers
+    (:mod:`~prefect_fanout.limits.learning`).
+    """
     limiter = limiter_for(endpoint)
     tokens = _counted(limiter, messages, max_tokens)
 
@@ -147,12 +168,11 @@ def limited(
             hold_if_stopping()  # a signal while it waited: no new request
             try:
                 with REQUESTS.sending():
-                    body = send()
+                    answer = send()
             except Exception as exc:
-                _note(limiter, exc)
+                _note(limiter, exc, permit)
                 raise
-            permit.settle(reported_tokens(body))
-            return body
+            return _answered(limiter, permit, answer, max_tokens)
 
     return attempt
 
@@ -176,11 +196,10 @@ def alimited(
             await _ahold_if_stopping()
             try:
                 with REQUESTS.sending():
-                    body = await send()
+                    answer = await send()
             except Exception as exc:
-                _note(limiter, exc)
+                _note(limiter, exc, permit)
                 raise
-            permit.settle(reported_tokens(body))
-            return body
+            return _answered(limiter, permit, answer, max_tokens)
 
     return attempt

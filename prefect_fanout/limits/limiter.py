@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefect_fanout.limits.backoff import Adaptation
+from prefect_fanout.limits.learned import read_headers
+from prefect_fanout.limits.learning import Learning
 from prefect_fanout.limits.pacer import ALL_TIME, Bucket, Reservation, Span
 from prefect_fanout.limits.server import (
     HOLD_SECONDS,
@@ -105,6 +107,14 @@ class Backend(Protocol):
         """Release a block of slots."""
         ...
 
+    def read_learned(self, key: str) -> dict[str, Any] | None:
+        """What another process learned of an endpoint's rate limits (None: nothing)."""
+        ...
+
+    def publish_learned(self, key: str, values: dict[str, Any]) -> None:
+        """Keep what this process learned of an endpoint's rate limits for the others."""
+        ...
+
 
 @dataclass
 class _Block:
@@ -150,6 +160,7 @@ class Permit:
     _start: float = 0.0
     _factor: float = 1.0
     _settled: bool = False
+    _probe: bool = False
 
     def settle(self, tokens: int | None) -> None:
         """Correct the token count with what the server reported (None: keep the estimate)."""
@@ -192,8 +203,10 @@ class EndpointLimiter:
         self._cond = threading.Condition()
         self._version = 0
         shared = backend is not None
+        self._per_minute = {"rpm": spec.requests_per_minute, "tpm": spec.tokens_per_minute}
         self._rpm = self._bucket("rpm", spec.requests_per_minute, RPM_SPAN_SECONDS, shared)
         self._tpm = self._bucket("tpm", spec.tokens_per_minute, TPM_SPAN_SECONDS, shared)
+        self._learning = Learning(spec.requests_per_minute, spec.tokens_per_minute)
         self._slot_name = limit_name("concurrency", key)
         self._shared_slots = shared and spec.max_concurrency is not None
         self._in_flight = 0
@@ -231,6 +244,7 @@ class EndpointLimiter:
         try:
             yield permit
         finally:
+            self._end_probe(permit)
             self._release(block)
 
     @contextlib.asynccontextmanager
@@ -240,18 +254,104 @@ class EndpointLimiter:
         try:
             yield permit
         finally:
+            self._end_probe(permit)
             lease = self._leave(block)
             if lease is not None and self.backend is not None:
                 await asyncio.to_thread(self.backend.give_back, lease)
 
     def note_rate_limited(self, seconds: float) -> None:
-        """A 429 from the endpoint: pause new requests for ``seconds`` and slow down."""
+        """A 429 from the endpoint: pause new requests for ``seconds`` and slow down.
+
+        Once the provider's headers gave its rates, the pace already follows them: the
+        429 only pauses. Without them, the request rate is guessed from the 429s
+        (:mod:`~prefect_fanout.limits.learning`) and the 429 rule slows every caller.
+        """
         with self._cond:
             now = time.monotonic()
             self._pause_until = max(self._pause_until, now + seconds)
-            self._adapt.on_429(now, max(self._in_flight, self._peak))
             self._rate_limited += 1
+            if not self._learning.heard:
+                self._adapt.on_429(now, max(self._in_flight, self._peak))
+                guess = self._learning.on_429(now, self._per_minute["rpm"])
+                if guess is not None:
+                    self._set_rate("rpm", guess, shared=False)
+                    wait_logger().warning(
+                        "%s answered 429 without x-ratelimit headers: pacing at %d requests "
+                        "a minute, learned from the 429s (set --rpm to choose the rate)",
+                        self.key,
+                        guess,
+                    )
             self._changed()
+
+    def learn(self, headers: Any, permit: Permit | None, reported: int | None) -> None:
+        """Read an answer's ``x-ratelimit-*`` headers and pace to what they say.
+
+        Args:
+            headers: The answer's headers (a 429's included).
+            permit: The permit the request was sent with.
+            reported: The tokens the answer reported it used (None for an error).
+        """
+        if reported is not None:
+            with self._cond:
+                self._learning.answered(time.monotonic())
+        said = read_headers(headers)
+        if said is None:
+            return
+        publish: dict[str, Any] | None = None
+        with self._cond:
+            now = time.monotonic()
+            for kind, rate in self._learning.rates_from(said).items():
+                if self._per_minute[kind] != rate or (kind == "rpm" and self._rpm_guessed):
+                    self._set_rate(kind, rate, shared=self.backend is not None)
+                    publish = {}
+            if permit is not None and permit._probe:
+                self._learning.counting_from(said, permit.tokens, reported)
+                publish = {}
+            if said.remaining_requests == 0 and said.requests_per_minute:
+                self._pause_until = max(self._pause_until, now + 60.0 / said.requests_per_minute)
+            if publish is not None:
+                publish = {
+                    "requests_per_minute": self._learned("rpm"),
+                    "tokens_per_minute": self._learned("tpm"),
+                    "hand_back": self._learning.hand_back,
+                }
+            self._changed()
+        if publish is not None and self.backend is not None:
+            try:
+                self.backend.publish_learned(self.key, publish)
+            except Exception:  # the next process learns it again with one request
+                wait_logger().debug("could not keep the learned limits", exc_info=True)
+
+    def say_token_bound(self, max_tokens: int, estimate: int, reported: int | None) -> None:
+        """Say once in the run's log when ``max_tokens`` is what bounds the token rate.
+
+        That is when the provider counts ``max_tokens`` up front, the token rate admits
+        fewer requests a minute than the request rate, and ``max_tokens`` is most of
+        what a request is counted for.
+        """
+        with self._cond:
+            tpm, rpm = self._per_minute["tpm"], self._per_minute["rpm"]
+            if self._learning.said_token_bound or tpm is None or self._learning.hand_back:
+                return
+            if max_tokens * 2 <= estimate or tpm / max(1, estimate) >= (rpm or math.inf):
+                return
+            self._learning.said_token_bound = True
+        prompt = estimate - max_tokens
+        used = max(1, (reported or prompt) - prompt)
+        smaller = max(16, 2 * used)
+        wait_logger().warning(
+            "the token rate of %s (%d/min) admits about %d requests a minute, because the "
+            "provider counts each request's max_tokens (%d) up front beside its prompt (~%d): "
+            "max_tokens, not the prompts, bounds this run; with max_tokens %d (twice what an "
+            "answer used) it could reach about %d a minute",
+            self.key,
+            tpm,
+            tpm // max(1, estimate),
+            max_tokens,
+            prompt,
+            smaller,
+            min(rpm or math.inf, tpm // max(1, prompt + smaller)),
+        )
 
     def stats(self) -> LimiterStats:
         """What this limiter did so far."""
@@ -273,6 +373,7 @@ class EndpointLimiter:
         began = time.monotonic()
         lease: _Block | None = None
         placed = False
+        probe = yield from self._await_probe()
         try:
             while True:
                 reservation, factor = yield from self._reserve(tokens)
@@ -286,13 +387,95 @@ class EndpointLimiter:
                         self._permits += 1
                         self._peak = max(self._peak, self._in_flight)
                         self._waited += waited
-                        return Permit(waited, tokens, self, reservation.start, factor), lease
+                        permit = Permit(waited, tokens, self, reservation.start, factor)
+                        permit._probe = probe
+                        return permit, lease
                 # the place in flight came too late for the interval (or a 429 paused
                 # the endpoint meanwhile): ask for another interval, keeping the place
         except BaseException:
+            if probe:
+                self._end_probe(None)
             if placed:
                 self._release(lease)
             raise
+
+    def _await_probe(self) -> Generator[_Step, Any, bool]:
+        """Wait while the first request to an endpoint with unknown rates learns them.
+
+        Returns:
+            True when this caller's request is that first request.
+        """
+        probe = self._learning.probe
+        while True:
+            with self._cond:
+                if probe.state == "done":
+                    return False
+                if probe.state == "wanted":
+                    probe.state = "asking" if self.backend is not None else "running"
+                    if probe.state == "running":
+                        return True
+                    ask = True
+                else:
+                    ask, version = False, self._version
+            if not ask:
+                yield _Wait(
+                    version,
+                    why=f"the first request to {self.key}, which learns the provider's "
+                    "rate limits from its answer",
+                )
+                continue
+            backend = self.backend
+            assert backend is not None
+            try:
+                known = yield _Call(lambda backend=backend: backend.read_learned(self.key))
+            except Exception:  # the server could not say: learn it here
+                known = None
+            with self._cond:
+                if known:
+                    for kind, field in (
+                        ("rpm", "requests_per_minute"),
+                        ("tpm", "tokens_per_minute"),
+                    ):
+                        value = known.get(field)
+                        if value and self._learning.explicit[kind] is None:
+                            self._set_rate(kind, int(value), shared=True)
+                    self._learning.heard = True
+                    self._learning.hand_back = bool(known.get("hand_back", True))
+                    probe.state = "done"
+                else:
+                    probe.state = "running"
+                self._changed()
+            return probe.state == "running"
+
+    def _end_probe(self, permit: Permit | None) -> None:
+        """The first request is answered (or failed): the others go."""
+        if permit is not None and not permit._probe:
+            return
+        with self._cond:
+            if self._learning.probe.state in ("running", "asking"):
+                self._learning.probe.state = "done"
+                self._changed()
+
+    @property
+    def _rpm_guessed(self) -> bool:
+        return self._learning.guessed
+
+    def _learned(self, kind: str) -> int | None:
+        """A rate learned from the provider (not one set explicitly), or None."""
+        if self._learning.explicit[kind] is not None:
+            return None
+        return self._per_minute[kind]
+
+    def _set_rate(self, kind: str, per_minute: int, shared: bool) -> None:
+        """Pace ``kind`` (rpm, tpm) at ``per_minute`` from now (lock held)."""
+        seconds = RPM_SPAN_SECONDS if kind == "rpm" else TPM_SPAN_SECONDS
+        bucket = self._bucket(kind, per_minute, seconds, shared and self.backend is not None)
+        self._per_minute[kind] = per_minute
+        if kind == "rpm":
+            self._rpm = bucket
+        else:
+            self._tpm = bucket
+        self._changed()
 
     def _place_in_flight(self) -> Generator[_Step, Any, _Block | None]:
         while True:
@@ -391,6 +574,9 @@ class EndpointLimiter:
             with self._cond:
                 now = time.monotonic()
                 factor = self._adapt.current(now)
+                grown = self._learning.recovered(now, self._per_minute["rpm"])
+                if grown is not None:
+                    self._set_rate("rpm", grown, shared=False)
                 if now < self._pause_until:
                     step: _Step | None = _Wait(
                         self._version, self._pause_until - now, "the pause a 429 asked for"
@@ -445,8 +631,7 @@ class EndpointLimiter:
         bucket.fetching = True
         backend = self.backend
         kind = "rpm" if bucket is self._rpm else "tpm"
-        rate = self.spec.requests_per_minute if kind == "rpm" else self.spec.tokens_per_minute
-        name = limit_name(kind, self.key, rate)
+        name = limit_name(kind, self.key, self._per_minute[kind])
 
         def fetch() -> None:
             try:
@@ -463,16 +648,18 @@ class EndpointLimiter:
 
     def _rates(self) -> str:
         rates = []
-        if self.spec.requests_per_minute:
-            rates.append(f"the request rate ({self.spec.requests_per_minute}/min)")
-        if self.spec.tokens_per_minute:
-            rates.append(f"the token rate ({self.spec.tokens_per_minute}/min)")
+        if self._per_minute["rpm"]:
+            rates.append(f"the request rate ({self._per_minute['rpm']}/min)")
+        if self._per_minute["tpm"]:
+            rates.append(f"the token rate ({self._per_minute['tpm']}/min)")
         return " and ".join(rates) or "the rates"
 
     def _correct(self, permit: Permit, tokens: int) -> None:
         if self._tpm is None:
             return
         with self._cond:
+            if tokens < permit.tokens and not self._learning.hand_back:
+                return  # the provider counted max_tokens when it admitted the request
             counted = self._tpm.duration(max(1, permit.tokens), permit._factor)
             used = self._tpm.duration(max(1, tokens), permit._factor)
             self._tpm.correct(permit._start, counted, used)

@@ -33,12 +33,14 @@ def limiter_for(endpoint: Any) -> EndpointLimiter:
     """The process's limiter for an endpoint, created on first use.
 
     The endpoint is anything with ``base_url``, the three limits and ``key_value()``.
-    An endpoint without limits still gets one: a 429 pauses its other callers.
+    An endpoint without limits still gets one: it learns the provider's limits from
+    the answers' headers, and a 429 pauses its other callers.
     """
     global _backend
     spec = LimitSpec.of(endpoint)
-    shared = bool(spec.max_concurrency or spec.requests_per_minute or spec.tokens_per_minute)
-    shared = shared and shared_server()
+    # With a server, even an endpoint without limits may share what it learns of the
+    # provider's (prefect_fanout.limits.learning); the backend asks nothing until then.
+    shared = shared_server()
     key = endpoint_key(endpoint.base_url, endpoint.key_value())
     with _lock:
         limiter = _limiters.get((key, spec, shared))

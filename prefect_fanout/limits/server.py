@@ -55,6 +55,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
+    VariableCreate,
+    VariableUpdate,
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -142,6 +144,11 @@ def limit_name(kind: str, key: str, per_minute: int | None = None) -> str:
     """
     suffix = f"-{per_minute}" if per_minute is not None else ""
     return f"fanout-{kind}-{key}{suffix}"
+
+
+def learned_name(key: str) -> str:
+    """The Prefect variable that keeps what was learned of an endpoint's rate limits."""
+    return f"fanout-learned-{key}"
 
 
 def span_units(rate_per_minute: int, seconds: float) -> int:
@@ -383,6 +390,20 @@ class PrefectBackend:
                     with self._lock:
                         if time.monotonic() - lease.taken > LEASE_SECONDS:
                             self._held.pop(lease.lease_id, None)
+
+    def read_learned(self, key: str) -> dict[str, Any] | None:
+        """What a process learned of an endpoint's rate limits, kept in a Prefect variable."""
+        found = self._call("read_variable_by_name", learned_name(key))
+        value = getattr(found, "value", None)
+        return value if isinstance(value, dict) else None
+
+    def publish_learned(self, key: str, values: dict[str, Any]) -> None:
+        """Keep what this process learned in the variable :func:`learned_name` names."""
+        name = learned_name(key)
+        try:
+            self._call("create_variable", VariableCreate(name=name, value=values))
+        except ObjectAlreadyExists:
+            self._call("update_variable", VariableUpdate(name=name, value=values))
 
     def close(self) -> None:
         """Give back every block still held (at exit; best effort)."""
