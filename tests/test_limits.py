@@ -28,7 +28,13 @@ from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.limits import LimitSpec, estimate_tokens, limiter_for
 from prefect_fanout.limits.backoff import Adaptation, reset_seconds
 from prefect_fanout.limits.limiter import EndpointLimiter
-from prefect_fanout.limits.server import PrefectBackend, endpoint_key, limit_name
+from prefect_fanout.limits.server import (
+    IDLE_SECONDS,
+    SWEEP_SECONDS,
+    PrefectBackend,
+    endpoint_key,
+    limit_name,
+)
 from prefect_fanout.options import RunOptions
 from tests.fakeopenai import Error, FakeOpenAI, RecordedRequest, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
@@ -515,8 +521,13 @@ def test_a_process_hands_its_concurrency_slots_on_without_asking_the_server(
     print(f"max_concurrency 2: {stats.api_calls} Prefect API calls for {stats.permits} requests")
     assert stats.permits == 30 and flight.peak <= 2
     assert stats.api_calls < stats.permits  # slots held are handed on, not asked for again
-    shared = server_limit(limit_name("concurrency", limiter.key))
-    assert shared.limit == 2 and shared.active_slots == 0  # every slot was given back
+    # every slot goes back once idle (IDLE_SECONDS, swept every SWEEP_SECONDS)
+    name = limit_name("concurrency", limiter.key)
+    deadline = time.monotonic() + IDLE_SECONDS + 10 * SWEEP_SECONDS + 10
+    while server_limit(name).active_slots and time.monotonic() < deadline:
+        time.sleep(SWEEP_SECONDS)  # polling the server for a state with a bound
+    shared = server_limit(name)
+    assert shared.limit == 2 and shared.active_slots == 0
 
 
 def test_limits_are_shared_only_with_a_configured_server(prefect_server: Any) -> None:
@@ -529,7 +540,10 @@ def test_limits_are_shared_only_with_a_configured_server(prefect_server: Any) ->
     with temporary_settings({PREFECT_API_URL: None}):
         assert limiter_for(endpoint).backend is None  # embedded: within the process
     unlimited = LLMEndpoint(base_url="http://127.0.0.1:9/v1", api_key=SecretStr("sk-x"))
-    assert limiter_for(unlimited).backend is None  # nothing to share: no API calls
+    # an endpoint without limits may share what it learns of the provider's, and asks
+    # the server nothing before its first request
+    assert limiter_for(unlimited).backend is not None
+    assert limiter_for(unlimited).stats().api_calls == limiter_for(endpoint).stats().api_calls
 
 
 def test_a_429_without_retry_after_pauses_for_the_reset_headers() -> None:
