@@ -21,6 +21,8 @@ from prefect_fanout.errors import EXIT_USAGE
 from prefect_fanout.redact import register_environment
 
 COMMANDS = ("call", "validate", "dispatch", "map", "server")
+#: The commands that run flows: they take ``--verbose`` and keep a quiet console without it.
+RUNS_FLOWS = ("call", "dispatch", "map")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,11 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
+        if name in RUNS_FLOWS:
+            subparsers.choices[name].add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                help="show every log line on the console: Prefect's run lines, retries and "
+                "tracebacks (the run's logs in the UI always have them)",
+            )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fanout`` command line and return its exit code."""
+def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> int:
+    """Run the ``fanout`` command line and return its exit code.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        keep_console: Leave the command's console (:mod:`prefect_fanout.cli.console`) in
+            place after the command, for the process's teardown (the console script).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["server", "start"]:  # every later argument is prefect server start's
         from prefect_fanout.cli.server import exec_server
@@ -68,7 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     recording = sys.modules.get(_RECORDING)  # imported by a flow run only
     mark = recording.guard_mark() if recording else 0
     try:
-        code = int(args.run(args))
+        if args.command in RUNS_FLOWS:
+            from prefect_fanout.cli.console import command_console
+
+            with command_console(verbose=args.verbose, restore=not keep_console):
+                code = int(args.run(args))
+        else:
+            code = int(args.run(args))
     except Interrupted as stop:
         print(
             f"fanout {args.command}: interrupted ({stop}); finished answers are cached, "
@@ -96,7 +118,7 @@ def _say_if_server_fell_behind(command: str, mark: int) -> None:
 def run_command() -> None:
     """The ``fanout`` console script: run, then exit with a bounded teardown."""
     install_signal_handlers()
-    code = main()
+    code = main(keep_console=True)
     from prefect_fanout.call.settle import let_temporary_server_finish
 
     let_temporary_server_finish()  # a quiet exit: see prefect_fanout.call.settle
