@@ -3,8 +3,8 @@
 Each command lives in ``prefect_fanout/cli/<name>.py`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``. Command modules import
 Prefect lazily so ``fanout --help`` stays fast. stdout carries only results;
-progress and logs go to stderr. Exit codes: 0 success, 1 a call or task
-failed, 2 bad usage, bad input or missing configuration.
+the one-line summary, problems and (with ``--verbose``) logs go to stderr. Exit codes:
+:data:`EXIT_CODES_HELP`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,24 @@ COMMANDS = ("call", "validate", "dispatch", "map", "server")
 RUNS_FLOWS = ("call", "dispatch", "map")
 
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success (and every dry run); 1 a call or task failed; 2 bad usage, input "
+    "or configuration; 3 the run's budget was reached; 130/143 interrupted by SIGINT/SIGTERM "
+    "(rerun to resume). Without --verbose the console shows one line per problem; --verbose "
+    "adds Prefect's run lines and tracebacks."
+)
+
+
+def _version() -> str:
+    """The installed prefect-fanout's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect-fanout")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors exit with the project's usage code."""
 
@@ -38,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fanout",
         description="Run parallel LLM-agent work as Prefect flows.",
-        epilog="Exit codes: 0 success; 1 a call or task failed; 2 bad usage, input or config.",
+        epilog=EXIT_CODES_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"fanout {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -49,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
+        subparsers.choices[name].set_defaults(command_parser=subparsers.choices[name])
         if name in RUNS_FLOWS:
             subparsers.choices[name].add_argument(
                 "-v",
@@ -77,7 +97,11 @@ def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> in
         tune_embedded_server()  # before Prefect reads its settings
     register_environment()  # OPENAI_API_KEY is masked in every message
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # say it with the command's own usage, not fanout's
+        getattr(args, "command_parser", parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -97,7 +97,10 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
         "tokens and cost it would take, without a single request (exit 0)",
     )
     parser.add_argument(
-        "--json", action="store_true", help="with --dry-run: print the estimate as JSON"
+        "--json",
+        action="store_true",
+        help="print the result (or a --dry-run's estimate) as JSON on stdout; without it the "
+        "result JSON is printed only when stdout is not a terminal",
     )
     parser.add_argument(
         "--budget-tokens",
