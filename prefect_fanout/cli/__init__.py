@@ -53,6 +53,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fanout`` parser with every available command."""
+    return command_parsers()["fanout"]
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The ``fanout`` parser (key ``fanout``) and each command's parser, by command name.
+
+    The command-line reference of the documentation is generated from these, and the
+    documentation's tests check every flag they name against them.
+    """
     parser = _Parser(
         prog="fanout",
         description="Run parallel LLM-agent work as Prefect flows.",
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="show every log line on the console: Prefect's run lines, retries and "
                 "tracebacks (the run's logs in the UI always have them)",
             )
-    return parser
+    return {"fanout": parser, **subparsers.choices}
 
 
 def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> int:
