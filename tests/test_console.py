@@ -89,3 +89,22 @@ def test_ids_that_are_emoji_codes_print_literally(prefect_server, tmp_path, task
     # Rich would print 'default🅰' / 'default😄' for the task run 'default:a:' / 'default:smile:'
     assert f"Task run 'default:{task_id}'" in done.stderr, done.stderr
     assert "🅰" not in done.stderr and "😄" not in done.stderr
+
+
+def test_a_map_whose_endpoint_is_down_says_one_line_per_item(prefect_server, tmp_path):
+    dead = free_port()
+    env = prefect_server.env(
+        OPENAI_BASE_URL=f"http://127.0.0.1:{dead}/v1", OPENAI_API_KEY="sk-console"
+    )
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"id": "{n}", "text": "t {n}"}}\n' for n in "abcd"))
+    command = ["map", str(source), "--agent", "default", "--partition", "count:1"]
+    done = fanout([*command, "--output", str(tmp_path / "out"), "--model", "gpt-4o-mini"], env)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    items = [line for line in lines if "failed after 4 attempt(s)" in line]
+    assert len(items) == 4 and len(lines) == 6, done.stderr  # one per item, a summary, a problem
+    for name in "abcd":
+        assert any(f"item {name} (partition 0000) failed: default:{name}:" in x for x in items)
+    assert lines[-2].startswith("fanout map: 0 of 4 items completed, 4 failed")
