@@ -41,3 +41,28 @@ def test_mkdocs_build_strict_offline(tmp_path):
         module = getattr(prefect_fanout, name).__module__
         assert f'id="{module}.{name}"' in api, name  # documented from its own module
     assert "fonts.googleapis.com" not in (site / "index.html").read_text()
+
+
+def test_the_readme_is_a_front_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    assert "bash scripts/test.sh" in readme  # the test command CI runs (.ci/run)
+    assert "bash scripts/demo.sh" in readme
+    assert "pip install -e ." in readme
+
+
+def test_every_relative_link_of_the_readme_and_the_pages_resolves():
+    import re
+
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            if page.parent.name == "docs" and target.startswith("reference/"):
+                continue  # generated at build time; the strict build above checks these links
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
