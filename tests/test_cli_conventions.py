@@ -8,6 +8,7 @@ import os
 import pty
 import subprocess
 import sys
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 
@@ -105,3 +106,30 @@ def test_map_prints_json_on_a_terminal_only_with_json(prefect_server, tmp_path):
     assert _map_on_a_terminal(tmp_path, env).strip() == ""
     shown = _map_on_a_terminal(tmp_path, env, "--json")
     assert json.loads(shown)["total"] == 1
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("command", ["map", "dispatch"])
+def test_no_cache_asks_again_on_map_and_dispatch(command, prefect_server, fake_openai, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    env = prefect_server.env(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test")
+    env.pop("FANOUT_MODEL", None)
+    if command == "map":
+        source = tmp_path / "in.jsonl"
+        source.write_text(f'{{"id": "one", "text": "{run} one"}}\n')
+        args = ["map", str(source), "--agent", "default", "--partition", "count:1"]
+        args += ["--output", str(tmp_path / "out"), "--force"]
+    else:
+        plan = {"tasks": [{"task_id": "one", "agent": "default", "description": f"{run} one"}]}
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        args = ["dispatch", str(tmp_path / "plan.json")]
+    for _ in range(2):
+        done = subprocess.run(
+            [*FANOUT, *args, "--model", "gpt-4o-mini", "--no-cache"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr
+    assert fake_openai.count(run) == 2  # neither run read an answer from the cache

@@ -59,9 +59,9 @@ def test_every_fanout_line_names_a_command_and_flags_it_accepts(where, line):
 
 
 def test_the_flag_check_catches_a_flag_the_command_does_not_take():
-    help_text = command_parsers()["map"].format_help()
-    assert "--partition" in option_strings(help_text)
-    assert "--no-cache" not in option_strings(help_text)  # what README once claimed
+    help_text = command_parsers()["call"].format_help()
+    assert "--model" in option_strings(help_text)
+    assert "--task-runner" not in option_strings(help_text)  # what README once claimed
 
 
 @pytest.fixture

@@ -124,7 +124,6 @@ def add_parser(subparsers: Any) -> None:
     add_run_option_arguments(
         parser,
         workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
-        no_cache=False,
         batch=True,
         costs=True,
     )
