@@ -65,13 +65,16 @@ class PlainConsoleHandler(logging.StreamHandler):
             return super().format(record)
         bare = logging.makeLogRecord(record.__dict__)
         bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
-        return " ".join(super().format(bare).split("\n")[:1]).rstrip()
+        return super().format(bare).split("\n", 1)[0].rstrip()
 
 
 def _console_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
     """Each logger with one of Prefect's console handlers attached, and the handler."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    # Prefect's logging.yml attaches its console handler to the root and to several "prefect.*"
+    # loggers (and PREFECT_LOGGING_EXTRA_LOGGERS to more), so every logger the logging module
+    # knows is looked at. tests/test_console.py fails if one of Prefect's handlers is missed.
     loggers = [logging.getLogger()]
     loggers += [
         logger
