@@ -30,6 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file, map_corpus
 from prefect_fanout.call.settle import let_temporary_server_finish
+from prefect_fanout.cli.summary import run_place
 from prefect_fanout.options import merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,9 @@ def report(summary: MapSummary) -> str:
         lines.append("  reduce.json         the digest of all notes")
     if summary.failed_ids or summary.dead_letter_ids:
         lines.append(f"Not completed: {', '.join(summary.failed_ids + summary.dead_letter_ids)}")
+    where = run_place(summary.flow_run_id)
+    if where:
+        lines.append(f"The run in the Prefect UI: {where}")
     return "\n".join(lines)
 
 

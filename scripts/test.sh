@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install prefect-fanout with its test extras into .venv (created if missing) and run the tests.
+# Install prefect-fanout with its test and docs extras into .venv (created if missing), run the tests.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k retry -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ui-test,dask,ray]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ui-test,dask,ray,docs]'
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

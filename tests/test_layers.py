@@ -2,7 +2,7 @@
 and no modules import each other in a circle (counting imports inside functions and under
 ``TYPE_CHECKING``, which are cycles a reader meets all the same).
 
-The layers, lowest first (README's "Layout" draws them). A module may import modules of its own
+The layers, lowest first (docs/layout.md draws them). A module may import modules of its own
 layer or of a lower one; inside one layer, modules must still not form a cycle.
 """
 

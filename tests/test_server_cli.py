@@ -178,3 +178,12 @@ def test_a_server_that_cannot_be_read_is_reported_too():
         line = server_behind_line(mark)
     assert line is not None and "could not be read" in line
     assert server_behind_line(guard.sequence) is None  # only runs after the mark count
+
+
+def test_the_ui_asks_the_port_the_server_was_started_on():
+    from prefect_fanout.cli.server import ui_api_url
+
+    assert ui_api_url(["--port", "4300"]) == "http://127.0.0.1:4300/api"
+    assert ui_api_url(["--host=0.0.0.0", "--port=4301"]) == "http://127.0.0.1:4301/api"
+    assert ui_api_url(["--host", "10.0.0.5", "--port", "4302"]) == "http://10.0.0.5:4302/api"
+    assert ui_api_url(["--background"]) is None  # Prefect's default stands

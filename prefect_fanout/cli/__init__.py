@@ -3,8 +3,8 @@
 Each command lives in ``prefect_fanout/cli/<name>.py`` and provides
 ``add_parser(subparsers)`` and ``run(args) -> int``. Command modules import
 Prefect lazily so ``fanout --help`` stays fast. stdout carries only results;
-progress and logs go to stderr. Exit codes: 0 success, 1 a call or task
-failed, 2 bad usage, bad input or missing configuration.
+the one-line summary, problems and (with ``--verbose``) logs go to stderr. Exit codes:
+:data:`EXIT_CODES_HELP`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,26 @@ from prefect_fanout.errors import EXIT_USAGE
 from prefect_fanout.redact import register_environment
 
 COMMANDS = ("call", "validate", "dispatch", "map", "server")
+#: The commands that run flows: they take ``--verbose`` and keep a quiet console without it.
+RUNS_FLOWS = ("call", "dispatch", "map")
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success (and every dry run); 1 a call or task failed; 2 bad usage, input "
+    "or configuration; 3 the run's budget was reached; 130/143 interrupted by SIGINT/SIGTERM "
+    "(rerun to resume). Without --verbose the console shows one line per problem; --verbose "
+    "adds Prefect's run lines and tracebacks."
+)
+
+
+def _version() -> str:
+    """The installed prefect-fanout's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect-fanout")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,11 +53,21 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fanout`` parser with every available command."""
+    return command_parsers()["fanout"]
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The ``fanout`` parser (key ``fanout``) and each command's parser, by command name.
+
+    The command-line reference of the documentation is generated from these, and the
+    documentation's tests check every flag they name against them.
+    """
     parser = _Parser(
         prog="fanout",
         description="Run parallel LLM-agent work as Prefect flows.",
-        epilog="Exit codes: 0 success; 1 a call or task failed; 2 bad usage, input or config.",
+        epilog=EXIT_CODES_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"fanout {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -47,11 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
-    return parser
+        subparsers.choices[name].set_defaults(command_parser=subparsers.choices[name])
+        if name in RUNS_FLOWS:
+            subparsers.choices[name].add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                help="show every log line on the console: Prefect's run lines, retries and "
+                "tracebacks (the run's logs in the UI always have them)",
+            )
+    return {"fanout": parser, **subparsers.choices}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fanout`` command line and return its exit code."""
+def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> int:
+    """Run the ``fanout`` command line and return its exit code.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        keep_console: Leave the command's console (:mod:`prefect_fanout.cli.console`) in
+            place after the command, for the process's teardown (the console script).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["server", "start"]:  # every later argument is prefect server start's
         from prefect_fanout.cli.server import exec_server
@@ -61,14 +106,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_embedded_server()  # before Prefect reads its settings
     register_environment()  # OPENAI_API_KEY is masked in every message
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # say it with the command's own usage, not fanout's
+        getattr(args, "command_parser", parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     recording = sys.modules.get(_RECORDING)  # imported by a flow run only
     mark = recording.guard_mark() if recording else 0
     try:
-        code = int(args.run(args))
+        if args.command in RUNS_FLOWS:
+            from prefect_fanout.cli.console import command_console
+
+            with command_console(verbose=args.verbose, restore=not keep_console):
+                code = int(args.run(args))
+        else:
+            code = int(args.run(args))
     except Interrupted as stop:
         print(
             f"fanout {args.command}: interrupted ({stop}); finished answers are cached, "
@@ -96,7 +151,7 @@ def _say_if_server_fell_behind(command: str, mark: int) -> None:
 def run_command() -> None:
     """The ``fanout`` console script: run, then exit with a bounded teardown."""
     install_signal_handlers()
-    code = main()
+    code = main(keep_console=True)
     from prefect_fanout.call.settle import let_temporary_server_finish
 
     let_temporary_server_finish()  # a quiet exit: see prefect_fanout.call.settle

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect_fanout.cli.argtypes import one_line
 from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
+from prefect_fanout.cli.summary import run_place, say
 from prefect_fanout.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -22,7 +23,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("prompt", help="the user prompt ('-' reads it from stdin)")
     parser.add_argument("--agent", default="default", help="agent name (default: default)")
     parser.add_argument("--system", help="system prompt overriding the agent's")
-    parser.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the AgentResult as JSON instead of the answer"
+    )
     add_run_option_arguments(parser, workers_help="", runner=False)
     parser.set_defaults(run=run)
 
@@ -70,4 +73,17 @@ def run(args: argparse.Namespace) -> int:
         print(result.output)
     else:
         print(json.dumps(result.model_dump(mode="json")["output"], indent=2))
+    sys.stdout.flush()
+    say("call", _summary_line(args.agent, result, state.state_details.flow_run_id))
     return EXIT_OK
+
+
+def _summary_line(agent: str, result: Any, flow_run_id: object) -> str:
+    """``done: agent A, model M, P+C tokens, cost, cached or attempts; flow run LINK``."""
+    cost = "cost unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
+    how = "from the cache" if result.cached else f"{result.attempts} attempt(s)"
+    tokens = f"{result.prompt_tokens}+{result.completion_tokens} tokens"
+    where = run_place(flow_run_id)
+    return f"done: agent {agent}, model {result.model}, {tokens}, {cost}, {how}" + (
+        f"; {where}" if where else ""
+    )

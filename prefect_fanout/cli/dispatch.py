@@ -1,7 +1,8 @@
 """``fanout dispatch PLAN``: run a plan as one ``fanout-dispatch`` flow run.
 
-stdout carries only the result JSON (for ``jq``); progress and logs go to
-stderr. Exit codes: 0 every task completed; 1 a task failed or was skipped;
+stdout carries only the result JSON (with ``--json`` or when stdout is not a terminal,
+so ``| jq`` gets it: :mod:`prefect_fanout.cli.summary`); the one-line summary goes to stderr.
+Exit codes: 0 every task completed; 1 a task failed or was skipped;
 2 an invalid plan, bad usage or missing configuration (nothing was run).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from prefect_fanout.cli.argtypes import one_line
 from prefect_fanout.cli.dryrun import print_dry_run
 from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
+from prefect_fanout.cli.summary import json_wanted, run_place
 from prefect_fanout.errors import EXIT_FAILED, EXIT_USAGE
 
 
@@ -25,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Validate a plan, then run it as a 'fanout-dispatch' flow run: independent tasks "
             "at once (up to max_workers), dependants fed with their upstream outputs. The "
-            "result JSON goes to stdout."
+            "result JSON goes to stdout (with --json, or when stdout is not a terminal)."
         ),
         epilog="Exit codes: 0 all tasks completed (or a dry run); 1 a task failed or was "
         "skipped; 2 invalid plan, usage or configuration; 3 the budget was reached (tasks not "
@@ -69,13 +71,16 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # the flow run crashed before producing a result
         print(f"fanout dispatch: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
-    sys.stdout.write(result.model_dump_json(indent=2) + "\n")
-    sys.stdout.flush()
+    if json_wanted(args.json):
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        sys.stdout.flush()
     summary = result.summary
+    where = run_place(result.flow_run_id)
     print(
         f"fanout dispatch: {result.status}: {summary.completed} of {summary.total} completed, "
         f"{summary.failed} failed, {summary.skipped} skipped, {summary.cached} from cache"
-        + (f"; traces: {result.trace_index}" if result.trace_index else ""),
+        + (f"; traces: {result.trace_index}" if result.trace_index else "")
+        + (f"; {where}" if where else ""),
         file=sys.stderr,
     )
     if result.budget_reached and result.budget is not None:

@@ -1,6 +1,7 @@
 """``fanout map INPUT``: map a corpus over an agent in partitions, merge, optionally reduce.
 
-stdout carries the summary JSON only; progress and logs go to stderr. Exit 0
+stdout carries the summary JSON only (with ``--json`` or when stdout is not a terminal:
+:mod:`prefect_fanout.cli.summary`); the one-line summary and problems go to stderr. Exit 0
 when every item completed, 1 when some failed or were dead-lettered (or the
 reduce failed), 2 for bad input, usage or configuration, found before the flow
 run starts.
@@ -20,6 +21,7 @@ from prefect_fanout.cli.argtypes import (
 )
 from prefect_fanout.cli.dryrun import print_dry_run
 from prefect_fanout.cli.options_args import add_run_option_arguments, run_options
+from prefect_fanout.cli.summary import json_wanted, run_place, say
 from prefect_fanout.errors import EXIT_BUDGET, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "fanout map"
@@ -122,7 +124,6 @@ def add_parser(subparsers: Any) -> None:
     add_run_option_arguments(
         parser,
         workers_help=f"agent calls in flight at most (default {DEFAULT_MAX_WORKERS})",
-        no_cache=False,
         batch=True,
         costs=True,
     )
@@ -182,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # the flow run ended early; its logs say more
         print(f"{PROG}: failed: {one_line(describe(exc))}", file=sys.stderr)
         return EXIT_FAILED
-    print(summary.model_dump_json(indent=2))
+    if json_wanted(args.json):
+        print(summary.model_dump_json(indent=2), flush=True)
+    say("map", _summary_line(summary))
     if summary.budget_reached and summary.budget is not None:
         print(f"{PROG}: {summary.budget.message}; see {summary.output_dir}", file=sys.stderr)
         return EXIT_BUDGET
@@ -196,3 +199,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {summary.problem_line()}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _summary_line(summary: Any) -> str:
+    """``N of T items completed, F failed, ..., C cached; outputs in DIR; flow run LINK``."""
+    counts = (
+        f"{summary.completed} of {summary.total} items completed, {summary.failed} failed, "
+        f"{summary.dead_letter} dead-lettered, {summary.skipped} skipped, {summary.cached} cached"
+    )
+    where = run_place(summary.flow_run_id)
+    return f"{counts}; outputs in {summary.output_dir}" + (f"; {where}" if where else "")

@@ -27,7 +27,6 @@ def add_run_option_arguments(
     workers_help: str,
     runner: bool = True,
     dispatch: bool = False,
-    no_cache: bool = True,
     batch: bool = False,
     costs: bool = False,
 ) -> None:
@@ -38,7 +37,6 @@ def add_run_option_arguments(
         workers_help: The help of ``--max-workers`` (its default differs by command).
         runner: Add ``--task-runner``, ``--dask-address`` and ``--ray-address``.
         dispatch: Add ``--failure-policy`` and ``--trace-dir``.
-        no_cache: Add ``--no-cache`` beside ``--refresh``.
         batch: Add ``--batch`` and its options (README "Batch mode").
         costs: Add ``--dry-run``, ``--json``, ``--budget-tokens``, ``--budget-usd`` and
             ``--budget-name`` (see README's "Costs: estimate, budget, batch").
@@ -75,10 +73,11 @@ def add_run_option_arguments(
     add_limit_arguments(parser)
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
-    if no_cache:
-        cache.add_argument(
-            "--no-cache", action="store_true", help="neither read nor write the cache"
-        )
+    cache.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the cache (a run without it cannot resume)",
+    )
     if runner:
         add_runner_arguments(parser, chunks=not dispatch)  # a plan's tasks go one by one
     if costs:
@@ -97,7 +96,10 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
         "tokens and cost it would take, without a single request (exit 0)",
     )
     parser.add_argument(
-        "--json", action="store_true", help="with --dry-run: print the estimate as JSON"
+        "--json",
+        action="store_true",
+        help="print the result (or a --dry-run's estimate) as JSON on stdout; without it the "
+        "result JSON is printed only when stdout is not a terminal",
     )
     parser.add_argument(
         "--budget-tokens",

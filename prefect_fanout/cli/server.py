@@ -78,13 +78,48 @@ def profile_setting_names(prefect_args: Sequence[str]) -> set[str]:
     return {setting.name for setting in profile.settings}
 
 
+def _option(prefect_args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``prefect_args``, if given."""
+    for i, arg in enumerate(prefect_args):
+        if arg == name and i + 1 < len(prefect_args):
+            return prefect_args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def ui_api_url(prefect_args: Sequence[str]) -> str | None:
+    """The API URL the UI of a server started with ``prefect_args`` should ask.
+
+    Prefect's UI asks ``PREFECT_API_URL`` when one is set (often :4200, from the profile),
+    not the port the server was started on; so with ``--port`` the UI is pointed at the
+    server's own port (on 127.0.0.1 when ``--host`` is a wildcard address or not given).
+
+    Returns:
+        ``http://HOST:PORT/api``, or None without ``--port`` (Prefect's default stands).
+    """
+    port = _option(prefect_args, "--port")
+    if port is None:
+        return None
+    host = _option(prefect_args, "--host") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/api"
+
+
 def exec_server(prefect_args: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """Replace this process with ``prefect server start``, with the settings as defaults.
 
     A setting is left to the user when the environment or the Prefect profile the server
     uses sets it.
     """
-    env = server_environment(environ, profile_setting_names(prefect_args))
+    profile = profile_setting_names(prefect_args)
+    env = server_environment(environ, profile)
+    ui_api = ui_api_url(prefect_args)
+    names = ("PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL")  # the setting and its alias
+    if ui_api and not any(name in env or name in profile for name in names):
+        env["PREFECT_UI_API_URL"] = ui_api
+        print(f"fanout server: the UI asks its API at {ui_api}", file=sys.stderr)
     command = prefect_server_command(prefect_args)
     chosen = " ".join(f"{n}={env[n]}" for n in STANDALONE_SETTINGS if n in env)
     print(f"fanout server: {chosen}", file=sys.stderr, flush=True)
