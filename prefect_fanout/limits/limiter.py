@@ -593,9 +593,14 @@ class EndpointLimiter:
         self, tokens: int, now: float, factor: float
     ) -> tuple[Reservation | None, _Step | None]:
         """A reservation at one start in every bucket, or the step to take first (lock held)."""
+        # a request rate guessed from the 429s is itself the slowing down: no factor on it
+        rpm_factor = 1.0 if self._learning.guessed else factor
         parts = [
-            (bucket, bucket.duration(units, factor))
-            for bucket, units in ((self._rpm, 1), (self._tpm, max(1, tokens)))
+            (bucket, bucket.duration(units, slowed))
+            for bucket, units, slowed in (
+                (self._rpm, 1, rpm_factor),
+                (self._tpm, max(1, tokens), factor),
+            )
             if bucket is not None
         ]
         if not parts:

@@ -188,6 +188,7 @@ class PrefectBackend:
         self._renewer: threading.Thread | None = None
         self._renew_wake = threading.Event()
         self._sweepers: list[Any] = []
+        self._turns: dict[str, _Turn] = {}
         self.api_calls = 0
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -243,7 +244,17 @@ class PrefectBackend:
             The span, in this process's monotonic clock.
         """
         self.ensure(name, units, rate)
-        began = last_log = time.monotonic()
+        began = time.monotonic()
+        turn = self._turns.setdefault(name, _Turn())
+        try:
+            return self._take_span(name, units, rate, turn, began)
+        finally:
+            if turn.queued is not None:
+                self._leave_queue(turn)
+
+    def _take_span(self, name: str, units: int, rate: float, turn: _Turn, began: float) -> Span:
+        last_log = began
+        yielded = slept = False
         while True:
             try:
                 found = self._call("read_global_concurrency_limit_by_name", name)
@@ -251,8 +262,20 @@ class PrefectBackend:
                 self._ensured.clear()
                 self.ensure(name, units, rate)
                 continue
+            now = time.monotonic()
+            if found.active_slots > 0 and now >= turn.own_until:
+                if turn.queued is None:  # say so: the holder lets waiting processes go first
+                    self._join_queue(name, turn)
+                if slept:  # it took the span this process waited for: a turn lost
+                    turn.missed += 1
+            if found.active_slots == 0 and not yielded and turn.just_had_one(now):
+                yielded = True
+                if self._others_waiting(name):
+                    # this process just had a span and others want the rate: let the
+                    # one that has waited longest take it first
+                    time.sleep(TURN_SECONDS)
+                    continue
             if found.active_slots > 0:
-                now = time.monotonic()
                 if now - last_log >= WAIT_LOG_SECONDS:
                     last_log = now
                     wait_logger().warning(
@@ -265,7 +288,12 @@ class PrefectBackend:
                         units,
                         rate,
                     )
-                time.sleep(min(found.active_slots / rate, WAIT_LOG_SECONDS))
+                waiting = found.active_slots / rate
+                if waiting < WAIT_LOG_SECONDS and now >= turn.own_until:
+                    # the longer it has waited, the sooner it asks
+                    waiting += TURN_SECONDS / (2 + turn.missed)
+                    yielded = slept = True
+                time.sleep(min(waiting, WAIT_LOG_SECONDS))
                 continue
             asked = time.monotonic()
             try:
@@ -274,13 +302,46 @@ class PrefectBackend:
                 )
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code == 423:
+                    turn.missed += 1
                     continue  # another process took it first; the next read says how long
                 if exc.response.status_code == 422:  # resized by another run: set ours
                     self._ensured.clear()
                     self.ensure(name, units, rate)
                     continue
                 raise
+            turn.took(asked + units / rate)
             return Span(time.monotonic(), asked + units / rate)
+
+    def _join_queue(self, name: str, turn: _Turn) -> None:
+        """Hold a slot of ``NAME-waiting`` while this process waits for another's span."""
+        queue = f"{name}-waiting"
+        try:
+            self.ensure(queue, QUEUE_SIZE, 0.0)
+            answer = self._call(
+                "increment_concurrency_slots_with_lease",
+                names=[queue],
+                slots=1,
+                mode="concurrency",
+                lease_duration=LEASE_SECONDS,
+            )
+            turn.queued = UUID(answer.json()["lease_id"])
+        except Exception:  # taking turns is a courtesy: the span is asked for all the same
+            _log.debug("could not join the queue of %s", name, exc_info=True)
+
+    def _leave_queue(self, turn: _Turn) -> None:
+        lease, turn.queued = turn.queued, None
+        try:
+            self._call("release_concurrency_slots_with_lease", lease)
+        except Exception:  # its lease ends on its own
+            pass
+
+    def _others_waiting(self, name: str) -> bool:
+        """True when another process waits for a span of ``name`` (holds a queue slot)."""
+        queue = f"{name}-waiting"
+        try:
+            return self._call("read_global_concurrency_limit_by_name", queue).active_slots > 0
+        except Exception:  # no queue yet: nobody waited
+            return False
 
     def take_slots(self, name: str, limit: int, count: int = 1) -> Lease:
         """Wait for, then take, ``count`` slots of a concurrency limit under one lease.
@@ -428,6 +489,37 @@ class PrefectBackend:
             self._call("release_concurrency_slots_with_lease", lease.lease_id)
         except (httpx.HTTPStatusError, ObjectNotFound):
             pass
+
+
+@dataclass
+class _Turn:
+    """How this process takes turns with others at one rate limit.
+
+    Spans go to whoever asks first once the last one has decayed. So that processes
+    sharing a rate get like shares, a process waiting for another's span holds a slot
+    of the limit ``NAME-waiting``; a process that just had a span and sees a waiting
+    one waits :data:`TURN_SECONDS` before asking again, and a waiter that lost
+    ``missed`` turns asks ``TURN_SECONDS / (2 + missed)`` after the decay: the longest
+    waiter asks first.
+    """
+
+    own_until: float = 0.0
+    missed: int = 0
+    queued: UUID | None = None
+
+    def just_had_one(self, now: float) -> bool:
+        return now - self.own_until < TURN_SECONDS * 4
+
+    def took(self, until: float) -> None:
+        self.own_until = until
+        self.missed = 0
+
+
+TURN_SECONDS = 0.15
+"""How long a process that just had a span of a shared rate lets waiting ones go first."""
+
+QUEUE_SIZE = 100_000
+"""The size of a rate limit's ``-waiting`` limit (one slot per waiting process)."""
 
 
 def _seconds(text: str | None, default: float) -> float:
