@@ -605,7 +605,12 @@ class EndpointLimiter:
         ]
         if not parts:
             return Reservation(now, math.inf), None
-        start = now
+        shortest = min(duration for _, duration in parts)
+        late = max(min(shortest / 2, MAX_LATE_SECONDS), MIN_LATE_SECONDS)
+        # An interval may have begun up to half its lateness ago: a caller that woke a
+        # little after its turn (a busy machine) uses it instead of leaving it empty; the
+        # request still starts within ``late`` of the interval's start, so the bound holds.
+        start = now - late / 2
         for _ in range(8):
             for bucket, duration in parts:
                 earliest = bucket.earliest(start, duration)
@@ -620,8 +625,6 @@ class EndpointLimiter:
             if all(bucket.fits(start, duration) for bucket, duration in parts):
                 for bucket, duration in parts:
                     bucket.take(start, duration)
-                shortest = min(duration for _, duration in parts)
-                late = max(min(shortest / 2, MAX_LATE_SECONDS), MIN_LATE_SECONDS)
                 return Reservation(start, start + late), None
         short = next(bucket for bucket, duration in parts if not bucket.fits(start, duration))
         return None, self._fetch_span(short)
