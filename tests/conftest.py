@@ -38,7 +38,14 @@ def _fake_openai_session() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 def fake_openai(_fake_openai_session: FakeOpenAI) -> FakeOpenAI:
-    """The session's fake OpenAI server, reset (no scripts, no records) for this test."""
+    """The session's fake OpenAI server, reset (no scripts, no records) for this test.
+
+    The process's limiters start afresh too: a 429 pause, a guessed rate or a learned
+    limit of one test must not pace the next.
+    """
+    from prefect_fanout.limits import forget_limiters
+
+    forget_limiters()
     _fake_openai_session.reset()
     _fake_openai_session.default_latency = 0.0
     return _fake_openai_session

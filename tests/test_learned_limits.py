@@ -80,6 +80,11 @@ def test_without_headers_the_429s_settle_a_guessed_rate() -> None:
     lower = learning.on_429(12.0, guess)
     assert lower is not None and lower <= guess  # a 429 never raises the rate
     assert learning.recovered(12.0 + 25, lower) == max(lower + 1, int(lower * 1.1))
+    assert learning.recovered(12.0 + 61, lower) == 0  # a minute without a 429: dropped
+    assert learning.guessed is False
+    sparse = Learning(None, None)
+    sparse.answered(0.0)
+    assert sparse.on_429(5.0, None) == 60  # one answer is no evidence of a low limit
 
 
 # --------------------------------------------------------------- the provider's own limits
@@ -87,7 +92,7 @@ def test_without_headers_the_429s_settle_a_guessed_rate() -> None:
 
 def _run_map(
     prefect_server: Any, fake: FakeOpenAI, tmp_path: Path, run: str, api_key: str, items: int,
-    name: str = "",
+    name: str = "", *flags: str,
 ) -> Any:  # fmt: skip
     return fanout(
         prefect_server,
@@ -96,8 +101,7 @@ def _run_map(
         *map_args(
             corpus(tmp_path / f"in{name}.jsonl", run, items),
             tmp_path / f"out{name}",
-            "--max-workers",
-            "16",
+            *(flags or ("--max-workers", "16")),
         ),
     )
 
@@ -110,45 +114,31 @@ def _completed(out: str) -> int:
 
 @pytest.mark.server
 @pytest.mark.timeout(600)
-def test_no_flags_with_headers_the_pace_follows_the_provider_and_nothing_is_lost(
-    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+@pytest.mark.parametrize("headers", [True, False], ids=["headers", "no-headers"])
+def test_no_flags_the_provider_s_limit_costs_no_item(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path, headers: bool
 ) -> None:
     rpm, items = 1200, 150
-    fake_openai.enforce(requests_per_minute=rpm)
+    fake_openai.enforce(requests_per_minute=rpm, headers=headers)
     run, api_key = tag(), f"sk-{uuid.uuid4().hex}"
     code, out, err = finish(_run_map(prefect_server, fake_openai, tmp_path, run, api_key, items))
     assert code == 0, err[-3000:]
     assert _completed(out) == items
     seen = fake_openai.requests(run)
     limited = sum(1 for r in seen if r.status == 429)
-    print(f"provider {rpm}/min with headers: {limited} of {len(seen)} requests were 429")
+    print(f"provider {rpm}/min, headers {headers}: {limited} of {len(seen)} requests were 429")
+    if not headers:
+        assert limited > 0  # the provider did push back: the pace came from its 429s
+        return
     assert limited <= 0.05 * len(seen)
     # the first request went alone: the second arrived after it was answered
     first, second = sorted(seen, key=lambda r: r.arrived)[:2]
     assert first.finished is not None and second.arrived >= first.finished
     # what it learned is kept on the server for other processes
     with get_client(sync_client=True) as client:
-        kept = client.read_variable_by_name(
-            learned_name(endpoint_key(fake_openai.base_url, api_key))
-        )
+        name = learned_name(endpoint_key(fake_openai.base_url, api_key))
+        kept = client.read_variable_by_name(name)
     assert kept is not None and kept.value["requests_per_minute"] == rpm
-
-
-@pytest.mark.server
-@pytest.mark.timeout(600)
-def test_no_flags_without_headers_the_429s_cost_no_item(
-    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
-    rpm, items = 1200, 150
-    fake_openai.enforce(requests_per_minute=rpm, headers=False)
-    run, api_key = tag(), f"sk-{uuid.uuid4().hex}"
-    code, out, err = finish(_run_map(prefect_server, fake_openai, tmp_path, run, api_key, items))
-    assert code == 0, err[-3000:]
-    assert _completed(out) == items
-    seen = fake_openai.requests(run)
-    limited = sum(1 for r in seen if r.status == 429)
-    print(f"provider {rpm}/min without headers: {limited} of {len(seen)} requests were 429")
-    assert limited > 0  # the provider did push back: the pace was learned from its 429s
 
 
 @pytest.mark.server
@@ -186,19 +176,17 @@ def test_a_binding_rate_holds_across_four_processes(
 ) -> None:
     rpm, per_process = 240, 15
     run, api_key = tag(), f"sk-{uuid.uuid4().hex}"
+    flags = ("--rpm", str(rpm), "--max-workers", "4")
     processes = [
-        fanout(
+        _run_map(
             prefect_server,
             fake_openai,
+            tmp_path,
+            f"{run}p{p}",
             api_key,
-            *map_args(
-                corpus(tmp_path / f"in{p}.jsonl", f"{run}p{p}", per_process),
-                tmp_path / f"out{p}",
-                "--rpm",
-                str(rpm),
-                "--max-workers",
-                "4",
-            ),
+            per_process,
+            str(p),
+            *flags,
         )
         for p in range(4)
     ]

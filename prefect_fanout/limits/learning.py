@@ -4,7 +4,8 @@ The rules (the limiter applies them under its lock):
 
 - **A first request alone.** While an endpoint's request and token rates are both
   unknown (no flag, no endpoint field, nothing learned), its first request goes
-  alone; the others wait for its answer, whose ``x-ratelimit-*`` headers
+  alone; the others wait for its answer (at most :data:`PROBE_WAIT_SECONDS`: a slow or
+  hung first request does not hold the run back), whose ``x-ratelimit-*`` headers
   (:mod:`~prefect_fanout.limits.learned`) give the provider's rates. With a Prefect
   server, what one process learned is kept there (a variable named after the
   endpoint), so the next process starts from it without a probe, and both take the
@@ -19,8 +20,10 @@ The rules (the limiter applies them under its lock):
 - **No headers: the 429s settle the pace.** At a 429 with no known request rate
   (at most one a second), the rate becomes 95% of the rate at which requests were
   answered over the last :data:`GUESS_WINDOW_SECONDS` (what the provider admits when
-  it turns requests away), and never goes up at a 429; after
-  :data:`GUESS_RECOVERY_SECONDS` without a 429 it grows by 10%.
+  it turns requests away), at least :data:`GUESS_FLOOR_PER_MINUTE`, and never goes up at
+  a 429; after :data:`GUESS_RECOVERY_SECONDS` without a 429 it grows by 10%, and after
+  :data:`GUESS_EXPIRY_SECONDS` without one the guess is dropped (a passing 429 does not
+  slow a run for good).
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ from prefect_fanout.limits.learned import ProviderLimits
 
 GUESS_RECOVERY_SECONDS = 20.0
 """Seconds without a 429 after which a guessed request rate grows by 10%."""
+
+PROBE_WAIT_SECONDS = 10.0
+"""The longest the other requests wait for the first one's answer to learn the limits."""
+
+GUESS_EXPIRY_SECONDS = 60.0
+"""Seconds without a 429 after which a guessed request rate is dropped."""
+
+GUESS_FLOOR_PER_MINUTE = 60
+"""The lowest request rate a guess sets (one a second)."""
 
 GUESS_WINDOW_SECONDS = 10.0
 """The window whose answered requests give the guess of a provider's request rate."""
@@ -49,6 +61,7 @@ class Probe:
     """
 
     state: str = "done"
+    started: float = 0.0
 
 
 class Learning:
@@ -102,7 +115,7 @@ class Learning:
             return None
         window = min(GUESS_WINDOW_SECONDS, max(1.0, now - (self._first or now)))
         answered = sum(1 for t in self._recent if t >= now - window)
-        guess = max(1, int(answered / window * 60 * 0.95))
+        guess = max(GUESS_FLOOR_PER_MINUTE, int(answered / window * 60 * 0.95))
         if self.guessed and current_rpm is not None:
             guess = min(guess, current_rpm)
         self.guessed = True
@@ -110,9 +123,12 @@ class Learning:
         return guess
 
     def recovered(self, now: float, current_rpm: int | None) -> int | None:
-        """A guessed rate after a quiet stretch: 10% more (None: keep it)."""
+        """A guessed rate after a quiet stretch: 10% more, 0 to drop it (None: keep it)."""
         if not self.guessed or current_rpm is None:
             return None
+        if now - self._last_429 >= GUESS_EXPIRY_SECONDS:
+            self.guessed = False
+            return 0
         quiet = now - max(self._last_429, self._last_change)
         if quiet < GUESS_RECOVERY_SECONDS:
             return None

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from prefect_fanout.limits.backoff import Adaptation
 from prefect_fanout.limits.learned import read_headers
-from prefect_fanout.limits.learning import Learning
+from prefect_fanout.limits.learning import PROBE_WAIT_SECONDS, Learning
 from prefect_fanout.limits.pacer import ALL_TIME, Bucket, Reservation, Span
 from prefect_fanout.limits.server import (
     HOLD_SECONDS,
@@ -410,16 +410,23 @@ class EndpointLimiter:
             with self._cond:
                 if probe.state == "done":
                     return False
+                now = time.monotonic()
                 if probe.state == "wanted":
                     probe.state = "asking" if self.backend is not None else "running"
+                    probe.started = now
                     if probe.state == "running":
                         return True
                     ask = True
+                elif now - probe.started >= PROBE_WAIT_SECONDS:
+                    probe.state = "done"  # a slow first request holds nobody back for long
+                    self._changed()
+                    return False
                 else:
                     ask, version = False, self._version
             if not ask:
                 yield _Wait(
                     version,
+                    probe.started + PROBE_WAIT_SECONDS - now,
                     why=f"the first request to {self.key}, which learns the provider's "
                     "rate limits from its answer",
                 )
@@ -443,7 +450,7 @@ class EndpointLimiter:
                     self._learning.hand_back = bool(known.get("hand_back", True))
                     probe.state = "done"
                 else:
-                    probe.state = "running"
+                    probe.state, probe.started = "running", time.monotonic()
                 self._changed()
             return probe.state == "running"
 
@@ -575,7 +582,9 @@ class EndpointLimiter:
                 now = time.monotonic()
                 factor = self._adapt.current(now)
                 grown = self._learning.recovered(now, self._per_minute["rpm"])
-                if grown is not None:
+                if grown == 0:  # the guess has expired: unpaced again
+                    self._per_minute["rpm"], self._rpm = None, None
+                elif grown is not None:
                     self._set_rate("rpm", grown, shared=False)
                 if now < self._pause_until:
                     step: _Step | None = _Wait(
