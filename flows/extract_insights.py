@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file, map_corpus
 from prefect_fanout.call.settle import let_temporary_server_finish
+from prefect_fanout.cli.console import command_console
 from prefect_fanout.cli.summary import run_place
 from prefect_fanout.options import merge_options
 
@@ -120,13 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-workers", type=int, default=MAX_WORKERS, help="calls at once")
     args = parser.parse_args(argv)
     try:  # bad input or a missing endpoint is found before any call is made
-        summary = extract_insights(
-            corpus=args.corpus,
-            output_dir=args.output,
-            agents_file=args.agents,
-            digest=not args.no_digest,
-            options=RunOptions(max_workers=args.max_workers),
-        )
+        # Prefect's console prints through Rich, which would read an id like `a` in `:a:`
+        # as an emoji code: the run's lines print as they are.
+        with command_console(verbose=True, restore=False):
+            summary = _run(args)
     except FanoutError as exc:
         print(f"extract_insights: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -134,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         let_temporary_server_finish()
     print(report(summary))
     return 0 if summary.ok else 1
+
+
+def _run(args: argparse.Namespace) -> Any:
+    """The flow, with the command line's arguments."""
+    return extract_insights(
+        corpus=args.corpus,
+        output_dir=args.output,
+        agents_file=args.agents,
+        digest=not args.no_digest,
+        options=RunOptions(max_workers=args.max_workers),
+    )
 
 
 if __name__ == "__main__":
