@@ -18,7 +18,9 @@ user's proxy would count them:
 - B11: the fake server enforces R requests a minute as OpenAI does (a 429 over it,
   ``x-ratelimit-*`` headers with every answer, no Retry-After) and the map runs with
   no limit flags: the share of requests answered 429 (<= 5%), the achieved rate /
-  R, items lost (0); and the same without the headers (<= 10% 429s, 0 lost).
+  R, items lost (0); and the same without the headers (<= 10% 429s, 0 lost); and
+  (B11T alone) a provider counting each request's prompt plus ``max_tokens`` against its
+  token rate: the rate reached / the N requests a minute it admits (>= 0.9, <= 5% 429s).
 
 Run on demand; never part of the test suite.
 """
@@ -174,6 +176,42 @@ def b11(fake: FakeOpenAI, relay: Relay, args: argparse.Namespace) -> list[tuple[
     return rows
 
 
+def b11_tokens(fake: FakeOpenAI, relay: Relay, args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """A provider that counts prompt + max_tokens against its token rate, no flags."""
+    tpm, max_tokens = args.b11_tpm, 200
+    shares, rates, losses, admits = [], [], [], []
+    for _ in range(args.runs):
+        fake.reset()
+        fake.enforce(tokens_per_minute=tpm)
+        tag = uuid.uuid4().hex[:8]
+        work = Path(tempfile.mkdtemp(prefix="bench-b11t-"))
+        source = corpus(work / "c.jsonl", 400, tag)
+        env = client_env(fake, relay.api_url, work)
+        env["OPENAI_API_KEY"] = f"sk-{tag}"
+        command = map_command(source, work / "out", 50) + ["--max-tokens", str(max_tokens)]
+        timed(command, env)
+        summary = json.loads((work / "out" / "summary.json").read_text())
+        records = fake.requests(tag)
+        limited = sum(1 for r in records if r.status == 429)
+        body = records[0].body
+        cost = sum(-(-len(m["content"]) // 3) + 4 for m in body["messages"]) + max_tokens
+        admits.append(tpm / cost)
+        span = max(r.arrived for r in records) - min(r.arrived for r in records)
+        rates.append((len(records) - limited) / max(span, 1e-9) * 60)
+        shares.append(limited / max(1, len(records)))
+        losses.append(int(summary["failed"]) + int(summary["dead_letter"]))
+        shutil.rmtree(work, ignore_errors=True)
+    fake.enforce()
+    admitted = median(admits)
+    return [
+        ("B11", f"provider counts prompt + max_tokens ({max_tokens}) against {tpm} tokens/min, "
+         "headers, no flags, 400 items",
+         f"{median(shares) * 100:.1f}% 429, {median(rates):.0f}/min",
+         f"admits {admitted:.0f}/min",
+         f"{median(rates) / admitted:.2f} of it (>= 0.90, <= 5% 429); lost {max(losses)}")
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="B9,B10,B11")
@@ -183,6 +221,7 @@ def main() -> None:
     parser.add_argument("--b10-seconds", type=float, default=60.0)
     parser.add_argument("--b11-rpm", type=int, default=600)
     parser.add_argument("--b11-seconds", type=float, default=60.0)
+    parser.add_argument("--b11-tpm", type=int, default=60000)
     args = parser.parse_args()
     wanted = set(args.only.upper().split(","))
     rows: list[tuple[str, ...]] = []
@@ -193,6 +232,8 @@ def main() -> None:
             rows += b10(fake, relay, args)
         if "B11" in wanted:
             rows += b11(fake, relay, args)
+        if "B11" in wanted or "B11T" in wanted:
+            rows += b11_tokens(fake, relay, args)
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"machine: {machine}; median of {args.runs} run(s)")
     print_table(["target", "run", "prefect-fanout", "baseline", "ratio (target)"], rows)
