@@ -57,9 +57,17 @@ def tagged(name: str, key: str) -> AgentProfile:
 
 
 def overlap(requests: list[RecordedRequest]) -> bool:
-    """True when every request arrived before every other one finished (all were in flight)."""
+    """True when every request arrived before every other one finished (all were in flight).
+
+    The first request a test makes to its endpoint goes alone, to learn the provider's
+    rate limits from its answer (prefect_fanout.limits.learning): when it is one of these
+    and finished before the next arrived, the others must all have been in flight.
+    """
     assert requests and all(r.finished is not None for r in requests)
-    return max(r.arrived for r in requests) < min(r.finished for r in requests)  # type: ignore[type-var]
+    ordered = sorted(requests, key=lambda r: r.arrived)
+    if len(ordered) > 2 and ordered[0].finished <= ordered[1].arrived:  # type: ignore[operator]
+        ordered = ordered[1:]
+    return max(r.arrived for r in ordered) < min(r.finished for r in ordered)  # type: ignore[type-var]
 
 
 def state_of(server: Any, result: PatternResult) -> dict[str, Any]:
