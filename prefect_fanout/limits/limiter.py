@@ -297,28 +297,27 @@ class EndpointLimiter:
         said = read_headers(headers)
         if said is None:
             return
-        publish: dict[str, Any] | None = None
         with self._cond:
-            now = time.monotonic()
+            learned = False
             for kind, rate in self._learning.rates_from(said).items():
-                if self._per_minute[kind] != rate or (kind == "rpm" and self._rpm_guessed):
+                if self._per_minute[kind] != rate:
                     self._set_rate(kind, rate, shared=self.backend is not None)
-                    publish = {}
+                    learned = True
             if permit is not None and permit._probe:
                 self._learning.counting_from(said, permit.tokens, reported)
-                publish = {}
+                learned = True
             if said.remaining_requests == 0 and said.requests_per_minute:
-                self._pause_until = max(self._pause_until, now + 60.0 / said.requests_per_minute)
-            if publish is not None:
-                publish = {
-                    "requests_per_minute": self._learned("rpm"),
-                    "tokens_per_minute": self._learned("tpm"),
-                    "hand_back": self._learning.hand_back,
-                }
-            self._changed()
-        if publish is not None and self.backend is not None:
+                # a longer pause needs no wake-up: waiters see it when they look again
+                pause = time.monotonic() + 60.0 / said.requests_per_minute
+                self._pause_until = max(self._pause_until, pause)
+            kept = {
+                "requests_per_minute": self._learned("rpm"),
+                "tokens_per_minute": self._learned("tpm"),
+                "hand_back": self._learning.hand_back,
+            }
+        if learned and self.backend is not None:
             try:
-                self.backend.publish_learned(self.key, publish)
+                self.backend.publish_learned(self.key, kept)
             except Exception:  # the next process learns it again with one request
                 wait_logger().debug("could not keep the learned limits", exc_info=True)
 
@@ -329,6 +328,8 @@ class EndpointLimiter:
         fewer requests a minute than the request rate, and ``max_tokens`` is most of
         what a request is counted for.
         """
+        if self._learning.said_token_bound:  # said once: nothing to do on each answer
+            return
         with self._cond:
             tpm, rpm = self._per_minute["tpm"], self._per_minute["rpm"]
             if self._learning.said_token_bound or tpm is None or self._learning.hand_back:
@@ -462,10 +463,6 @@ class EndpointLimiter:
             if self._learning.probe.state in ("running", "asking"):
                 self._learning.probe.state = "done"
                 self._changed()
-
-    @property
-    def _rpm_guessed(self) -> bool:
-        return self._learning.guessed
 
     def _learned(self, kind: str) -> int | None:
         """A rate learned from the provider (not one set explicitly), or None."""
