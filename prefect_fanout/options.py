@@ -125,6 +125,10 @@ class RunOptions(BaseModel):
         ray_address: An existing Ray cluster (with ``ray``). Default: a local Ray.
         chunk_size: With ``dask`` or ``ray``, the most calls of a map sent to a worker as
             one chunk. Default: the total over four chunks per worker slot, 50 to 500.
+        calls_per_run: The most calls in one child flow run: a map runs each partition as a
+            flow run of the map's, cut into several when larger (``fan_out`` the same over
+            more calls). Keep it under the Prefect server's graph limit
+            (``PREFECT_SERVER_API_MAX_FLOW_RUN_GRAPH_NODES``, 10,000). Default: 5,000.
         partition_deployment: ``FLOW/DEPLOYMENT`` of a deployed ``fanout-partition`` flow:
             a map runs each chunk as a flow run of it, on that deployment's work pool.
             Default: the chunks go to the task runner.
@@ -172,6 +176,7 @@ class RunOptions(BaseModel):
     dask_address: str | None = None
     ray_address: str | None = None
     chunk_size: int | None = Field(default=None, ge=1)
+    calls_per_run: int | None = Field(default=None, ge=1)
     partition_deployment: str | None = Field(default=None, pattern=r"^[^/]+/[^/]+$")
     trace_dir: str | None = None
     batch: bool | None = None

@@ -31,3 +31,16 @@ def endpoint_for(fake: Any, **fields: Any) -> Any:
     from prefect_fanout.llm.endpoints import LLMEndpoint
 
     return LLMEndpoint(base_url=fake.base_url, api_key=SecretStr("sk-local"), **fields)
+
+
+def family(flow_run_id: str) -> dict[str, Any]:
+    """A ``flow_runs`` filter body: the flow run and its child flow runs (a map's partitions)."""
+    ids = {"any_": [str(flow_run_id)]}
+    return {"operator": "or_", "id": ids, "parent_flow_run_id": ids}
+
+
+def family_filter(flow_run_id: str) -> Any:
+    """The same as a Prefect client ``FlowRunFilter``."""
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    return FlowRunFilter.model_validate(family(flow_run_id))

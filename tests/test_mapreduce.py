@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import prepare_map
 from prefect_fanout.mapping.prompts import TemplateFieldError, item_prompt
 from prefect_fanout.mapping.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
-from prefect_fanout.mapping.stage import interleave, partition_file_names
+from prefect_fanout.mapping.stage import partition_file_names
 from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI, Reply
-from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.map_helpers import family_filter, read_jsonl, tag, write_corpus
 
 REDUCE_HEAD = REDUCE_INSTRUCTION.split("{")[0]
 
@@ -108,7 +107,6 @@ def test_calls_carry_the_partition_tags_a_concurrency_limit_uses(
     prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     run = tag()
     records = [
@@ -131,7 +129,7 @@ def test_calls_carry_the_partition_tags_a_concurrency_limit_uses(
     assert summary.flow_run_id is not None
     expected = {f"default:{r['id']}": r["kind"] for r in records}
     partitions = [f"partition:{run}a", f"partition:{run}b"]
-    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(summary.flow_run_id)]))
+    flow_filter = family_filter(summary.flow_run_id)
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         while True:  # the server records task runs shortly after they finish
@@ -376,14 +374,6 @@ def test_label_from_output() -> None:
     assert label_from_output({"label": "infra"}) == "infra"
     assert label_from_output({"other": 1}) == "unknown"
     assert label_from_output("   ") == "unknown"
-
-
-def test_interleave_opens_partitions_in_order() -> None:
-    groups = {"a": [item(0), item(1), item(2)], "b": [item(3)], "c": [item(4), item(5)]}
-    order = [(key, it.id) for key, it in interleave(groups, 2)]
-    assert order == [("a", "i0"), ("b", "i3"), ("a", "i1"), ("c", "i4"), ("a", "i2"), ("c", "i5")]
-    assert [k for k, _ in interleave(groups, 1)] == ["a", "a", "a", "b", "c", "c"]
-    assert len(list(interleave(groups, 10))) == 6
 
 
 def test_partition_file_names_are_safe_and_unique() -> None:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.map_helpers import family
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: Launch flags for Debian's Chromium in a sandbox-less, offline CI container.
 CHROMIUM_ARGS = [
@@ -75,20 +77,26 @@ class PrefectAPI:
         return response.json()
 
     def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
-        """Every task run of a flow run."""
+        """Every task run of a flow run and of its child flow runs (a map's partitions)."""
         return self._post(
             "/task_runs/filter",
-            {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"},
+            {"flow_runs": family(flow_run_id), "sort": "EXPECTED_START_TIME_ASC"},
         )
 
+    def child_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """The flow run's child flow runs (a map's partitions), oldest first."""
+        body = {"parent_flow_run_id": {"any_": [flow_run_id]}}
+        return self._post("/flow_runs/filter", {"flow_runs": body, "sort": "START_TIME_ASC"})
+
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
-        """Every log line of a flow run (its task runs' included), oldest first."""
+        """Every log line of a flow run and its child runs (task runs' included), oldest first."""
+        ids = [flow_run_id] + [run["id"] for run in self.child_runs(flow_run_id)]
         lines: list[dict[str, Any]] = []
         while True:
             page = self._post(
                 "/logs/filter",
                 {
-                    "logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                    "logs": {"flow_run_id": {"any_": ids}},
                     "sort": "TIMESTAMP_ASC",
                     "offset": len(lines),
                     "limit": 200,

@@ -182,6 +182,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "dask_address": "dask_address",
         "ray_address": "ray_address",
         "chunk_size": "chunk_size",
+        "calls_per_run": "calls_per_run",
         "partition_deployment": "partition_deployment",
         "batch": "batch",
         "batch_wait": "batch_wait",

@@ -43,6 +43,13 @@ def add_runner_arguments(parser: argparse.ArgumentParser, *, chunks: bool = True
         "chunk (default: the calls over four chunks per worker slot, 50 to 500)",
     )
     parser.add_argument(
+        "--calls-per-run",
+        type=positive_int,
+        metavar="N",
+        help="the most calls in one partition's flow run; a larger partition runs as several "
+        "(default 5000: keep it under the server's graph limit of 10000 nodes)",
+    )
+    parser.add_argument(
         "--partition-deployment",
         metavar="FLOW/DEPLOYMENT",
         help="map: run each chunk as a flow run of this deployed fanout-partition flow "

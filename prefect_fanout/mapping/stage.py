@@ -1,23 +1,24 @@
-"""The map stage: each item an agent-call task, each partition written atomically or dead-lettered.
+"""The map stage: each partition a child flow run, each item an agent-call task run in it.
 
-Items are submitted round-robin across ``active_partitions`` open partitions
-(the next one opens as soon as an open one has handed out all its items), with
-at most ``max_workers`` calls in flight. Bounding the open partitions makes
-partitions finish, and their files appear, one after another; it also keeps
-Prefect's per-tag-set concurrency-slot requests (one per task run, one queue
-per distinct tag set, and ``partition:KEY`` makes each partition a tag set)
-from contending on the server: with 8 partitions of 125 instant calls, 8 open
-partitions took 2-3 times longer than 1 or 2. A failed call
-is recorded as a failed row; it never fails its partition. When a partition's
-last item finishes, a ``partition:KEY`` task writes
-``partitions/partition-{safe key}.jsonl`` through a temp file and
-``os.replace``, retried with exponential backoff. A partition whose write still
-fails after the retries is dead-lettered: its items are listed for manual
-review and the run goes on.
+Each partition runs as a child flow run ``partition KEY`` of the map's flow run (a
+partition over ``calls_per_run`` calls, 5,000 by default, as ``partition KEY (i/n)``
+runs one after another), so every flow run's graph stays well under the Prefect
+server's limit of 10,000 nodes: the map's graph shows its partitions and the reduce,
+a partition's graph its calls. ``active_partitions`` partitions run at once (the next
+starts as one ends), sharing ``max_workers`` calls in flight; bounding them makes
+partitions finish, and their files appear, one after another. A failed call is
+recorded as a failed row; it never fails its partition's file. As its last task a
+partition's run writes ``partitions/partition-{safe key}.jsonl`` (task run
+``partition:KEY``) through a temp file and ``os.replace``, retried with exponential
+backoff. A partition whose write still fails after the retries is dead-lettered: its
+items are listed for manual review and the run goes on. A partition's run ends
+Completed, ``Partial`` (some calls failed) or Failed (dead-lettered, or every call
+failed): the map's list of subflow runs is the partitions' status.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,11 +28,20 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.states import Completed, Failed, State
 
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
-from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, run_chunks
-from prefect_fanout.errors import describe
+from prefect_fanout.engine.child_runs import (
+    DEFAULT_RUN_CALLS,
+    CallGate,
+    child_run_name,
+    run_as_child,
+    run_side_by_side,
+)
+from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, cut_chunks, run_chunks
+from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
@@ -101,31 +111,6 @@ def item_row(item: Item, key: str, done: CallOutcome[Any]) -> dict[str, Any]:
     return row
 
 
-def interleave(groups: Mapping[str, list[Item]], active: int) -> Iterator[tuple[str, Item]]:
-    """Items round-robin across at most ``active`` open partitions, in partition order.
-
-    A partition opens when one of the open ones has handed out all its items,
-    so ``active`` partitions progress together and finish one after another.
-    """
-    waiting = iter(groups.items())
-    opened: list[tuple[str, list[Item], list[int]]] = []  # key, items, [next position]
-    while True:
-        while len(opened) < max(1, active):
-            entry = next(waiting, None)
-            if entry is None:
-                break
-            if entry[1]:
-                opened.append((entry[0], entry[1], [0]))
-        if not opened:
-            return
-        for slot in list(opened):
-            key, items, position = slot
-            yield key, items[position[0]]
-            position[0] += 1
-            if position[0] == len(items):
-                opened.remove(slot)
-
-
 def earlier_partition_files(parts_dir: Path, names: Mapping[str, str]) -> list[str]:
     """Partition files of earlier runs that this run does not write (kept, never deleted)."""
     if not parts_dir.is_dir():
@@ -171,6 +156,10 @@ class _Mapper:
         self.parts_dir = parts_dir
         self.logger = logger
         self.stage = MapStage()
+        self.lock = threading.Lock()
+        self.progress: ProgressReporter | None = None
+        self.total = 0
+        self.count = 0
 
     def submitter(self, key: str, item: Item) -> Callable[[], Submitted]:
         if item.id in self.answered:  # answered in batch mode (or failed there for good)
@@ -179,6 +168,28 @@ class _Mapper:
         request = self.job.requests[item.id]
         request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
         return partial(self.job.path.submit, request)
+
+    def record(self, key: str, item: Item, done: CallOutcome[Any], logger: Any) -> None:
+        """Keep one call's outcome (from any partition's thread) and report progress."""
+        failed = not done.ok and not done.over_budget
+        if failed:
+            logger.warning("item %s (partition %s) failed: %s", item.id, key, done.error)
+        with self.lock:
+            stage = self.stage
+            stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
+            if not done.over_budget:  # a call not made spent nothing and is no call
+                stage.usage.add(done.result, failed=not done.ok, error=done.error)
+            if self.progress is not None:
+                self.progress.advance(failed=failed)
+            self.count += 1
+            step = max(1, self.total // 10)
+            if self.count % step == 0 or self.count == self.total:
+                self.logger.info(
+                    "map: %d/%d items done (%d failed)",
+                    self.count,
+                    self.total,
+                    stage.usage.failed,
+                )
 
     def submit_write(self, key: str, name: str, items: list[Item]) -> PrefectFuture[Any]:
         retries = self.job.partition_retries
@@ -189,13 +200,15 @@ class _Mapper:
             retries=retries,
             retry_delay_seconds=delays or 0,
         )
-        rows = [item_row(item, key, self.stage.outcomes[item.id]) for item in items]
+        with self.lock:
+            rows = [item_row(item, key, self.stage.outcomes[item.id]) for item in items]
         return writer.submit(str(self.parts_dir / name), rows)
 
     def collect_write(
-        self, key: str, name: str, items: list[Item], future: PrefectFuture[Any]
-    ) -> None:
-        outcomes = [self.stage.outcomes[item.id] for item in items]
+        self, key: str, name: str, items: list[Item], future: PrefectFuture[Any], logger: Any
+    ) -> PartitionReport:
+        with self.lock:
+            outcomes = [self.stage.outcomes[item.id] for item in items]
         report = PartitionReport(
             key=key,
             file=f"{PARTITIONS_DIR}/{name}",
@@ -212,8 +225,7 @@ class _Mapper:
             attempts = self.job.partition_retries + 1
             reason = f"partition output could not be written after {attempts} attempt(s): "
             reason += describe(exc)
-            self.logger.error("partition %s dead-lettered (%d items): %s", key, len(items), reason)
-            self.stage.dead[key] = reason
+            logger.error("partition %s dead-lettered (%d items): %s", key, len(items), reason)
             report = PartitionReport(
                 key=key,
                 file=None,
@@ -226,7 +238,19 @@ class _Mapper:
             stale = self.parts_dir / name
             if stale.is_file():  # an earlier run's file would no longer tell the truth
                 stale.unlink(missing_ok=True)
-        self.stage.reports[key] = report
+        with self.lock:
+            if report.error is not None:
+                self.stage.dead[key] = report.error
+            self.stage.reports[key] = report
+        return report
+
+    def missing(self, key: str, items: Iterable[Item], reason: BaseException) -> None:
+        """Fail the items a partition's run left without an outcome (it could not run)."""
+        for item in items:
+            with self.lock:
+                known = item.id in self.stage.outcomes
+            if not known:
+                self.record(key, item, CallOutcome((key, item), None, reason), self.logger)
 
 
 def chunk_slots(
@@ -290,6 +314,114 @@ def _chunked(
         yield CallOutcome(by_id[outcome.key], outcome.result, outcome.error)
 
 
+def _part_state(outcomes: list[CallOutcome[Any]], report: PartitionReport | None) -> State[Any]:
+    """A partition run's final state.
+
+    Failed when the partition was dead-lettered or every call failed, ``Partial`` when
+    some failed or were skipped, else Completed.
+    """
+    calls = len(outcomes)
+    failed = sum(1 for o in outcomes if not o.ok and not o.over_budget)
+    skipped = sum(1 for o in outcomes if o.over_budget)
+    if report is not None and report.status == "dead_letter":
+        return Failed(message=f"dead-lettered: {report.error}")
+    if calls and failed == calls:
+        return Failed(message=f"all {calls} calls failed")
+    if failed or skipped:
+        parts = [f"{failed} of {calls} calls failed"] if failed else []
+        parts += [f"{skipped} skipped (budget)"] if skipped else []
+        return Completed(name="Partial", message=", ".join(parts))
+    return Completed(message=f"{calls} calls completed")
+
+
+class _PartitionRuns:
+    """Each partition of a map as child flow runs of the map's flow run (see engine.child_runs)."""
+
+    def __init__(self, mapper: _Mapper, slots: int | None) -> None:
+        self.mapper = mapper
+        self.job = mapper.job
+        self.slots = slots
+        self.gate = CallGate(self.job.max_workers, mapper.logger)
+        context = FlowRunContext.get()
+        self.runner = context.task_runner if slots is not None and context else None
+        self.measured = ChunkRun()
+        self.bound = self.job.options.calls_per_run or DEFAULT_RUN_CALLS
+
+    def part(self, key: str, name: str, items: list[Item], part: list[Item], last: bool) -> Any:
+        """The body of one child run: its calls, then (the last part) the partition's file."""
+        from prefect.logging import get_run_logger
+
+        mapper, logger = self.mapper, get_run_logger()
+        if self.runner is None or self.slots is None:
+            window: CallWindow[tuple[str, Item]] = CallWindow(self.job.max_workers)
+            calls = (((key, item), self.gate.gated(mapper.submitter(key, item))) for item in part)
+            for done in window.run(calls):
+                mapper.record(key, done.key[1], done, logger)
+        else:  # Dask or Ray: this part's calls go to the map's workers in chunks
+            measured = ChunkRun()
+            context = FlowRunContext.get()
+            assert context is not None
+            with context.model_copy(update={"task_runner": self.runner}):
+                for done in _chunked(self.job, {key: part}, self.slots, measured, logger):
+                    mapper.record(key, done.key[1], done, logger)
+            with mapper.lock:
+                self.measured.chunks += measured.chunks
+                self.measured.peak = max(self.measured.peak, measured.peak)
+                self.measured.slots, self.measured.size = measured.slots, measured.size
+                self.measured.threads = measured.threads
+        report = None
+        if last:
+            future = mapper.submit_write(key, name, items)
+            report = mapper.collect_write(key, name, items, future, logger)
+        with mapper.lock:
+            outcomes = [mapper.stage.outcomes[item.id] for item in part]
+        return _part_state(outcomes, report)
+
+    def partition(self, key: str, name: str, items: list[Item]) -> None:
+        """Run one partition as its child flow run(s), one after another; report it."""
+        mapper = self.mapper
+        parts = cut_chunks(items, self.bound)
+        for number, part in enumerate(parts, start=1):
+            run_name = child_run_name(f"partition {key}", number, len(parts))
+            last = number == len(parts)
+            body = partial(self.part, key, name, items, list(part), last)
+            child = run_as_child(run_name, len(part), body, threads=self.job.max_workers)
+            if child.error is not None:
+                mapper.logger.error(
+                    "partition %s: its flow run %r could not run: %s",
+                    key,
+                    run_name,
+                    describe(child.error),
+                )
+            why = describe(child.error) if child.error is not None else "it ended early"
+            reason = AgentCallError(f"the flow run {run_name!r} did not make this call: {why}")
+            mapper.missing(key, part, reason)
+        if key not in mapper.stage.reports:  # the last run could not write it: write it here
+            future = mapper.submit_write(key, name, items)
+            mapper.collect_write(key, name, items, future, mapper.logger)
+        report = mapper.stage.reports[key]
+        mapper.logger.info(
+            "partition %s: %d items, %d completed, %d failed, %d skipped -> %s",
+            key,
+            report.items,
+            report.completed,
+            report.failed,
+            report.skipped,
+            report.file or "dead letters",
+        )
+
+    def run(self, groups: Mapping[str, list[Item]], names: Mapping[str, str]) -> None:
+        """Every partition, ``active_partitions`` at once; raises the first job's own error."""
+        jobs = [partial(self.partition, key, names[key], items) for key, items in groups.items()]
+        errors = [
+            error
+            for error in run_side_by_side(jobs, self.job.active_partitions, what="partition")
+            if error is not None
+        ]
+        if errors:
+            raise errors[0]
+
+
 def map_partitions(
     job: MapJob,
     groups: Mapping[str, list[Item]],
@@ -302,12 +434,18 @@ def map_partitions(
 ) -> MapStage:
     """Map every item of every partition (inside a flow) and write each partition's file.
 
+    Each partition runs as a child flow run ``partition KEY`` of the map's flow run (cut
+    into ``partition KEY (i/n)`` runs of at most ``calls_per_run`` calls), whose task runs
+    are its calls and the write of its file; ``active_partitions`` run at once, sharing
+    ``max_workers`` calls in flight. With ``partition_deployment`` each chunk is a flow
+    run of that deployment instead.
+
     Args:
         job: The prepared job (its requests, resolver, cache and retry settings).
         groups: Partition key -> items.
         names: Partition key -> file name (see :func:`partition_file_names`).
         parts_dir: The directory of the partition files.
-        window: Bounds the calls in flight and measures the concurrency reached.
+        window: Measures the concurrency reached.
         logger: Where progress and failures are logged.
         answered: Outcomes already known by item id (batch mode's answers, or the
             errors that failed them for good); the other items are submitted.
@@ -320,19 +458,16 @@ def map_partitions(
     mapper = _Mapper(job, parts_dir, logger, answered)
     stage = mapper.stage
     total = sum(len(items) for items in groups.values())
-    remaining = {key: len(items) for key, items in groups.items()}
-    writes: dict[str, PrefectFuture[Any]] = {}
     meter = job.path.budget
-    progress = ProgressReporter(
+    mapper.total = total
+    mapper.progress = ProgressReporter(
         total,
         f"fanout map: {total} items in {len(groups)} partitions",
         note=meter.progress_line if meter is not None else None,
     )
-    slots = chunk_slots(job, answered)
-    measured = ChunkRun()
     deployment = job.options.partition_deployment
     if deployment and answered is None and job.path.budget is None:
-        slots = None
+        measured = ChunkRun()
         finished = run_deployed_chunks(
             deployment,
             groups,
@@ -343,30 +478,27 @@ def map_partitions(
             measured=measured,
             logger=logger,
         )
-    elif slots is None:
-        order = interleave(groups, job.active_partitions)
-        jobs = (((key, item), mapper.submitter(key, item)) for key, item in order)
-        finished = window.run(jobs)
+        remaining = {key: len(items) for key, items in groups.items()}
+        writes: dict[str, PrefectFuture[Any]] = {}
+        for done in finished:
+            key, item = done.key
+            mapper.record(key, item, done, logger)
+            remaining[key] -= 1
+            if remaining[key] == 0:
+                writes[key] = mapper.submit_write(key, names[key], groups[key])
+        mapper.progress.finish()
+        for key in groups:
+            mapper.collect_write(key, names[key], groups[key], writes[key], logger)
     else:
-        finished = _chunked(job, groups, slots, measured, logger)
-    step = max(1, total // 10)
-    for count, done in enumerate(finished, start=1):
-        key, item = done.key
-        stage.outcomes[item.id] = CallOutcome(item.id, done.result, done.error)
-        if not done.over_budget:  # a call not made spent nothing and is no call
-            stage.usage.add(done.result, failed=not done.ok, error=done.error)
-        progress.advance(failed=not done.ok and not done.over_budget)
-        if not done.ok and not done.over_budget:
-            logger.warning("item %s (partition %s) failed: %s", item.id, key, done.error)
-        remaining[key] -= 1
-        if remaining[key] == 0:
-            writes[key] = mapper.submit_write(key, names[key], groups[key])
-        if count % step == 0 or count == total:
-            logger.info("map: %d/%d items done (%d failed)", count, total, stage.usage.failed)
-    progress.finish()
-    if slots is not None:
-        window.note_peak(min(job.max_workers, measured.peak * min(slots, measured.chunks)))
-    for key in groups:
-        mapper.collect_write(key, names[key], groups[key], writes[key])
+        runs = _PartitionRuns(mapper, chunk_slots(job, answered))
+        try:
+            runs.run(groups, names)
+        finally:
+            mapper.progress.finish()
+        if runs.slots is not None:
+            measured = runs.measured
+            window.note_peak(min(job.max_workers, measured.peak * min(runs.slots, measured.chunks)))
+        else:
+            window.note_peak(runs.gate.peak)
     stage.duration_s = time.perf_counter() - started
     return stage

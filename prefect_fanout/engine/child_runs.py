@@ -1,0 +1,242 @@
+"""Groups of calls as child flow runs of the run in context, side by side on threads.
+
+Prefect's server draws at most 10,000 nodes in one flow run's graph (its setting
+``PREFECT_SERVER_API_MAX_FLOW_RUN_GRAPH_NODES``), so a run that puts 100,000 calls in
+one flow run has no graph at all. A map therefore runs each partition (and ``fan_out``
+each group over :data:`DEFAULT_RUN_CALLS`) as a child flow run of its own flow run: the
+parent's graph shows the children, each child's graph shows its calls, and each
+child's state (``Completed``, ``Partial``, ``Failed``) is what the parent's list of
+subflow runs shows.
+
+A child is the ``fanout-partition-run`` flow called in a thread of this process with
+the parent's context, which is how Prefect makes a subflow run; its body is handed to
+it in a context variable, so the flow's parameters stay small (the flow and its
+parameters travel to Dask and Ray workers in every task's context). Children start
+one at a time (Prefect numbers a parent's task runs from a dict in the parent's
+context, which one thread at a time must update) and then run side by side.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from prefect_fanout.call.window import Submitted
+
+__all__ = [
+    "DEFAULT_RUN_CALLS",
+    "CallGate",
+    "ChildRun",
+    "child_run_name",
+    "run_as_child",
+    "run_side_by_side",
+]
+
+DEFAULT_RUN_CALLS = 5000
+"""Most calls in one child flow run: half the server's default graph limit of 10,000 nodes,
+leaving room for the child's own task runs (a partition's write) and a lowered limit."""
+
+GATE_NOTE_SECONDS = 60.0
+"""How often a call waiting for a free slot says so."""
+
+_body: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar(
+    "fanout_child_run_body", default=None
+)
+_starting = threading.Lock()
+
+
+def child_run_name(label: str, part: int, parts: int) -> str:
+    """``label``, or ``label (part/parts)`` when a group is cut into several child runs."""
+    return label if parts == 1 else f"{label} ({part}/{parts})"
+
+
+def _the_body() -> Callable[[], Any]:
+    body = _body.get()
+    if body is None:
+        raise RuntimeError(
+            "fanout-partition-run runs only as a child of a map or pattern run "
+            "(its work is handed over in this process)"
+        )
+    return body
+
+
+@flow(
+    name="fanout-partition-run",
+    log_prints=False,
+    persist_result=False,
+    validate_parameters=False,
+)
+def partition_run(name: str, calls: int) -> Any:
+    """One partition (or a part of one) of a map or pattern run, as a child flow run.
+
+    Args:
+        name: The run's name (``partition 2024-01``), shown as its flow run's name too.
+        calls: The calls it makes, for the run's parameters in the UI.
+
+    Returns:
+        What its body returns: a final state (``Completed``, ``Partial``, ``Failed``).
+    """
+    return _the_body()()
+
+
+@dataclass
+class ChildRun:
+    """One child flow run's outcome.
+
+    Attributes:
+        name: The flow run's name.
+        state: Its final state; None when it could not run.
+        error: Why it could not run (its creation failed, its body raised).
+    """
+
+    name: str
+    state: State[Any] | None
+    error: BaseException | None = None
+
+
+def run_as_child(
+    name: str, calls: int, body: Callable[[], State[Any] | None], *, threads: int
+) -> ChildRun:
+    """Run ``body`` in this thread as a child flow run named ``name`` of the run in context.
+
+    Args:
+        name: The child flow run's name.
+        calls: The calls ``body`` makes (a parameter of the run, for the UI).
+        body: Makes the calls (submitting task runs to the child's runner) and returns
+            the child's final state.
+        threads: The child's thread pool: calls in flight at most.
+
+    Returns:
+        The child's final state, or the error that kept it from running.
+    """
+    released = threading.Event()
+
+    def started() -> State[Any] | None:
+        released.set()
+        _starting.release()
+        return body()
+
+    token = _body.set(started)
+    _starting.acquire()
+    try:
+        child = partition_run.with_options(
+            flow_run_name=name, task_runner=ThreadPoolTaskRunner(max_workers=threads)
+        )
+        state = child(name=name, calls=calls, return_state=True)
+        return ChildRun(name, state)
+    except Exception as exc:  # the run could not be created or its engine failed
+        return ChildRun(name, None, exc)
+    finally:
+        if not released.is_set():
+            _starting.release()
+        _body.reset(token)
+
+
+def run_side_by_side(
+    jobs: Iterable[Callable[[], None]], at_once: int, *, what: str
+) -> Iterator[BaseException | None]:
+    """Run ``jobs`` (each runs child flow runs) on ``at_once`` threads with this context.
+
+    Yields each job's error (None when it returned) as it ends. The threads are never
+    abandoned: the caller consumes the generator to the end.
+
+    Args:
+        jobs: Each job starts its child runs with :func:`run_as_child`.
+        at_once: Jobs running at once.
+        what: What a job is, for the thread names.
+    """
+    pending = iter(jobs)
+    ended: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+    running = 0
+
+    def start(job: Callable[[], None], number: int) -> None:
+        context = contextvars.copy_context()  # the flow run's, so a child is its subflow
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                context.run(job)
+            except BaseException as exc:  # reported to the caller, never lost in a thread
+                error = exc
+            ended.put(error)
+
+        threading.Thread(target=work, name=f"fanout-{what}-{number}", daemon=True).start()
+
+    number = 0
+    while True:
+        while running < max(1, at_once):
+            job = next(pending, None)
+            if job is None:
+                break
+            start(job, number)
+            number += 1
+            running += 1
+        if running == 0:
+            return
+        # each job's calls are bounded by their own deadlines; this wait is theirs
+        error = ended.get()
+        running -= 1
+        yield error
+
+
+class CallGate:
+    """At most ``slots`` calls in flight over every child run of a run (``max_workers``).
+
+    Args:
+        slots: Calls in flight at most.
+        logger: Where a call waiting more than a minute for a slot says so.
+    """
+
+    def __init__(self, slots: int, logger: Any = None) -> None:
+        self.slots = max(1, slots)
+        self._free = threading.BoundedSemaphore(self.slots)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.peak = 0
+        self._logger = logger
+
+    def _take(self) -> None:
+        waited = 0.0
+        while not self._free.acquire(timeout=GATE_NOTE_SECONDS):
+            waited += GATE_NOTE_SECONDS
+            if self._logger is not None:
+                self._logger.info(
+                    "a call waits for one of the %d calls in flight to end (%.0f s so far)",
+                    self.slots,
+                    waited,
+                )
+        with self._lock:
+            self._in_flight += 1
+            self.peak = max(self.peak, self._in_flight)
+
+    def _give(self, *_done: Any) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._free.release()
+
+    def gated(self, submit: Callable[[], Submitted]) -> Callable[[], Submitted]:
+        """``submit`` made to take a slot first and give it back when the call ends."""
+
+        def take_then_submit() -> Submitted:
+            self._take()
+            try:
+                submitted = submit()
+            except BaseException:
+                self._give()
+                raise
+            if isinstance(submitted, PrefectFuture):
+                submitted.add_done_callback(self._give)
+            else:  # answered already (a cache hit, a batch answer): no slot held
+                self._give()
+            return submitted
+
+        return take_then_submit
