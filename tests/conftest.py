@@ -166,10 +166,13 @@ def _drain_prefect_workers() -> None:
             warnings.warn(f"could not drain {worker.__name__}: {exc!r}", stacklevel=1)
 
 
-def start_prefect_server(root: Path, port: int | None = None) -> PrefectServer:
+def start_prefect_server(
+    root: Path, port: int | None = None, settings: dict[str, str] | None = None
+) -> PrefectServer:
     """Start a real ``prefect server start`` under ``root`` (not yet waited for).
 
-    The same ``root`` and ``port`` start it again on the same database.
+    The same ``root`` and ``port`` start it again on the same database. ``settings`` are
+    more ``PREFECT_SERVER_*`` variables for the server (e.g. a lower graph limit).
     """
     from prefect_fanout.cli.tuning import SERVER_SETTINGS
 
@@ -197,6 +200,7 @@ def start_prefect_server(root: Path, port: int | None = None) -> PrefectServer:
         "TRIGGERS",
     ):
         env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
+    env.update(settings or {})
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     log_path = root / "server.log"
