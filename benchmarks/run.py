@@ -80,8 +80,9 @@ def timed_with_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float,
 class Standalone:
     """A standalone ``prefect server start`` for the run: SQLite, or PostgreSQL at a URL."""
 
-    def __init__(self, database_url: str | None = None) -> None:
+    def __init__(self, database_url: str | None = None, ui: bool = False) -> None:
         self.database_url = database_url
+        self.ui = ui
 
     def __enter__(self) -> Standalone:
         self.home = Path(tempfile.mkdtemp(prefix="bench-server-"))
@@ -91,7 +92,9 @@ class Standalone:
         if self.database_url:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        env["PREFECT_UI_ENABLED"] = "false"
+        env["PREFECT_UI_ENABLED"] = "true" if self.ui else "false"
+        env["PREFECT_UI_API_URL"] = self.api_url
+        self.ui_url = self.api_url.removesuffix("/api")
         env.update(SERVER_SETTINGS)  # as README: Performance recommends for such runs
         self.process = subprocess.Popen(
             [
@@ -231,7 +234,8 @@ def seconds_until_recorded(api: str | None, flow_run_id: str, expected: int) -> 
     import httpx
 
     started = time.perf_counter()
-    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    family = {"any_": [flow_run_id]}  # the flow run and its child runs (a map's partitions)
+    body = {"flow_runs": {"operator": "or_", "id": family, "parent_flow_run_id": family}}
     count, last, moved = 0, -1, started
     while time.perf_counter() - moved < 30:
         count = httpx.post(f"{api}/task_runs/count", json=body, timeout=30).json()

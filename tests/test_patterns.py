@@ -147,6 +147,44 @@ def test_fan_out_makes_one_call_per_item_round_robin_in_parallel(
 
 
 @pytest.mark.server
+def test_fan_out_over_calls_per_run_runs_its_groups_as_child_flow_runs(
+    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
+) -> None:
+    """More calls than ``calls_per_run``: child flow runs ``fan-out (i/n)`` of the run, each
+    holding its calls as task runs; a child with a failed call ends Partial; the result is
+    the same as in one flow run."""
+    key = uid()
+    items = [f"g{i}-{key}" for i in range(7)]
+    fake_openai.script(items[4], Error(400, message="bad item"))
+    result = fan_out(
+        items,
+        prompt="Summarise: {item}",
+        options=RunOptions(endpoint=endpoint, max_workers=4, calls_per_run=3),
+    )
+    assert result.status == "partial"
+    assert [out is None for out in result.output] == [i == 4 for i in range(7)]
+    assert result.output[0].startswith("echo: Summarise: g0")
+    check_metrics(result)
+    body = {"flow_runs": {"parent_flow_run_id": {"any_": [result.flow_run_id]}}}
+    children = poll(
+        lambda: httpx.post(f"{prefect_server.api_url}/flow_runs/filter", json=body).json(),
+        lambda runs: len(runs) == 3 and all(r["state_type"] for r in runs),
+    )
+    by_name = {run["name"]: run for run in children}
+    assert set(by_name) == {"fan-out (1/3)", "fan-out (2/3)", "fan-out (3/3)"}
+    assert [by_name[f"fan-out ({n}/3)"]["state_name"] for n in (1, 2, 3)] == [
+        "Completed",
+        "Partial",
+        "Completed",
+    ]
+    for name, wanted in (("fan-out (1/3)", {0, 1}), ("fan-out (3/3)", {5, 6})):
+        expected = {f"default:item-{i}" for i in wanted}
+        assert expected <= task_run_names(prefect_server, by_name[name]["id"], expected)
+    state = state_of(prefect_server, result)
+    assert (state["type"], state["name"]) == ("COMPLETED", "Partial")
+
+
+@pytest.mark.server
 def test_fan_out_partial_keeps_the_others_and_all_or_nothing_stops(
     prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint
 ) -> None:

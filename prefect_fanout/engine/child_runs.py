@@ -27,16 +27,17 @@ from typing import Any
 
 from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.states import State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_fanout.call.window import Submitted
+from prefect_fanout.call.window import CallOutcome, Submitted
 
 __all__ = [
     "DEFAULT_RUN_CALLS",
     "CallGate",
     "ChildRun",
     "child_run_name",
+    "group_state",
     "run_as_child",
     "run_side_by_side",
 ]
@@ -57,6 +58,24 @@ _starting = threading.Lock()
 def child_run_name(label: str, part: int, parts: int) -> str:
     """``label``, or ``label (part/parts)`` when a group is cut into several child runs."""
     return label if parts == 1 else f"{label} ({part}/{parts})"
+
+
+def group_state(outcomes: Iterable[CallOutcome[Any]], calls: int) -> State[Any]:
+    """A child run's final state by its calls' outcomes.
+
+    Failed when every call failed, Completed named ``Partial`` when some failed or were
+    not made (a budget, ``all_or_nothing``), else Completed.
+    """
+    outcomes = list(outcomes)
+    failed = sum(1 for o in outcomes if not o.ok and not o.over_budget)
+    skipped = calls - len(outcomes) + sum(1 for o in outcomes if o.over_budget)
+    if calls and failed == calls:
+        return Failed(message=f"all {calls} calls failed")
+    if failed or skipped:
+        parts = [f"{failed} of {calls} calls failed"] if failed else []
+        parts += [f"{skipped} not made"] if skipped else []
+        return Completed(name="Partial", message=", ".join(parts))
+    return Completed(message=f"{calls} calls completed")
 
 
 def _the_body() -> Callable[[], Any]:

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
@@ -18,7 +19,19 @@ from pydantic import BaseModel
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
-from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, run_chunks
+from prefect_fanout.engine.child_runs import (
+    DEFAULT_RUN_CALLS,
+    child_run_name,
+    group_state,
+    run_as_child,
+)
+from prefect_fanout.engine.chunks import (
+    ChunkRun,
+    active_worker_slots,
+    chunk_slots_for,
+    cut_chunks,
+    run_chunks,
+)
 from prefect_fanout.engine.dryrun import PatternDryRun
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
@@ -244,6 +257,12 @@ class Engine:
         go to the workers in chunks (see :meth:`run_in_chunks`).
         """
         calls = list(calls)
+        bound = self.options.calls_per_run or DEFAULT_RUN_CALLS
+        if len(calls) > bound and self.dry is None and FlowRunContext.get() is not None:
+            return self.run_in_child_runs(calls, bound)
+        return self._run_here(calls)
+
+    def _run_here(self, calls: list[Call]) -> dict[str, CallOutcome[str]]:
         slots = self.chunk_slots(calls)
         if slots is not None:
             return self.run_in_chunks(calls, slots)
@@ -252,6 +271,54 @@ class Engine:
             outcomes[outcome.key] = outcome
             self.record(outcome)
         return outcomes
+
+    def run_in_child_runs(self, calls: list[Call], bound: int) -> dict[str, CallOutcome[str]]:
+        """More calls than one flow run's graph should hold: child flow runs of ``bound`` calls.
+
+        Each group runs, one after another, as a child flow run ``NAME (i/n)`` of this run
+        whose task runs are its calls (on Dask or Ray, its chunks), so every graph stays
+        under the Prefect server's node limit. A child ends Completed, ``Partial`` or
+        Failed by its calls; the records and the failure policy are this run's.
+        """
+        context = FlowRunContext.get()
+        assert context is not None
+        on_workers = active_worker_slots(self.options.runner()) is not None
+        workers = context.task_runner if on_workers else None
+        window, outcomes = self.window, {}
+        groups = cut_chunks(calls, bound)
+        try:
+            for number, group in enumerate(groups, start=1):
+                name = child_run_name(self.name, number, len(groups))
+                body = partial(self._child_run, list(group), workers, outcomes)
+                child = run_as_child(name, len(group), body, threads=self.workers)
+                window.note_peak(self.window.peak)
+                self.window = window
+                if child.error is not None:
+                    self.logger.error("%s: the flow run %r could not run: %s", self.name, name,
+                                      describe(child.error))  # fmt: skip
+                for call in group:  # a child that could not run made none of its calls
+                    if call.key not in outcomes:
+                        why = describe(child.error) if child.error else "its flow run ended early"
+                        outcomes[call.key] = CallOutcome(call.key, None, AgentCallError(why))
+                        self.record(outcomes[call.key])
+        finally:
+            self.window = window
+        return outcomes
+
+    def _child_run(
+        self, group: list[Call], workers: Any, outcomes: dict[str, CallOutcome[str]]
+    ) -> State[Any]:
+        """The body of one child run: its calls, then its state by their outcomes."""
+        self.window = CallWindow(self.workers)  # the recording guard of this child run
+        if workers is not None:  # the calls go to the run's Dask or Ray workers in chunks
+            here = FlowRunContext.get()
+            assert here is not None
+            with here.model_copy(update={"task_runner": workers}):
+                done = self._run_here(group)
+        else:
+            done = self._run_here(group)
+        outcomes.update(done)
+        return group_state([done[c.key] for c in group if c.key in done], len(group))
 
     def chunk_slots(self, calls: list[Call]) -> int | None:
         """Worker slots when these calls go to the workers in chunks, else None.

@@ -30,13 +30,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import Failed, State
 
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
     CallGate,
     child_run_name,
+    group_state,
     run_as_child,
     run_side_by_side,
 )
@@ -315,23 +316,10 @@ def _chunked(
 
 
 def _part_state(outcomes: list[CallOutcome[Any]], report: PartitionReport | None) -> State[Any]:
-    """A partition run's final state.
-
-    Failed when the partition was dead-lettered or every call failed, ``Partial`` when
-    some failed or were skipped, else Completed.
-    """
-    calls = len(outcomes)
-    failed = sum(1 for o in outcomes if not o.ok and not o.over_budget)
-    skipped = sum(1 for o in outcomes if o.over_budget)
+    """A partition run's final state: Failed when dead-lettered, else by its calls."""
     if report is not None and report.status == "dead_letter":
         return Failed(message=f"dead-lettered: {report.error}")
-    if calls and failed == calls:
-        return Failed(message=f"all {calls} calls failed")
-    if failed or skipped:
-        parts = [f"{failed} of {calls} calls failed"] if failed else []
-        parts += [f"{skipped} skipped (budget)"] if skipped else []
-        return Completed(name="Partial", message=", ".join(parts))
-    return Completed(message=f"{calls} calls completed")
+    return group_state(outcomes, len(outcomes))
 
 
 class _PartitionRuns:
