@@ -1,4 +1,4 @@
-"""The trace past the server's graph limit: a map's partitions are child flow runs whose graphs draw.
+"""The trace past the server's graph limit: partitions are child flow runs whose graphs draw.
 
 A Prefect server draws at most ``PREFECT_SERVER_FLOW_RUN_GRAPH_MAX_NODES`` nodes
 (10,000 by default) in one flow run's graph. This test starts a server whose limit is
@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,7 +81,8 @@ def test_every_graph_is_under_the_limit_and_the_calls_are_not(
         names = sorted(child["name"] for child in children)
         assert names == [f"partition {p} ({n}/2)" for p in ("0000", "0001", "0002") for n in (1, 2)]
         assert {child["state_type"] for child in children} == {"COMPLETED"}
-        calls = [run for run in api.task_runs(mapped["flow_run_id"]) if run["name"][:8] == "default:"]
+        runs = api.task_runs(mapped["flow_run_id"])
+        calls = [run for run in runs if run["name"].startswith("default:")]
         assert len(calls) > GRAPH_NODES  # one flow run holding them all could not be drawn
 
     parent = _graph(api_url, mapped["flow_run_id"])
