@@ -33,6 +33,7 @@ from prefect_fanout.mapping.stage import partition_file_names
 from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI, Reply
 from tests.map_helpers import family_filter, read_jsonl, tag, write_corpus
+from tests.ui_helpers import PrefectAPI
 
 REDUCE_HEAD = REDUCE_INSTRUCTION.split("{")[0]
 
@@ -194,9 +195,12 @@ def test_structured_agent_outputs_are_json_in_the_outputs(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("calls_per_run", [None, 4])
 def test_topic_agent_classifies_then_partitions_by_label(
-    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path, calls_per_run: int | None
 ) -> None:
+    """With calls_per_run 4 the 6 classifier calls run as child runs ``classify (1/2)`` and
+    ``classify (2/2)``, the partitions as ``partition KEY``: the outputs are the same."""
     run = tag()
     records = [{"id": f"{run}-{n}", "text": f"{run} {'ab'[n % 2]}-{n}"} for n in range(6)]
     classifier = AgentProfile(name="sorter", prompt_template="Classify: {input}")
@@ -208,9 +212,13 @@ def test_topic_agent_classifies_then_partitions_by_label(
         agents={"sorter": classifier},
         partition="topic:agent=sorter",
         output_dir=tmp_path / "out",
-        options=RunOptions(endpoint=endpoint_for(fake_openai)),
+        options=RunOptions(endpoint=endpoint_for(fake_openai), calls_per_run=calls_per_run),
     )
     assert summary.ok
+    with PrefectAPI(prefect_server.api_url) as api:
+        children = sorted(child["name"] for child in api.child_runs(summary.flow_run_id))
+    classify = ["classify (1/2)", "classify (2/2)"] if calls_per_run else []
+    assert children == [*classify, "partition apples", "partition pears"]
     assert [p.key for p in summary.partitions] == ["apples", "pears"]
     assert summary.usage["classify"].calls == 6
     rows = read_jsonl(tmp_path / "out" / "final.jsonl")

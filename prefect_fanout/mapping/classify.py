@@ -13,9 +13,18 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+from prefect.context import FlowRunContext
+
 from prefect_fanout.call.path import CallPath
-from prefect_fanout.call.window import CallWindow, Submitted
-from prefect_fanout.errors import describe
+from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.engine.child_runs import (
+    DEFAULT_RUN_CALLS,
+    child_run_name,
+    group_state,
+    run_as_child,
+)
+from prefect_fanout.engine.chunks import cut_chunks
+from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
@@ -84,7 +93,8 @@ def classify_items(
     usage = Ledger()
     records: list[CallRecord] = []
     progress = ProgressReporter(len(requests), f"fanout map: classifying {len(requests)} items")
-    for done in window.run(_jobs(requests, path)):
+
+    def keep(done: CallOutcome[str]) -> None:
         request = requests[done.key]
         if done.over_budget:  # not made: no call, no failure; the item is mapped unlabelled
             labels[done.key] = UNKNOWN
@@ -98,14 +108,14 @@ def classify_items(
                     error=f"budget: {done.error}",
                 )
             )
-            continue
+            return
         usage.add(done.result, failed=not done.ok, error=done.error)
         progress.advance(failed=not done.ok)
         if done.ok:
             result: AgentResult = done.result  # type: ignore[assignment]
             labels[done.key] = label_from_output(result.output)
             records.append(CallRecord.from_result(f"classify:{done.key}", result))
-            continue
+            return
         labels[done.key] = UNKNOWN
         logger.warning("classify %s failed, labelled %r: %s", done.key, UNKNOWN, done.error)
         records.append(
@@ -117,5 +127,30 @@ def classify_items(
                 message=describe(done.error),
             )
         )
+
+    bound = path.options.calls_per_run or DEFAULT_RUN_CALLS
+    if len(requests) <= bound or FlowRunContext.get() is None:
+        for done in window.run(_jobs(requests, path)):
+            keep(done)
+    else:  # over one flow run's graph: child runs "classify (i/n)", one after another
+        groups = cut_chunks(list(requests), bound)
+        for number, ids in enumerate(groups, start=1):
+            group = {item_id: requests[item_id] for item_id in ids}
+
+            def body(group: Mapping[str, CallRequest] = group) -> Any:
+                here: CallWindow[str] = CallWindow(window.window)
+                outcomes = []
+                for done in here.run(_jobs(group, path)):
+                    keep(done)
+                    outcomes.append(done)
+                window.note_peak(here.peak)
+                return group_state(outcomes, len(group))
+
+            name = child_run_name("classify", number, len(groups))
+            child = run_as_child(name, len(group), body, threads=window.window)
+            for item_id in group:  # a child that could not run classified none of its items
+                if item_id not in labels:
+                    why = describe(child.error) if child.error else "its flow run ended early"
+                    keep(CallOutcome(item_id, None, AgentCallError(why)))
     progress.finish()
     return labels, usage, records
