@@ -153,7 +153,8 @@ def test_chunks_run_as_flow_runs_on_two_pool_workers_like_threads(
 
     children = _child_runs(prefect_server.api_url, pooled.flow_run_id)
     assert sorted(r["name"] for r in children) == [
-        "chunk:0000:0", "chunk:0000:1", "chunk:0001:0", "chunk:0001:1",
+        "partition 0000 (1/2)", "partition 0000 (2/2)",
+        "partition 0001 (1/2)", "partition 0001 (2/2)",
     ]  # fmt: skip
     assert {r["state_type"] for r in children} == {"COMPLETED"}
     assert {r["work_pool_name"] for r in children} == {POOL}
@@ -214,7 +215,7 @@ def test_a_cancelled_child_run_is_rerun_asking_only_its_missing_calls(
         lambda: [
             r
             for r in _child_runs(prefect_server.api_url, None, state="RUNNING")
-            if r["name"].startswith("chunk:")
+            if r["name"].startswith("partition ")
         ],  # fmt: skip
         bool,
         60.0,

@@ -28,6 +28,7 @@ from typing import Any
 
 from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.call.window import CallOutcome
+from prefect_fanout.engine.child_runs import child_run_name
 from prefect_fanout.engine.chunks import (
     WAIT_NOTE_SECONDS,
     ChunkDone,
@@ -176,7 +177,8 @@ def run_deployed_chunks(
     measured.size, measured.threads = size, max_workers
     started: dict[str, tuple[str, list[tuple[str, Item]]]] = {}  # flow run id -> name, missing
     for key, items in groups.items():
-        for index, chunk in enumerate(cut_chunks(items, size)):
+        chunks = cut_chunks(items, size)
+        for index, chunk in enumerate(chunks):
             missing: list[tuple[str, Item]] = []
             for item in chunk:
                 on = cache.mode is CacheMode.ON
@@ -188,7 +190,7 @@ def run_deployed_chunks(
             if not missing:
                 continue
             path = write_chunk_file([(item.id, requests[item.id]) for _, item in missing])
-            name = f"chunk:{key}:{index}"
+            name = child_run_name(f"partition {key}", index + 1, len(chunks))
             flow_run = run_deployment(
                 deployment,
                 parameters={
