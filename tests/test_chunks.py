@@ -173,6 +173,15 @@ def check_against_threads(
     # under the call lock is one too); one map-chunk task run per partition.
     assert len(calls) in (39, 40) and len({r["name"] for r in calls}) == len(calls)
     assert sorted(r["name"] for r in chunks) == ["chunk:0000:0", "chunk:0001:0"]
+    # Each partition is a child flow run holding its chunk and the chunk's calls.
+    with PrefectAPI(prefect_server.api_url) as api:
+        children = {r["id"]: r["name"] for r in api.child_runs(remote.flow_run_id)}
+    assert sorted(children.values()) == ["partition 0000", "partition 0001"]
+    for r in chunks + calls:
+        partition = children[r["flow_run_id"]].removeprefix("partition ")
+        assert r["name"].startswith("chunk:") or int(r["name"].rsplit("-", 1)[1]) // 20 == int(
+            partition
+        ), (r["name"], partition)
 
     local = map_corpus(
         source,
