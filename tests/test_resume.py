@@ -20,6 +20,7 @@ from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.options import RunOptions, merge_options
 from tests.fakeopenai import Error, FakeOpenAI
 from tests.map_helpers import read_jsonl, tag, write_corpus
+from tests.ui_helpers import PrefectAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.server
@@ -31,6 +32,13 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.01)
+
+
+def partition_states(server: Any, flow_run_id: str | None) -> dict[str, tuple[str, str]]:
+    """The map's partitions' flow runs: name -> (state type, state name)."""
+    assert flow_run_id is not None
+    with PrefectAPI(server.api_url) as api:
+        return {r["name"]: (r["state_type"], r["state_name"]) for r in api.child_runs(flow_run_id)}
 
 
 def test_killed_run_resumes_with_only_the_calls_it_had_not_finished(
@@ -173,6 +181,11 @@ def test_rerun_after_a_failed_item_asks_only_for_that_item(
     fake_openai.script(f"{run} item-2.", Error(400, "bad luck"))
     first = map_corpus(source, **options)
     assert first.failed_ids == [f"{run}-2"] and not first.ok
+    # The partitions' flow runs say so in the map's list of subflow runs.
+    assert partition_states(prefect_server, first.flow_run_id) == {
+        "partition 0000": ("COMPLETED", "Partial"),
+        "partition 0001": ("COMPLETED", "Completed"),
+    }
     before = fake_openai.total
 
     second = map_corpus(source, **options)  # the scripted error is used up
@@ -202,11 +215,19 @@ def test_rerun_after_a_dead_lettered_partition_writes_it_from_the_cache(
     first = map_corpus(source, **options)
     assert first.dead_letter_ids == [f"{run}-0", f"{run}-1"]
     assert len(read_jsonl(out / "dead_letters.jsonl")) == 2
+    states = partition_states(prefect_server, first.flow_run_id)
+    assert states == {
+        "partition 0000": ("FAILED", "Failed"),
+        "partition 0001": ("COMPLETED", "Completed"),
+    }
     before = fake_openai.total
 
     shutil.rmtree(blocker)  # the manual fix
     second = map_corpus(source, **options)
     assert second.ok and second.dead_letter == 0 and second.cached == 4
+    assert {
+        state for state, _name in partition_states(prefect_server, second.flow_run_id).values()
+    } == {"COMPLETED"}
     assert fake_openai.total == before  # the dead letters' answers were cached all along
     assert (out / "dead_letters.jsonl").read_text() == ""
     assert [r["id"] for r in read_jsonl(blocker)] == [f"{run}-0", f"{run}-1"]

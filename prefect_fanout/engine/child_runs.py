@@ -31,6 +31,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.call.window import CallOutcome, Submitted
+from prefect_fanout.errors import describe
 
 __all__ = [
     "DEFAULT_RUN_CALLS",
@@ -120,6 +121,14 @@ class ChildRun:
     name: str
     state: State[Any] | None
     error: BaseException | None = None
+
+    def why(self) -> str:
+        """Why a call of this run has no outcome: the run's error, or its final state."""
+        if self.error is not None:
+            return f"its flow run could not run: {describe(self.error)}"
+        if self.state is not None and self.state.message:
+            return f"its flow run ended {self.state.name}: {self.state.message}"
+        return "its flow run ended before the call"
 
 
 def run_as_child(

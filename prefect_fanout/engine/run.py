@@ -298,7 +298,7 @@ class Engine:
                                       describe(child.error))  # fmt: skip
                 for call in group:  # a child that could not run made none of its calls
                     if call.key not in outcomes:
-                        why = describe(child.error) if child.error else "its flow run ended early"
+                        why = child.why()
                         outcomes[call.key] = CallOutcome(call.key, None, AgentCallError(why))
                         self.record(outcomes[call.key])
         finally:

@@ -150,7 +150,7 @@ def classify_items(
             child = run_as_child(name, len(group), body, threads=window.window)
             for item_id in group:  # a child that could not run classified none of its items
                 if item_id not in labels:
-                    why = describe(child.error) if child.error else "its flow run ended early"
+                    why = child.why()
                     keep(CallOutcome(item_id, None, AgentCallError(why)))
     progress.finish()
     return labels, usage, records

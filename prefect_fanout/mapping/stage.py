@@ -381,7 +381,7 @@ class _PartitionRuns:
                     run_name,
                     describe(child.error),
                 )
-            why = describe(child.error) if child.error is not None else "it ended early"
+            why = child.why()
             reason = AgentCallError(f"the flow run {run_name!r} did not make this call: {why}")
             mapper.missing(key, part, reason)
         if key not in mapper.stage.reports:  # the last run could not write it: write it here
