@@ -75,11 +75,21 @@ class PrefectAPI:
         return response.json()
 
     def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
-        """Every task run of a flow run."""
-        return self._post(
-            "/task_runs/filter",
-            {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"},
-        )
+        """Every task run of a flow run (the API pages them 200 at a time)."""
+        runs: list[dict[str, Any]] = []
+        while True:
+            page = self._post(
+                "/task_runs/filter",
+                {
+                    "flow_runs": {"id": {"any_": [flow_run_id]}},
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "offset": len(runs),
+                    "limit": 200,
+                },
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                return runs
 
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Every log line of a flow run (its task runs' included), oldest first."""
