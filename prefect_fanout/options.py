@@ -155,6 +155,11 @@ class RunOptions(BaseModel):
             request, the run goes on), ``truncate`` (cut to fit) or ``chunk`` (answered in
             overlapping chunks, combined per item); see docs/real-models.md. Default: the
             agent's ``long_inputs``, then ``fail``.
+        log_calls: Log a line per successful call at INFO (model, seconds, attempts,
+            tokens, finish, cost), and keep Prefect's "Finished in state Completed()" line
+            of each call's task run. Default: off; both are left out of the run's logs
+            (ours is at DEBUG), while failures, retries, warnings, partition and progress
+            lines stay (see :mod:`prefect_fanout.ui.quiet_logs`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -189,6 +194,7 @@ class RunOptions(BaseModel):
     budget_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     budget_name: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     long_inputs: Literal["fail", "truncate", "chunk"] | None = None
+    log_calls: bool | None = None
 
     @field_validator("trace_dir", mode="before")
     @classmethod

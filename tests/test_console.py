@@ -83,7 +83,8 @@ def test_ids_that_are_emoji_codes_print_literally(prefect_server, tmp_path, task
         )
     )
     done = fanout(
-        ["dispatch", str(plan), "--model", "test", "--refresh", "--verbose"], prefect_server.env()
+        ["dispatch", str(plan), "--model", "test", "--refresh", "--verbose", "--log-calls"],
+        prefect_server.env(),
     )
     assert done.returncode == 0, done.stderr
     # Rich would print 'default🅰' / 'default😄' for the task run 'default:a:' / 'default:smile:'

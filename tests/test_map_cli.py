@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def test_partition_that_cannot_be_written_is_dead_lettered(
         "--retry-delay",
         "0.01",
         "--verbose",  # Prefect's run lines on stderr
+        "--log-calls",  # and a line per successful call (by default none)
     )
     assert done.returncode == 1, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -159,6 +161,7 @@ def test_tree_reduce_from_the_cli(
         "--reduce-budget",
         "30",
         "--verbose",  # Prefect's run lines on stderr
+        "--log-calls",  # and a line per successful call (by default none)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -166,6 +169,7 @@ def test_tree_reduce_from_the_cli(
     assert summary["reduce"]["status"] == result["status"] == "completed"
     assert summary["reduce"]["levels"] == result["levels"] >= 2
     assert "reduce:L1-G1" in done.stderr  # reduce calls are task runs named by level and group
+    assert re.search(r"'reduce:L1-G1' - \[default:L1-G1\] \S+ answered in", done.stderr)
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from prefect_fanout import dispatch_plan
+from prefect_fanout import Plan, dispatch_plan
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.options import RunOptions
+from tests.fakeopenai import Error
 from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, PrefectAPI, point_ui_at_api, poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,27 +106,84 @@ def test_artifacts_of_a_dispatch_run(api, traced_run) -> None:
     assert all(trace_uri in a["data"] for a in links.values())
 
 
-def test_logs_one_info_line_per_call_and_no_prompts(api, traced_run) -> None:
+def _final_logs(api: PrefectAPI, flow_run_id: str) -> list[dict[str, Any]]:
+    """The flow run's log lines once its own final line is in (logs arrive in batches)."""
+    return poll(
+        lambda: api.logs(flow_run_id),
+        lambda lines: any(
+            line["task_run_id"] is None and line["message"].startswith("Finished in state")
+            for line in lines
+        ),
+        30,
+        "the flow run's final log line",
+    )
+
+
+def test_logs_no_line_per_successful_call_by_default(api, traced_run) -> None:
+    logs = _final_logs(api, traced_run["id"])
+    task_run_ids = {run["id"] for run in traced_run["task_runs"]}
+    call_lines = [line for line in logs if line["task_run_id"] in task_run_ids]
+    assert not call_lines, [line["message"] for line in call_lines]  # no answered, no Finished
+    assert not [line for line in logs if "answered in" in line["message"]]
+    text = "\n".join(line["message"] for line in logs)
+    assert "dispatching 4 task(s)" in text  # the run's own lines stay
+    for task in _plan_tasks():
+        assert task["description"] not in text
+
+
+def test_log_calls_logs_one_info_line_per_call_and_no_prompts(api) -> None:
+    result = dispatch_plan(PLAN, options=RunOptions(model="test", cache="off", log_calls=True))
+    assert result.status == "completed", result
+    flow_run_id = str(result.flow_run_id)
+    task_runs = api.finished_task_runs(flow_run_id, len(_plan_tasks()))
     logs = poll(
-        lambda: api.logs(traced_run["id"]),
+        lambda: _final_logs(api, flow_run_id),
         lambda lines: sum("answered in" in line["message"] for line in lines) >= 4,
         30,
         "the calls' log lines",
     )
-    task_run_ids = {run["id"] for run in traced_run["task_runs"]}
+    task_run_ids = {run["id"] for run in task_runs}
     call_lines = [line for line in logs if line["task_run_id"] in task_run_ids]
-    for run in traced_run["task_runs"]:
-        own = [
-            line["message"]
-            for line in call_lines
-            if line["task_run_id"] == run["id"] and not line["message"].startswith("Finished in")
-        ]
-        assert len(own) == 1, own
-        assert run["name"] in own[0] and "test answered in" in own[0], own[0]
+    for run in task_runs:
+        own = [line["message"] for line in call_lines if line["task_run_id"] == run["id"]]
+        answered = [message for message in own if not message.startswith("Finished in")]
+        assert len(answered) == 1, own
+        assert run["name"] in answered[0] and "test answered in" in answered[0], answered[0]
+        assert "Finished in state Completed()" in own  # Prefect's line is kept too
     assert {line["level"] for line in call_lines} == {20}  # INFO only: prompts are DEBUG
     text = "\n".join(line["message"] for line in logs)
     for task in _plan_tasks():
         assert task["description"] not in text
+
+
+def test_a_failed_call_is_logged_at_the_default_level(api, fake_openai, monkeypatch) -> None:
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+    endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
+    key = uuid.uuid4().hex[:10]
+    plan = {
+        "tasks": [
+            {"task_id": f"good-{key}", "agent": "default", "description": f"fine {key}"},
+            {"task_id": f"bad-{key}", "agent": "default", "description": f"refused {key}"},
+        ]
+    }
+    fake_openai.script(f"refused {key}", Error(400, message="no such thing"))
+    result = dispatch_plan(
+        Plan.model_validate(plan), options=RunOptions(endpoint=endpoint, cache="off")
+    )
+    assert result.status != "completed", result
+    flow_run_id = str(result.flow_run_id)
+    task_runs = api.finished_task_runs(flow_run_id, 2)
+    logs = _final_logs(api, flow_run_id)
+    by_name = {run["name"]: run["id"] for run in task_runs}
+    bad = [line for line in logs if line["task_run_id"] == by_name[f"default:bad-{key}"]]
+    assert any(
+        line["message"].startswith("Finished in state Failed") and line["level"] == 40
+        for line in bad
+    ), bad
+    flow_lines = [line for line in logs if line["task_run_id"] is None]
+    assert any(f"bad-{key}" in line["message"] and line["level"] >= 30 for line in flow_lines)
+    good = [line for line in logs if line["task_run_id"] == by_name[f"default:good-{key}"]]
+    assert not good, good  # the successful call wrote nothing
 
 
 def test_api_key_is_never_readable_through_the_api(api, fake_openai, monkeypatch) -> None:
@@ -133,9 +191,9 @@ def test_api_key_is_never_readable_through_the_api(api, fake_openai, monkeypatch
     key = f"sk-secret-{uuid.uuid4().hex}"
     endpoint = LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr(key))
     plan = REPO / "examples" / "01_parallel_generation.json"
-    result = dispatch_plan(
+    result = dispatch_plan(  # log_calls: the calls' own lines are searched for the key too
         plan,
-        options=RunOptions(model="fake-model", endpoint=endpoint, cache="off"),
+        options=RunOptions(model="fake-model", endpoint=endpoint, cache="off", log_calls=True),
     )
     assert result.status == "completed", result
     assert fake_openai.total == 3

@@ -77,11 +77,24 @@ class PrefectAPI:
         return response.json()
 
     def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
-        """Every task run of a flow run and of its child flow runs (a map's partitions)."""
-        return self._post(
-            "/task_runs/filter",
-            {"flow_runs": family(flow_run_id), "sort": "EXPECTED_START_TIME_ASC"},
-        )
+        """Every task run of a flow run and of its child flow runs (a map's partitions).
+
+        The API pages them 200 at a time.
+        """
+        runs: list[dict[str, Any]] = []
+        while True:
+            page = self._post(
+                "/task_runs/filter",
+                {
+                    "flow_runs": family(flow_run_id),
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "offset": len(runs),
+                    "limit": 200,
+                },
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                return runs
 
     def child_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """The flow run's child flow runs (a map's partitions), oldest first."""

@@ -287,6 +287,7 @@ class Resolver:
             tags=(f"agent:{profile.name}", f"model:{model}", *tags),
             long_inputs=self.long_inputs(profile),
             context_tokens=self.context_tokens(profile),
+            log_call=bool(self.options.log_calls),
         )
 
 

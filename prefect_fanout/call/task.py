@@ -11,6 +11,8 @@ The path of a call, top to bottom::
 A task run is named ``agent:item`` and tagged ``agent:NAME`` and ``model:MODEL``,
 so the Prefect UI is the trace. Prefect task retries stay at zero: the
 transport owns every retry. The cache lives in :mod:`prefect_fanout.call.cache`.
+A successful call's lines stay out of the run's logs unless ``log_call`` is set
+(:mod:`prefect_fanout.ui.quiet_logs`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
+from prefect_fanout.ui.quiet_logs import call_logging, install_quiet_calls
 
 
 @task(name="agent-call", retries=0, persist_result=True)
@@ -61,6 +64,7 @@ def agent_call(
         The call's :class:`AgentResult`.
 
     """
+    install_quiet_calls()  # a worker process running calls sent one by one has none yet
     if transport is None:
         transport = Resolver().transport(request.model)
     return execute_request(request.with_context(context), transport, get_run_logger())
@@ -173,7 +177,10 @@ def _submit(
     task_ = configured_call_task(request, cache)
     if run_name is not None:
         task_ = task_.with_options(task_run_name=run_name)
-    return task_.submit(**call_parameters(request, transport), context=context, wait_for=wait_for)
+    with call_logging(request.log_call):  # Prefect's "Finished" line: see ui/quiet_logs.py
+        return task_.submit(
+            **call_parameters(request, transport), context=context, wait_for=wait_for
+        )
 
 
 def submit_or_reuse(

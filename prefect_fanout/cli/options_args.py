@@ -71,6 +71,13 @@ def add_run_option_arguments(
         "truncate it to fit, or chunk it (answer overlapping chunks, combine them)",
     )
     add_limit_arguments(parser)
+    parser.add_argument(
+        "--log-calls",
+        action="store_true",
+        default=None,
+        help="log a line per successful call at INFO in the run's logs (by default only "
+        "failures, retries, warnings, partitions and progress are logged; calls at DEBUG)",
+    )
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--refresh", action="store_true", help="ignore cached answers, call again")
     cache.add_argument(
@@ -194,6 +201,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "budget_usd": "budget_usd",
         "budget_name": "budget_name",
         "long_inputs": "long_inputs",
+        "log_calls": "log_calls",
     }
     flags = {field: getattr(args, attr, None) for field, attr in names.items()}
     flags["cache"] = cache

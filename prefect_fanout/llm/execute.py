@@ -6,12 +6,14 @@ validated (Pydantic for classes, jsonschema for schemas from files) and an inval
 one is re-asked with the validation error, at most ``max_validation_retries``
 times. The result carries usage, cost, latency and attempts; its latency leaves out
 the seconds spent waiting for the endpoint's limits or a structured-output probe,
-which are reported apart (``limit_wait_s``).
+which are reported apart (``limit_wait_s``). A successful call's line ("answered in")
+is logged at DEBUG, or at INFO when the request's ``log_call`` is set.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -183,7 +185,10 @@ def execute_request(request: CallRequest, transport: Transport, logger: Any) -> 
         truncated=request.truncated,
     )
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
-    logger.info(
+    # A line per success only when asked (RunOptions.log_calls): at 10,000 calls it would
+    # be most of the run's logs; failures, retries and warnings are logged above.
+    logger.log(
+        logging.INFO if request.log_call else logging.DEBUG,
         "[%s] %s answered in %.2fs, %d attempt(s), tokens %d/%d, finish %s, cost %s",
         request.label,
         model,

@@ -58,6 +58,7 @@ NOT_KEY_FIELDS = frozenset(
         "long_inputs",
         "context_tokens",
         "truncated",  # a label: the messages sent were cut to fit (they are keyed)
+        "log_call",  # whether the call's success is logged at INFO: how it is told, not asked
     }
 )
 
@@ -98,6 +99,7 @@ class CallRequest(BaseModel):
     long_inputs: str = "fail"
     context_tokens: int | None = None
     truncated: bool = False
+    log_call: bool = False
 
     @property
     def label(self) -> str:
