@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.call.window import CallOutcome, Submitted
@@ -47,6 +48,13 @@ DEFAULT_RUN_CALLS = 5000
 """Most calls in one child flow run: half the server's default graph limit of 10,000 nodes,
 leaving room for the child's own task runs (a partition's write) and a lowered limit."""
 
+START_WAIT_SECONDS = 30.0
+"""How long the Prefect API may take to create a child run before its calls run in the parent
+(a server that went away makes Prefect's client retry for about a minute)."""
+
+REPORT_WAIT_SECONDS = 15.0
+"""How long a child run's end may take to be reported once its work is done."""
+
 GATE_NOTE_SECONDS = 60.0
 """How often a call waiting for a free slot says so."""
 
@@ -54,6 +62,7 @@ _body: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar
     "fanout_child_run_body", default=None
 )
 _starting = threading.Lock()
+_api_away: set[Any] = set()  # parent flow runs whose children could not be created in time
 
 
 def child_run_name(label: str, part: int, parts: int) -> str:
@@ -114,13 +123,17 @@ class ChildRun:
 
     Attributes:
         name: The flow run's name.
-        state: Its final state; None when it could not run.
-        error: Why it could not run (its creation failed, its body raised).
+        state: Its final state (its body's, when the run's end was not reported); None
+            when it could not run.
+        error: Why it could not run (its creation failed, its engine failed).
+        in_parent: The body ran in the parent's flow run instead (the API did not create
+            the child in time).
     """
 
     name: str
     state: State[Any] | None
     error: BaseException | None = None
+    in_parent: bool = False
 
     def why(self) -> str:
         """Why a call of this run has no outcome: the run's error, or its final state."""
@@ -131,10 +144,38 @@ class ChildRun:
         return "its flow run ended before the call"
 
 
+class _Start:
+    """The start lock, held from a child's creation until its body starts, released once."""
+
+    def __init__(self) -> None:
+        _starting.acquire()
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                _starting.release()
+
+
 def run_as_child(
-    name: str, calls: int, body: Callable[[], State[Any] | None], *, threads: int
+    name: str,
+    calls: int,
+    body: Callable[[], State[Any] | None],
+    *,
+    threads: int,
+    logger: Any = None,
 ) -> ChildRun:
-    """Run ``body`` in this thread as a child flow run named ``name`` of the run in context.
+    """Run ``body`` as a child flow run named ``name`` of the run in context.
+
+    The child runs on a thread of its own with this thread's context; this thread waits
+    for it. When the Prefect API does not create the child within
+    :data:`START_WAIT_SECONDS` (or fails to), ``body`` runs here, in the parent's flow run,
+    and so do the parent's later children: its calls never wait on an API that went
+    away. When the body has returned but the child's end is not reported within
+    :data:`REPORT_WAIT_SECONDS`, the body's state is returned and the child's thread
+    left to finish (a daemon). Outside a flow run ``body`` simply runs here.
 
     Args:
         name: The child flow run's name.
@@ -142,31 +183,72 @@ def run_as_child(
         body: Makes the calls (submitting task runs to the child's runner) and returns
             the child's final state.
         threads: The child's thread pool: calls in flight at most.
+        logger: Where the fallbacks are said.
 
     Returns:
         The child's final state, or the error that kept it from running.
     """
-    released = threading.Event()
+    parent = FlowRunContext.get()
+    parent_id = parent.flow_run.id if parent is not None and parent.flow_run else None
+    if parent_id is None or parent_id in _api_away:
+        return ChildRun(name, body(), in_parent=parent_id is not None)
+    claim = threading.Lock()
+    moved, finished, done = threading.Event(), threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+    start = _Start()
 
     def started() -> State[Any] | None:
-        released.set()
-        _starting.release()
-        return body()
+        start.release()
+        moved.set()
+        if not claim.acquire(blocking=False):  # too late: the parent ran the body
+            return Cancelled(message="its calls ran in the parent flow run")
+        try:
+            box["body"] = body()
+            return box["body"]
+        finally:
+            finished.set()
 
-    token = _body.set(started)
-    _starting.acquire()
-    try:
-        child = partition_run.with_options(
-            flow_run_name=name, task_runner=ThreadPoolTaskRunner(max_workers=threads)
-        )
-        state = child(name=name, calls=calls, return_state=True)
-        return ChildRun(name, state)
-    except Exception as exc:  # the run could not be created or its engine failed
-        return ChildRun(name, None, exc)
-    finally:
-        if not released.is_set():
-            _starting.release()
-        _body.reset(token)
+    def work() -> None:
+        token = _body.set(started)
+        try:
+            child = partition_run.with_options(
+                flow_run_name=name, task_runner=ThreadPoolTaskRunner(max_workers=threads)
+            )
+            box["state"] = child(name=name, calls=calls, return_state=True)
+        except BaseException as exc:  # the run could not be created, or its engine failed
+            box["error"] = exc
+        finally:
+            _body.reset(token)
+            start.release()
+            done.set()
+            moved.set()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(work,), name="fanout-child", daemon=True).start()
+    moved.wait(START_WAIT_SECONDS)
+    if not finished.is_set() and claim.acquire(blocking=False):  # the body never started
+        start.release()
+        _api_away.add(parent_id)
+        error = box.get("error")
+        if logger is not None:
+            why = describe(error) if error is not None else f"no answer in {START_WAIT_SECONDS:g} s"
+            logger.warning(
+                "the Prefect API did not create flow run %r (%s): its calls, and those of "
+                "the runs after it, run in this flow run",
+                name,
+                why,
+            )
+        return ChildRun(name, body(), error=None, in_parent=True)
+    finished.wait()  # the body's calls are bounded by their own deadlines
+    if not done.wait(REPORT_WAIT_SECONDS):
+        if logger is not None:
+            logger.warning(
+                "flow run %r did its work; its end was not reported to the Prefect API within %g s",
+                name,
+                REPORT_WAIT_SECONDS,
+            )
+        return ChildRun(name, box.get("body"))
+    return ChildRun(name, box.get("state", box.get("body")), box.get("error"))
 
 
 def run_side_by_side(

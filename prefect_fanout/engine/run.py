@@ -290,7 +290,9 @@ class Engine:
             for number, group in enumerate(groups, start=1):
                 name = child_run_name(self.name, number, len(groups))
                 body = partial(self._child_run, list(group), workers, outcomes)
-                child = run_as_child(name, len(group), body, threads=self.workers)
+                child = run_as_child(
+                    name, len(group), body, threads=self.workers, logger=self.logger
+                )
                 window.note_peak(self.window.peak)
                 self.window = window
                 if child.error is not None:

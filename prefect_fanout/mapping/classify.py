@@ -147,7 +147,7 @@ def classify_items(
                 return group_state(outcomes, len(group))
 
             name = child_run_name("classify", number, len(groups))
-            child = run_as_child(name, len(group), body, threads=window.window)
+            child = run_as_child(name, len(group), body, threads=window.window, logger=logger)
             for item_id in group:  # a child that could not run classified none of its items
                 if item_id not in labels:
                     why = child.why()

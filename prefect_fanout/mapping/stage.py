@@ -373,7 +373,9 @@ class _PartitionRuns:
             run_name = child_run_name(f"partition {key}", number, len(parts))
             last = number == len(parts)
             body = partial(self.part, key, name, items, list(part), last)
-            child = run_as_child(run_name, len(part), body, threads=self.job.max_workers)
+            child = run_as_child(
+                run_name, len(part), body, threads=self.job.max_workers, logger=mapper.logger
+            )
             if child.error is not None:
                 mapper.logger.error(
                     "partition %s: its flow run %r could not run: %s",
