@@ -256,3 +256,23 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             _drain_prefect_workers()
     finally:
         stop_process_group(server.process)
+
+
+#: Fixtures that start (or are) a server: a test using one is not in the unit tier.
+SERVER_FIXTURES = {"prefect_server", "_fake_openai_session", "fake_openai"}
+#: Marks of the tiers that need servers, processes or a browser.
+HEAVY_MARKS = ("server", "browser", "faults", "realmodel", "postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``unit`` every test that needs no server (``pytest -m unit`` runs that tier).
+
+    A test is in the tier unless it uses a server fixture or carries a heavy tier's mark;
+    a test that starts a server by itself carries ``server`` (or another heavy mark).
+    """
+    for item in items:
+        if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS):
+            continue
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            continue
+        item.add_marker(pytest.mark.unit)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.logging import get_run_logger
 from prefect.states import State
 
 from prefect_fanout.agents.resolver import Resolver
@@ -113,6 +114,10 @@ def check_prompt_lengths(plan: Plan, resolver: Resolver) -> None:
             raise ConfigurationError(f"plan task {task.task_id!r}: {long_input.error()}")
 
 
+GRAPH_NODES_WARNING = 9000
+"""Plan tasks over which a run warns that its graph may not draw (a server's limit: 10,000)."""
+
+
 def run_plan(
     plan: Plan,
     *,
@@ -143,6 +148,13 @@ def run_plan(
     if resolver is None:
         resolver = check_plan(plan, options)
     LIMITED_TAGS.refresh()  # a limit created before this run applies to it
+    if len(plan.tasks) > GRAPH_NODES_WARNING:
+        get_run_logger().warning(
+            "this plan's %d tasks are task runs of one flow run (its dependency edges need "
+            "that): a default Prefect server draws a graph of at most 10,000 nodes "
+            "(PREFECT_SERVER_FLOW_RUN_GRAPH_MAX_NODES); split the plan or raise the limit",
+            len(plan.tasks),
+        )
     return Dispatcher(plan, path=CallPath(resolver)).run()
 
 
