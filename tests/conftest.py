@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +50,22 @@ def fake_openai(_fake_openai_session: FakeOpenAI) -> FakeOpenAI:
     _fake_openai_session.reset()
     _fake_openai_session.default_latency = 0.0
     return _fake_openai_session
+
+
+@pytest.fixture(autouse=True)
+def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test takes its model from this machine's ``FANOUT_MODEL``."""
+    monkeypatch.delenv("FANOUT_MODEL", raising=False)
+
+
+@pytest.fixture
+def endpoint(fake_openai: FakeOpenAI) -> Any:
+    """An ``LLMEndpoint`` at the session's fake OpenAI server, with a test key."""
+    from pydantic import SecretStr
+
+    from prefect_fanout.llm.endpoints import LLMEndpoint
+
+    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
 
 
 @dataclass

@@ -44,3 +44,8 @@ def family_filter(flow_run_id: str) -> Any:
     from prefect.client.schemas.filters import FlowRunFilter
 
     return FlowRunFilter.model_validate(family(flow_run_id))
+
+
+def uid() -> str:
+    """A longer unique token (12 hex digits), for names that must not repeat in a session."""
+    return uuid.uuid4().hex[:12]

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from prefect_fanout import LLMEndpoint, cli, dispatch_plan
 from prefect_fanout.errors import PlanValidationError
@@ -27,16 +26,6 @@ from tests.fakeopenai import Error, FakeOpenAI, Reply
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 CRITERIA = ["has three lines", "mentions rain"]
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
 
 
 def verdict(passed: bool, unmet: list[str] | None = None, notes: str | None = None) -> Reply:

@@ -32,7 +32,7 @@ from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.options import RunOptions
 from tests.conftest import free_port, stop_process_group
 from tests.fakeopenai import Error, FakeOpenAI, Reply
-from tests.map_helpers import endpoint_for, read_jsonl, tag, write_corpus
+from tests.map_helpers import read_jsonl, tag, write_corpus
 from tests.ui_helpers import PrefectAPI, poll
 
 pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
@@ -41,16 +41,6 @@ HAS_RAY = importlib.util.find_spec("prefect_ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="the ray extra is not installed")
 BIN = Path(sys.executable).parent
 START_SECONDS = 120.0
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return endpoint_for(fake_openai)
 
 
 # ------------------------------------------------------------------------ pure parts

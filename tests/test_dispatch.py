@@ -10,13 +10,11 @@ from __future__ import annotations
 import io
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from prefect_fanout import cli, dispatch_plan
 from prefect_fanout.dispatch.result import TaskOutcome, overall_status
@@ -28,22 +26,9 @@ from prefect_fanout.plan.agents import load_dispatch_plan
 from prefect_fanout.plan.model import Plan, PlanValidationError, TaskSpec
 from prefect_fanout.ui.traces import trace_file_names
 from tests.fakeopenai import Error, FakeOpenAI, Hang, Reply
+from tests.map_helpers import uid
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def task(task_id: str, description: str, *deps: str, **fields: Any) -> dict[str, Any]:

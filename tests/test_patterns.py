@@ -8,12 +8,10 @@ records, never from sleeps or timings.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from prefect_fanout import (
     AgentProfile,
@@ -31,24 +29,11 @@ from prefect_fanout.options import RunOptions
 from prefect_fanout.patterns.result import compute_metrics
 from prefect_fanout.usage import CallRecord
 from tests.fakeopenai import Error, FakeOpenAI, RecordedRequest, Reply
+from tests.map_helpers import uid
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 LATENCY = 0.6
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def tagged(name: str, key: str) -> AgentProfile:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from prefect_fanout import LLMEndpoint, cli, dispatch_plan
 from prefect_fanout.errors import PlanValidationError
@@ -17,16 +16,6 @@ from prefect_fanout.plan.agents import load_dispatch_plan
 from tests.fakeopenai import Error, FakeOpenAI, Reply
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
 
 
 def paper_plan(key: str, **extra: Any) -> dict[str, Any]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from prefect_fanout import (
     AgentProfile,
@@ -35,25 +34,12 @@ from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.options import merge_options
 from tests.fakeopenai import FakeOpenAI
+from tests.map_helpers import uid
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = RunOptions(max_tokens=77, temperature=0.3)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def sampled(endpoint: LLMEndpoint, **more: Any) -> RunOptions:

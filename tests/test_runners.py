@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from prefect_fanout import dispatch_plan, map_corpus
 from prefect_fanout.call.locks import FlockLockManager
@@ -47,16 +47,6 @@ RUNNERS = [
 ]
 
 pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
-
-
-@pytest.fixture(autouse=True)
-def _no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FANOUT_MODEL", raising=False)
-
-
-@pytest.fixture
-def endpoint(fake_openai: FakeOpenAI) -> LLMEndpoint:
-    return LLMEndpoint(base_url=fake_openai.base_url, api_key=SecretStr("sk-test"))
 
 
 def closed_port() -> int:
