@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,11 @@ TASK_RUNNERS = ("thread", "dask", "ray")
 """The task runners a map or a dispatch can run on."""
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+
+ANSWER_KEPT_SECONDS = 60.0
+"""How long an address that answered is not probed again (one probe per run, not two)."""
+
+_answered: dict[tuple[str, int], float] = {}
 """How long the up-front check waits for a Dask or Ray address to answer."""
 
 _DEFAULT_PORTS = {"dask": 8786, "ray": 10001}
@@ -100,9 +106,14 @@ def check_task_runner(
                 f"{flag} {address!r} is not an address ({exc}); give HOST:PORT, "
                 f"e.g. {'tcp' if kind == 'dask' else 'ray'}://127.0.0.1:{_DEFAULT_PORTS[kind]}"
             ) from None
+        if (
+            time.monotonic() - _answered.get((host, port), -ANSWER_KEPT_SECONDS)
+            < ANSWER_KEPT_SECONDS
+        ):
+            continue  # probed a moment ago in this run (the CLI checks, then the flow)
         try:
             with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
-                pass
+                _answered[(host, port)] = time.monotonic()
         except OSError as exc:
             start = "dask scheduler" if kind == "dask" else "ray start --head"
             raise ConfigurationError(
