@@ -152,9 +152,9 @@ def run_command() -> None:
     """The ``fanout`` console script: run, then exit with a bounded teardown."""
     install_signal_handlers()
     code = main(keep_console=True)
-    from prefect_fanout.call.settle import let_temporary_server_finish
+    from prefect_fanout.cli.settle import let_temporary_server_finish
 
-    let_temporary_server_finish()  # a quiet exit: see prefect_fanout.call.settle
+    let_temporary_server_finish()  # a quiet exit: see prefect_fanout.cli.settle
     sys.exit(bounded_exit(code))
 
 
