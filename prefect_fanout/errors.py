@@ -5,18 +5,25 @@ Hierarchy (exit code in brackets)::
     FanoutError                        base of everything raised here
     ├── ConfigurationError       [2]   no usable endpoint, unknown agent, bad option or template
     │   ├── TemplateFieldError   [2]   a --prompt template names a field an item lacks
-    │   └── PatternArgumentError [2]   a pattern (fan_out, pipeline, tree...) got a bad argument
+    │   ├── PatternArgumentError [2]   a pattern (fan_out, pipeline, tree...) got a bad argument
+    │   └── OutputOwnershipError [2]   the output directory is not this run's to write
+    │                                  (prefect_fanout.outputs.ownership)
     ├── PlanValidationError      [2]   a plan has problems (all of them listed, with locations)
     ├── CorpusError              [2]   a corpus file or line cannot be read
     ├── PartitionError           [2]   items cannot be partitioned as asked
     │   └── PartitionSpecError   [2]   a partition spec is malformed
     ├── BudgetExhausted          [3]   a run's token or dollar budget is reached: calls not made
+    ├── BatchPendingError        [1]   calls still wait in batches at the provider
+    │                                  (prefect_fanout.batch.phase)
     └── AgentCallError           [1]   one agent call failed for good
         ├── NonRetryableAPIError       400/401/403/404/422 or context length: never retried
+        │   └── EmptyAnswerError, ContentFilterError, RefusalError (prefect_fanout.llm.answer)
         ├── RetriesExhaustedError      transient failures used up the attempt budget
         │   └── CallTimeoutError       ... and the last one was a timeout (hung call)
         ├── RetryAfterTooLongError     the server asked to wait longer than the cap
-        └── OutputValidationError      structured output still invalid after the re-asks
+        ├── OutputValidationError      structured output still invalid after the re-asks
+        │   └── TruncatedOutputError   ... cut at max_tokens with no larger budget allowed
+        └── InputTooLongError          the input does not fit the context (long_inputs: fail)
 
 Bad-input errors (exit 2) are also ``ValueError`` subclasses, so code that
 caught ``ValueError`` before keeps working. ``except FanoutError`` catches all

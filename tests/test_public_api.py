@@ -172,3 +172,23 @@ def test_plan_validation_errors_survive_pickling(tmp_path):
         prefect_fanout.load_plan(bad_plan)
     copy = pickle.loads(pickle.dumps(caught.value))
     assert str(copy) == str(caught.value) and copy.problems == caught.value.problems
+
+
+def test_the_error_tree_in_errors_py_names_every_error_class():
+    """The hierarchy drawn in ``prefect_fanout.errors`` lists every FanoutError subclass."""
+    import importlib
+    import pkgutil
+
+    import prefect_fanout
+    from prefect_fanout import errors
+
+    for module in pkgutil.walk_packages(prefect_fanout.__path__, "prefect_fanout."):
+        if not module.name.startswith("prefect_fanout.cli.__main__"):
+            importlib.import_module(module.name)
+    found, pending = set(), [errors.FanoutError]
+    while pending:
+        kind = pending.pop()
+        found.add(kind.__name__)
+        pending.extend(kind.__subclasses__())
+    drawn = errors.__doc__ or ""
+    assert sorted(name for name in found if name not in drawn) == []
