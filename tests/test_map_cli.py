@@ -260,6 +260,7 @@ def test_extract_insights_flow_runs_offline_and_reports(
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.server
 def test_the_demos_first_run_on_prefects_temporary_server_shows_no_traceback(
     tmp_path: Path,
 ) -> None:

@@ -98,6 +98,7 @@ def test_the_local_cluster_runs_max_workers_tasks_in_worker_processes_on_loopbac
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.server
 def test_the_workers_of_a_local_cluster_run_no_statistical_profiler() -> None:
     """Dask's profiler calls sys._current_frames() every 10 ms, which can deadlock a
     Python 3.11 worker holding the GIL (CPython gh-106883): seen as a frozen worker."""

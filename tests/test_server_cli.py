@@ -40,12 +40,14 @@ def test_the_settings_are_defaults_the_environment_overrides():
     assert "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED" not in env  # automations stay on
 
 
+@pytest.mark.server
 def test_fanout_server_without_an_action_prints_its_help_and_exits_2():
     done = subprocess.run([*FANOUT, "server"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "start" in done.stderr and RECORDER_BATCH in done.stderr
 
 
+@pytest.mark.server
 def test_help_after_start_is_prefect_server_starts():
     done = subprocess.run(
         [*FANOUT, "server", "start", "--help"], capture_output=True, text=True, timeout=120
@@ -109,6 +111,7 @@ def unrecording_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         stop_process_group(process)
 
 
+@pytest.mark.server
 def test_the_server_runs_with_the_defaults_and_the_users_own_values_from_env_and_profile(
     unrecording_server,
 ):
@@ -164,6 +167,7 @@ def test_the_cli_says_nothing_when_the_server_keeps_up(prefect_server, fake_open
     assert "fell behind" not in done.stderr
 
 
+@pytest.mark.server
 def test_a_server_that_cannot_be_read_is_reported_too():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -180,6 +184,7 @@ def test_a_server_that_cannot_be_read_is_reported_too():
     assert server_behind_line(guard.sequence) is None  # only runs after the mark count
 
 
+@pytest.mark.server
 def test_the_ui_asks_the_port_the_server_was_started_on():
     from prefect_fanout.cli.server import ui_api_url
 
