@@ -206,6 +206,44 @@ class Resolver:
                 max_tokens = self.options.max_tokens or self.agent(agent).max_tokens
                 check_completion_budget(transport.endpoint, max_tokens)
 
+    def messages(
+        self,
+        prompt: Prompt,
+        *,
+        agent: str | AgentProfile = "default",
+        system: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, str]]:
+        """The chat messages of one call (what :meth:`request` puts in its request).
+
+        Args:
+            prompt: The user prompt, or a full list of chat messages.
+            agent: An agent name or profile.
+            system: A system prompt overriding the profile's.
+            variables: Values for the profile's prompt template.
+
+        Returns:
+            The messages, the system prompt merged into the first user message where the
+            agent or endpoint asks for that.
+        """
+        profile = self.agent(agent)
+        transport = self.transport(self.model(profile))
+        system_prompt = system if system is not None else profile.system_prompt
+        endpoint = self._endpoint if isinstance(transport, OpenAITransport) else None
+        merge = profile.merge_system_prompt
+        if merge is None:
+            merge = bool(endpoint and endpoint.merge_system_prompt)
+        if isinstance(prompt, str):
+            content = profile.render_user_message(prompt, dict(variables or {}))
+            messages = [{"role": "user", "content": content}]
+            if system_prompt:
+                messages.insert(0, {"role": "system", "content": system_prompt})
+        else:
+            messages = [dict(m) for m in prompt]
+        if merge:
+            messages = merge_system_messages(messages)
+        return messages
+
     def request(
         self,
         prompt: Prompt,
@@ -240,18 +278,7 @@ class Resolver:
         transport = self.transport(model)
         system_prompt = system if system is not None else profile.system_prompt
         endpoint = self._endpoint if isinstance(transport, OpenAITransport) else None
-        merge = profile.merge_system_prompt
-        if merge is None:
-            merge = bool(endpoint and endpoint.merge_system_prompt)
-        if isinstance(prompt, str):
-            content = profile.render_user_message(prompt, dict(variables or {}))
-            messages = [{"role": "user", "content": content}]
-            if system_prompt:
-                messages.insert(0, {"role": "system", "content": system_prompt})
-        else:
-            messages = [dict(m) for m in prompt]
-        if merge:
-            messages = merge_system_messages(messages)
+        messages = self.messages(prompt, agent=profile, system=system, variables=variables)
         endpoint_timeout = endpoint.request_timeout_seconds if endpoint else None
         style = profile.structured_output or (endpoint.structured_output if endpoint else "auto")
         max_tokens = self.options.max_tokens or profile.max_tokens

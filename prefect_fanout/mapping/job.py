@@ -218,16 +218,24 @@ def _requests(
     stage: str,
 ) -> dict[str, CallRequest]:
     requests: dict[str, CallRequest] = {}
+    first: CallRequest | None = None
     for item in items:
         text = prompts(item)  # a template error already names the item
         try:
-            requests[item.id] = resolver.request(
-                text,
-                agent=profile,
-                variables=_variables(item),
-                item_id=item.id,
-                tags=(f"fanout:{stage}",),
-            )
+            if first is None:
+                first = requests[item.id] = resolver.request(
+                    text,
+                    agent=profile,
+                    variables=_variables(item),
+                    item_id=item.id,
+                    tags=(f"fanout:{stage}",),
+                )
+                continue
+            # Only the messages and the id differ between items: the rest of the first
+            # request is shared (about 1 KB an item instead of 5, at 100,000 items).
+            messages = resolver.messages(text, agent=profile, variables=_variables(item))
+            fields = {**first.__dict__, "item_id": item.id, "messages": messages}
+            requests[item.id] = CallRequest.model_construct(first.model_fields_set, **fields)
         except ConfigurationError as exc:
             raise ConfigurationError(f"item {item.id!r} ({stage}): {exc}") from None
     return requests
