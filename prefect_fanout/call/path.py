@@ -153,24 +153,16 @@ class CallPath:
         answered: CallRequest | None,
         run_name: str | None,
     ) -> Submitted:
+        how: dict[str, Any] = {
+            "context": context,
+            "transport": self.resolver.transport(request.model),
+            "cache": self.cache,
+            "answered": answered,
+            "run_name": run_name,
+        }
         if self.budget is not None:
-            return submit_within(
-                self.budget,
-                request,
-                context=context,
-                transport=self.resolver.transport(request.model),
-                cache=self.cache,
-                answered=answered,
-                run_name=run_name,
-            )
-        return submit_or_reuse(
-            request,
-            context=context,
-            transport=self.resolver.transport(request.model),
-            cache=self.cache,
-            answered=answered,
-            run_name=run_name,
-        )
+            return submit_within(self.budget, request, **how)
+        return submit_or_reuse(request, **how)
 
 
 def _run_logger() -> Any:
