@@ -80,18 +80,29 @@ def log_rows(api: str, ids: list[str]) -> int:
 
 
 def graphs_draw(api: str, ids: list[str]) -> str:
+    """Whether every run's graph answers (what the UI asks), its largest size and slowest time."""
+    import time
+
     import httpx
 
-    largest, failed = 0, []
+    largest, slowest, failed = 0, 0.0, []
     for run_id in ids:
-        response = httpx.get(f"{api}/flow_runs/{run_id}/graph-v2", timeout=120)
+        started = time.perf_counter()
+        try:
+            response = httpx.get(f"{api}/flow_runs/{run_id}/graph-v2", timeout=600)
+        except httpx.HTTPError as exc:
+            failed.append(
+                f"{run_id}: {type(exc).__name__} after {time.perf_counter() - started:.0f} s"
+            )
+            continue
+        slowest = max(slowest, time.perf_counter() - started)
         if response.status_code != 200:
             failed.append(f"{run_id}: {response.text[:120]}")
             continue
         largest = max(largest, len(response.json()["nodes"]))
     if failed:
         return f"{len(failed)} of {len(ids)} graphs fail: {failed[0]}"
-    return f"all {len(ids)} draw (largest {largest} nodes)"
+    return f"all {len(ids)} draw (largest {largest} nodes, slowest {slowest:.1f} s)"
 
 
 def database_size(home: Path, pg_dir: Path | None) -> str:
@@ -187,13 +198,17 @@ def one_run(fake: FakeOpenAI, items: int, database: str, shots: Path | None) -> 
                 "log_rows": log_rows(server.api_url, ids),
                 "child_runs": len(children),
                 "child_states": sorted({child["state_name"] for child in children}),
-                "graphs": graphs_draw(server.api_url, ids),
                 "screenshots": [],
             }
+            print(json.dumps(row), flush=True)  # kept even if a later check fails
+            row["graphs"] = graphs_draw(server.api_url, ids)
             if shots is not None and children:
-                row["screenshots"] = screenshots(
-                    server.ui_url, server.api_url, flow_run_id, children[0]["id"], shots
-                )
+                try:
+                    row["screenshots"] = screenshots(
+                        server.ui_url, server.api_url, flow_run_id, children[0]["id"], shots
+                    )
+                except Exception as exc:  # the figures above stand without the pictures
+                    row["screenshots"] = [f"failed: {type(exc).__name__}: {exc}"[:300]]
             shutil.rmtree(work, ignore_errors=True)
             return row
     finally:
