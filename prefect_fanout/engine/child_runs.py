@@ -48,7 +48,7 @@ DEFAULT_RUN_CALLS = 5000
 """Most calls in one child flow run: half the server's default graph limit of 10,000 nodes,
 leaving room for the child's own task runs (a partition's write) and a lowered limit."""
 
-START_WAIT_SECONDS = 30.0
+START_WAIT_SECONDS = 90.0
 """How long the Prefect API may take to create a child run before its calls run in the parent
 (a server that went away makes Prefect's client retry for about a minute)."""
 
