@@ -47,3 +47,18 @@ def test_states_by_outcomes() -> None:
     budget = CallOutcome("c", None, BudgetExhausted("budget of 10 tokens reached"))
     skipped = group_state([ok("a"), budget], 3)  # one over budget, one never started
     assert (skipped.name, skipped.message) == ("Partial", "2 not made")
+
+
+def test_the_table_artifact_shows_at_most_its_rows_failures_first() -> None:
+    from prefect_fanout.ui.artifacts import shown_in_table
+    from prefect_fanout.usage import CallRecord
+
+    records = [
+        CallRecord(id=str(n), agent="a", status="failed" if n % 1000 == 999 else "completed")
+        for n in range(12_000)
+    ]
+    shown = shown_in_table(records, most=5000)
+    assert len(shown) == 5000
+    assert [r.id for r in shown[:12]] == [str(n) for n in range(999, 12_000, 1000)]
+    assert [r.id for r in shown[12:15]] == ["0", "1", "2"]
+    assert shown_in_table(records[:10], most=5000) == records[:10]

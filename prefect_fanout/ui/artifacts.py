@@ -90,6 +90,20 @@ def limit_wait_lines(records: Sequence[CallRecord]) -> list[str]:
     return lines
 
 
+TABLE_ROWS = 5000
+"""Most rows in the per-call table artifact (a run's failures first): a table of 100,000
+rows is a 30 MB artifact no page draws; every call is in the run's outputs and task runs."""
+
+
+def shown_in_table(records: Sequence[CallRecord], most: int = TABLE_ROWS) -> list[CallRecord]:
+    """The records the table shows: all of them, or the first ``most`` with failures first."""
+    if len(records) <= most:
+        return list(records)
+    first = [r for r in records if r.status != "completed"][:most]
+    rest = (r for r in records if r.status == "completed")
+    return first + [r for _, r in zip(range(most - len(first)), rest, strict=False)]
+
+
 def table_rows(records: Sequence[CallRecord]) -> list[dict[str, Any]]:
     """One row per call for the table artifact."""
     return [
@@ -166,10 +180,14 @@ def _create_artifacts(
         key=f"{key}-summary",
         description=f"{title}: status counts, usage, cost, cache hits, slowest calls, failures",
     )
+    shown = shown_in_table(records)
+    more = (
+        "" if len(shown) == len(records) else f" ({len(shown)} of {len(records)}, failures first)"
+    )
     create_table_artifact(
-        table=redact_value(table_rows(records)),
+        table=redact_value(table_rows(shown)),
         key=f"{key}-calls",
-        description=f"{title}: one row per agent call",
+        description=f"{title}: one row per agent call{more}",
     )
     for label, path in (links or {}).items():
         create_link_artifact(
