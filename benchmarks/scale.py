@@ -146,10 +146,12 @@ def screenshots(ui_url: str, api: str, flow_run_id: str, child_id: str, out: Pat
                 page.goto(
                     f"{ui_url}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=180_000
                 )
-                expect(page.locator("canvas").first).to_be_visible(timeout=120_000)
-                expect(page.get_by_text("Failed to load graph")).to_have_count(0)
-                page.wait_for_timeout(3000)  # the graph's layout settles after its data arrives
-                page.screenshot(path=str(out / name))
+                try:
+                    expect(page.locator("canvas").first).to_be_visible(timeout=300_000)
+                    expect(page.get_by_text("Failed to load graph")).to_have_count(0)
+                    page.wait_for_timeout(3000)  # the layout settles after its data arrives
+                finally:  # what the page shows, graph or not
+                    page.screenshot(path=str(out / name))
                 saved.append(
                     str((out / name).relative_to(ROOT))
                     if out.is_relative_to(ROOT)
