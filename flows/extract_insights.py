@@ -30,8 +30,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file, map_corpus
-from prefect_fanout.cli.settle import let_temporary_server_finish
 from prefect_fanout.cli.console import command_console
+from prefect_fanout.cli.settle import let_temporary_server_finish
 from prefect_fanout.cli.summary import run_place
 from prefect_fanout.options import merge_options
 
