@@ -81,20 +81,17 @@ class PrefectAPI:
 
         The API pages them 200 at a time.
         """
-        runs: list[dict[str, Any]] = []
+        body = {"flow_runs": family(flow_run_id), "sort": "EXPECTED_START_TIME_ASC"}
+        return self._paged("/task_runs/filter", body)
+
+    def _paged(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row a filter finds, read 200 at a time (the API's page)."""
+        rows: list[dict[str, Any]] = []
         while True:
-            page = self._post(
-                "/task_runs/filter",
-                {
-                    "flow_runs": family(flow_run_id),
-                    "sort": "EXPECTED_START_TIME_ASC",
-                    "offset": len(runs),
-                    "limit": 200,
-                },
-            )
-            runs.extend(page)
+            page = self._post(path, {**body, "offset": len(rows), "limit": 200})
+            rows.extend(page)
             if len(page) < 200:
-                return runs
+                return rows
 
     def child_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """The flow run's child flow runs (a map's partitions), oldest first."""
@@ -104,20 +101,8 @@ class PrefectAPI:
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Every log line of a flow run and its child runs (task runs' included), oldest first."""
         ids = [flow_run_id] + [run["id"] for run in self.child_runs(flow_run_id)]
-        lines: list[dict[str, Any]] = []
-        while True:
-            page = self._post(
-                "/logs/filter",
-                {
-                    "logs": {"flow_run_id": {"any_": ids}},
-                    "sort": "TIMESTAMP_ASC",
-                    "offset": len(lines),
-                    "limit": 200,
-                },
-            )
-            lines.extend(page)
-            if len(page) < 200:
-                return lines
+        body = {"logs": {"flow_run_id": {"any_": ids}}, "sort": "TIMESTAMP_ASC"}
+        return self._paged("/logs/filter", body)
 
     def artifacts(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Every artifact of a flow run."""
