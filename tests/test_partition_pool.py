@@ -215,7 +215,8 @@ def test_a_cancelled_child_run_is_rerun_asking_only_its_missing_calls(
         lambda: [
             r
             for r in _child_runs(prefect_server.api_url, None, state="RUNNING")
-            if r["name"].startswith("partition ")
+            # the deployment's runs: a killed map elsewhere may leave its own partitions Running
+            if r["name"].startswith("partition ") and r.get("deployment_id")
         ],  # fmt: skip
         bool,
         60.0,
