@@ -31,6 +31,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from prefect_fanout.bounded import call_within
 from prefect_fanout.call.window import CallOutcome, Submitted
 from prefect_fanout.errors import describe
 
@@ -49,8 +50,15 @@ DEFAULT_RUN_CALLS = 5000
 leaving room for the child's own task runs (a partition's write) and a lowered limit."""
 
 START_WAIT_SECONDS = 90.0
-"""How long the Prefect API may take to create a child run before its calls run in the parent
-(a server that went away makes Prefect's client retry for about a minute)."""
+"""How long the Prefect API may take to create a child run before the run asks whether the API
+still answers: if not (a server that went away makes Prefect's client retry for about a
+minute), the child's calls run in the parent; if it does (a busy SQLite server), it waits on."""
+
+MOST_START_WAIT_SECONDS = 600.0
+"""The longest a run waits for a child run that an answering API does not create."""
+
+HEALTH_SECONDS = 5.0
+"""How long the check that the API still answers may take."""
 
 REPORT_WAIT_SECONDS = 15.0
 """How long a child run's end may take to be reported once its work is done."""
@@ -225,13 +233,21 @@ def run_as_child(
 
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(work,), name="fanout-child", daemon=True).start()
-    moved.wait(START_WAIT_SECONDS)
+    waited, away = 0.0, False
+    while not moved.wait(START_WAIT_SECONDS):  # a slow server is waited for; a gone one is not
+        waited += START_WAIT_SECONDS
+        away = not _api_answers() or waited >= MOST_START_WAIT_SECONDS
+        if away:
+            break
+        if logger is not None:
+            logger.info("waiting for the Prefect API to create flow run %r (%.0f s)", name, waited)
     if not finished.is_set() and claim.acquire(blocking=False):  # the body never started
         start.release()
-        _api_away.add(parent_id)
         error = box.get("error")
+        if away or error is not None:  # the API is gone: the parent's later runs go here too
+            _api_away.add(parent_id)
         if logger is not None:
-            why = describe(error) if error is not None else f"no answer in {START_WAIT_SECONDS:g} s"
+            why = describe(error) if error is not None else f"no answer in {waited:g} s"
             logger.warning(
                 "the Prefect API did not create flow run %r (%s): its calls, and those of "
                 "the runs after it, run in this flow run",
@@ -249,6 +265,20 @@ def run_as_child(
             )
         return ChildRun(name, box.get("body"))
     return ChildRun(name, box.get("state", box.get("body")), box.get("error"))
+
+
+def _api_answers() -> bool:
+    """True when the Prefect API answers its health check within :data:`HEALTH_SECONDS`."""
+    from prefect.client.orchestration import get_client
+
+    def check() -> bool:
+        with get_client(sync_client=True) as client:
+            return client.api_healthcheck() is None
+
+    try:
+        return call_within(HEALTH_SECONDS, "a health check", check)
+    except Exception:
+        return False
 
 
 def run_side_by_side(
