@@ -23,7 +23,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from prefect import flow
 from prefect.context import FlowRunContext
@@ -33,6 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.bounded import call_within
 from prefect_fanout.call.window import CallOutcome, Submitted
+from prefect_fanout.engine.chunks import cut_chunks
 from prefect_fanout.errors import describe
 
 __all__ = [
@@ -42,8 +44,11 @@ __all__ = [
     "child_run_name",
     "group_state",
     "run_as_child",
+    "run_in_parts",
     "run_side_by_side",
 ]
+
+K = TypeVar("K")
 
 DEFAULT_RUN_CALLS = 5000
 """Most calls in one child flow run: half the server's default graph limit of 10,000 nodes,
@@ -265,6 +270,27 @@ def run_as_child(
             )
         return ChildRun(name, box.get("body"))
     return ChildRun(name, box.get("state", box.get("body")), box.get("error"))
+
+
+def run_in_parts(
+    label: str,
+    keys: list[K],
+    bound: int,
+    run_part: Callable[[list[K]], State[Any] | None],
+    *,
+    threads: int,
+    logger: Any = None,
+) -> Iterator[tuple[list[K], ChildRun]]:
+    """``keys`` cut into parts of at most ``bound``, each run by ``run_part`` as a child run.
+
+    The parts run one after another as child runs ``LABEL (i/n)``; each is yielded with its
+    outcome once it ends, so the caller can account for keys a run left without an outcome.
+    """
+    parts = cut_chunks(keys, bound)
+    for number, part in enumerate(parts, start=1):
+        name = child_run_name(label, number, len(parts))
+        body = partial(run_part, list(part))
+        yield list(part), run_as_child(name, len(part), body, threads=threads, logger=logger)
 
 
 def _api_answers() -> bool:

@@ -21,15 +21,13 @@ from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
-    child_run_name,
     group_state,
-    run_as_child,
+    run_in_parts,
 )
 from prefect_fanout.engine.chunks import (
     ChunkRun,
     active_worker_slots,
     chunk_slots_for,
-    cut_chunks,
     run_chunks,
 )
 from prefect_fanout.engine.dryrun import PatternDryRun
@@ -285,23 +283,21 @@ class Engine:
         on_workers = active_worker_slots(self.options.runner()) is not None
         workers = context.task_runner if on_workers else None
         window, outcomes = self.window, {}
-        groups = cut_chunks(calls, bound)
+        run_part = partial(self._child_run, workers=workers, outcomes=outcomes)
         try:
-            for number, group in enumerate(groups, start=1):
-                name = child_run_name(self.name, number, len(groups))
-                body = partial(self._child_run, list(group), workers, outcomes)
-                child = run_as_child(
-                    name, len(group), body, threads=self.workers, logger=self.logger
-                )
+            for group, child in run_in_parts(
+                self.name, calls, bound, run_part, threads=self.workers, logger=self.logger
+            ):
                 window.note_peak(self.window.peak)
                 self.window = window
                 if child.error is not None:
-                    self.logger.error("%s: the flow run %r could not run: %s", self.name, name,
-                                      describe(child.error))  # fmt: skip
+                    self.logger.error("%s: the flow run %r could not run: %s", self.name,
+                                      child.name, describe(child.error))  # fmt: skip
                 for call in group:  # a child that could not run made none of its calls
                     if call.key not in outcomes:
-                        why = child.why()
-                        outcomes[call.key] = CallOutcome(call.key, None, AgentCallError(why))
+                        outcomes[call.key] = CallOutcome(
+                            call.key, None, AgentCallError(child.why())
+                        )
                         self.record(outcomes[call.key])
         finally:
             self.window = window

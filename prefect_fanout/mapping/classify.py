@@ -19,11 +19,9 @@ from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
-    child_run_name,
     group_state,
-    run_as_child,
+    run_in_parts,
 )
-from prefect_fanout.engine.chunks import cut_chunks
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.llm.request import CallRequest
@@ -133,24 +131,22 @@ def classify_items(
         for done in window.run(_jobs(requests, path)):
             keep(done)
     else:  # over one flow run's graph: child runs "classify (i/n)", one after another
-        groups = cut_chunks(list(requests), bound)
-        for number, ids in enumerate(groups, start=1):
-            group = {item_id: requests[item_id] for item_id in ids}
 
-            def body(group: Mapping[str, CallRequest] = group) -> Any:
-                here: CallWindow[str] = CallWindow(window.window)
-                outcomes = []
-                for done in here.run(_jobs(group, path)):
-                    keep(done)
-                    outcomes.append(done)
-                window.note_peak(here.peak)
-                return group_state(outcomes, len(group))
+        def run_part(ids: list[str]) -> Any:
+            here: CallWindow[str] = CallWindow(window.window)
+            outcomes = []
+            for done in here.run(_jobs({item_id: requests[item_id] for item_id in ids}, path)):
+                keep(done)
+                outcomes.append(done)
+            window.note_peak(here.peak)
+            return group_state(outcomes, len(ids))
 
-            name = child_run_name("classify", number, len(groups))
-            child = run_as_child(name, len(group), body, threads=window.window, logger=logger)
-            for item_id in group:  # a child that could not run classified none of its items
+        parts = run_in_parts(
+            "classify", list(requests), bound, run_part, threads=window.window, logger=logger
+        )
+        for ids, child in parts:
+            for item_id in ids:  # a child that could not run classified none of its items
                 if item_id not in labels:
-                    why = child.why()
-                    keep(CallOutcome(item_id, None, AgentCallError(why)))
+                    keep(CallOutcome(item_id, None, AgentCallError(child.why())))
     progress.finish()
     return labels, usage, records
