@@ -33,6 +33,7 @@ from prefect_fanout import FanoutError, MapSummary, RunOptions, load_agents_file
 from prefect_fanout.cli.console import command_console
 from prefect_fanout.cli.settle import let_temporary_server_finish
 from prefect_fanout.cli.summary import run_place
+from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.options import merge_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default=str(AGENTS), help="agent profiles (JSON or YAML)")
     parser.add_argument("--no-digest", action="store_true", help="skip the combined digest")
     parser.add_argument("--max-workers", type=int, default=MAX_WORKERS, help="calls at once")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the embedded server's own logs"
+    )
     args = parser.parse_args(argv)
+    tune_embedded_server(quiet=not args.verbose)  # before the embedded server starts
     try:  # bad input or a missing endpoint is found before any call is made
         # Prefect's console prints through Rich, which would read an id like `a` in `:a:`
         # as an emoji code: the run's lines print as they are.

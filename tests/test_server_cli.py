@@ -15,7 +15,12 @@ import httpx
 import pytest
 
 from prefect_fanout.call.recording import RecordingGuard, guard_mark, server_behind_line
-from prefect_fanout.cli.tuning import STANDALONE_SETTINGS, server_environment
+from prefect_fanout.cli.tuning import (
+    QUIET_EMBEDDED_SERVER,
+    STANDALONE_SETTINGS,
+    server_environment,
+    tune_embedded_server,
+)
 from tests.conftest import PREFECT_START_TIMEOUT, free_port, stop_process_group
 from tests.fakeopenai import FakeOpenAI
 
@@ -41,6 +46,23 @@ def test_the_settings_are_defaults_the_environment_overrides():
 
 
 @pytest.mark.server
+def test_the_embedded_servers_own_lines_stay_off_a_quiet_commands_console():
+    quiet: dict[str, str] = {}
+    assert tune_embedded_server(quiet, quiet=True)
+    assert (
+        quiet["PREFECT_SERVER_LOGGING_LEVEL"]
+        == QUIET_EMBEDDED_SERVER["PREFECT_SERVER_LOGGING_LEVEL"]
+    )
+    verbose: dict[str, str] = {}
+    assert tune_embedded_server(verbose, quiet=False)
+    assert "PREFECT_SERVER_LOGGING_LEVEL" not in verbose
+    chosen = {"PREFECT_SERVER_LOGGING_LEVEL": "DEBUG"}  # the user's own level is kept
+    tune_embedded_server(chosen, quiet=True)
+    assert chosen["PREFECT_SERVER_LOGGING_LEVEL"] == "DEBUG"
+    standing = {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}  # no embedded server
+    assert not tune_embedded_server(standing, quiet=True) and len(standing) == 1
+
+
 def test_fanout_server_without_an_action_prints_its_help_and_exits_2():
     done = subprocess.run([*FANOUT, "server"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

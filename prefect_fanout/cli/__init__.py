@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> in
 
         exec_server(argv[2:], os.environ)
     if argv[:1] != ["server"]:  # a standalone server gets its own defaults (cli/server.py)
-        tune_embedded_server()  # before Prefect reads its settings
+        # before Prefect reads its settings; the server's own lines only with --verbose
+        tune_embedded_server(quiet=not {"-v", "--verbose"} & set(argv))
     register_environment()  # OPENAI_API_KEY is masked in every message
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

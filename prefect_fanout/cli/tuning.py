@@ -9,7 +9,12 @@ server keep up; automations (the triggers service) are not used by our runs.
 
 The ``fanout`` CLI applies :data:`SERVER_SETTINGS` to its own environment when it
 starts an embedded server (no ``PREFECT_API_URL``), never overriding a value
-the user set. ``fanout server start`` starts a standalone server with
+the user set. Without ``--verbose`` it also keeps that server's own log lines off the
+console (:data:`QUIET_EMBEDDED_SERVER`): the embedded server shares the command's
+terminal, and on SQLite its services log a traceback for a write they retry
+(``Error flushing N events (N to retry, 0 dropped)`` after ``database is locked``, seen
+when two partition runs write at once on a loaded machine) that is not the run's problem.
+``fanout server start`` starts a standalone server with
 :data:`STANDALONE_SETTINGS` the same way (README: Server).
 """
 
@@ -34,6 +39,9 @@ EMBEDDED_SETTINGS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 """For the embedded server the CLI starts: the above, without automations and analytics."""
+
+QUIET_EMBEDDED_SERVER: dict[str, str] = {"PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+"""The embedded server's own logging when the command is not ``--verbose``."""
 
 STANDALONE_SETTINGS: dict[str, str] = {
     **SERVER_SETTINGS,
@@ -61,11 +69,14 @@ def server_environment(
     return {**defaults, **environ}
 
 
-def tune_embedded_server(environ: MutableMapping[str, str] | None = None) -> bool:
+def tune_embedded_server(
+    environ: MutableMapping[str, str] | None = None, *, quiet: bool = False
+) -> bool:
     """Apply :data:`EMBEDDED_SETTINGS` when Prefect will start an embedded server.
 
     Args:
         environ: The environment to change (``os.environ`` by default).
+        quiet: Also apply :data:`QUIET_EMBEDDED_SERVER` (a command without ``--verbose``).
 
     Returns:
         True when settings were applied (no ``PREFECT_API_URL`` is set).
@@ -73,6 +84,7 @@ def tune_embedded_server(environ: MutableMapping[str, str] | None = None) -> boo
     environ = os.environ if environ is None else environ
     if environ.get("PREFECT_API_URL"):
         return False
-    for name, value in EMBEDDED_SETTINGS.items():
+    settings = {**EMBEDDED_SETTINGS, **(QUIET_EMBEDDED_SERVER if quiet else {})}
+    for name, value in settings.items():
         environ.setdefault(name, value)
     return True
