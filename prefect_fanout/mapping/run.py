@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,13 @@ def _merge(
     writes: OutputWrites,
     batch_of: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Write final.jsonl and dead_letters.jsonl; return the failed, dead-letter, skipped ids."""
+    """Write final.jsonl and dead_letters.jsonl; return the failed, dead-letter, skipped ids.
+
+    final.jsonl's rows are made while the file is written, one at a time (at 100,000 items
+    a list of them would add about 30 MB to the run's peak).
+    """
     batch_of = batch_of or {}
     key_of = {item.id: key for key, items in groups.items() for item in items}
-    rows: list[dict[str, Any]] = []
     dead_rows: list[dict[str, Any]] = []
     failed: list[str] = []
     skipped: list[str] = []
@@ -121,13 +124,11 @@ def _merge(
         key, done = key_of[item.id], stage.outcomes[item.id]
         reason = stage.dead.get(key)
         if reason is not None:
-            rows.append({"id": item.id, "partition": key, "status": "dead_letter", "error": reason})
             dead_rows.append({"id": item.id, "partition": key, "reason": reason})
             records.append(
                 _record(job, item, key, done, "dead_letter", reason, batch_of.get(item.id))
             )
             continue
-        rows.append(item_row(item, key, done))
         if done.over_budget:
             skipped.append(item.id)
             records.append(
@@ -144,8 +145,21 @@ def _merge(
             failed.append(item.id)
         status, error = ("completed", None) if done.ok else ("failed", describe(done.error))
         records.append(_record(job, item, key, done, status, error, batch_of.get(item.id)))
-    for name, content in ((FILES["final"], rows), (FILES["dead_letters"], dead_rows)):
-        writes.attempt(name, lambda n=name, c=content: write_jsonl_atomic(job.output_dir / n, c))
+
+    def final_rows() -> Iterator[dict[str, Any]]:
+        for item in job.items:
+            key = key_of[item.id]
+            reason = stage.dead.get(key)
+            if reason is not None:
+                yield {"id": item.id, "partition": key, "status": "dead_letter", "error": reason}
+            else:
+                yield item_row(item, key, stage.outcomes[item.id])
+
+    out = job.output_dir
+    writes.attempt(FILES["final"], lambda: write_jsonl_atomic(out / FILES["final"], final_rows()))
+    writes.attempt(
+        FILES["dead_letters"], lambda: write_jsonl_atomic(out / FILES["dead_letters"], dead_rows)
+    )
     return failed, [row["id"] for row in dead_rows], skipped
 
 
@@ -370,7 +384,7 @@ def _publish_failures(
 def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
     """Ids of answers of this run that did not reach result storage; logged once."""
     answered = [
-        (item.id, job.requests[item.id])
+        item.id
         for item in job.items
         if (result := stage.outcomes[item.id].result) is not None
         and not result.cached
@@ -378,7 +392,8 @@ def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
         and not result.truncated
         and not result.chunks
     ]
-    missing = unstored(answered, job.cache)
+    # the requests are built one at a time (see ItemRequests), never all at once
+    missing = unstored(((i, job.requests[i]) for i in answered), job.cache)
     if missing:
         logger.error(
             "map: %d of %d answer(s) could not be stored in result storage %s (%s); they are "
