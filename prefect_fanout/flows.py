@@ -29,8 +29,8 @@ from typing import Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
+from pydantic import ValidationError
 
-from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.budget.dryrun import DryRun
@@ -44,17 +44,12 @@ from prefect_fanout.engine.run import final_state as final_state_of
 from prefect_fanout.errors import ConfigurationError, describe
 from prefect_fanout.files import write_text_atomic
 from prefect_fanout.llm.result import AgentResult
-from prefect_fanout.mapping.defaults import (
-    DEFAULT_ACTIVE_PARTITIONS,
-    DEFAULT_PARTITION_RETRIES,
-    DEFAULT_PARTITION_RETRY_DELAY,
-    DEFAULT_REDUCE_BUDGET,
-)
 from prefect_fanout.mapping.deployed import run_partition_chunk
 from prefect_fanout.mapping.dryrun import dry_run_map
 from prefect_fanout.mapping.job import MapJob, prepare_map
 from prefect_fanout.mapping.outcome import map_final_state
 from prefect_fanout.mapping.run import run_map
+from prefect_fanout.mapping.spec import MapSpec, spec_of
 from prefect_fanout.mapping.summary import MapSummary
 from prefect_fanout.options import RunOptions
 from prefect_fanout.plan.agents import load_dispatch_plan, validate_dispatch_data
@@ -317,70 +312,34 @@ def dispatch_plan(
     return run_dispatch_flow(checked, resolver, options or RunOptions())
 
 
-# A job prepared (and checked) by the caller in this process, handed to the flow run
-# it starts so the corpus is not read (nor the agents resolved) twice. Keyed by the
-# parameters that name the work; a run started from the UI or a deployment finds
-# nothing here and prepares its job from its parameters.
-_prepared: dict[tuple[str, str, str, str], MapJob] = {}
-_prepared_lock = threading.Lock()
+# A job prepared (and checked) by the caller in this process, handed to the flow run it
+# starts so the corpus is not read (nor the agents resolved) twice. A context variable:
+# the flow runs in the caller's context; a run started from the UI or a deployment finds
+# none (or one for another spec) and prepares its job from its parameters.
+_prepared_job: contextvars.ContextVar[MapJob | None] = contextvars.ContextVar(
+    "fanout_prepared_map_job", default=None
+)
 
 
-def _take_prepared(key: tuple[str, str, str, str]) -> MapJob | None:
-    # A function, not inline in map_flow: the flow object travels to Dask and Ray
-    # workers in the run's context, and its body must not reference the lock itself.
-    with _prepared_lock:
-        return _prepared.pop(key, None)
+def _map_run_name() -> str:
+    from prefect.runtime import flow_run
 
-
-def _job_key(input: str, agent: str, partition: str, output_dir: str) -> tuple[str, str, str, str]:
-    return (input, agent, partition, str(Path(output_dir)))
+    return spec_of(flow_run.parameters["spec"]).run_name()
 
 
 @flow(
     name="fanout-map",
-    flow_run_name="map {agent} by {partition}",
+    flow_run_name=_map_run_name,
     log_prints=False,
     validate_parameters=True,
 )
-def map_flow(
-    input: str,
-    agent: str,
-    partition: str,
-    output_dir: str,
-    agents_file: str | None = None,
-    prompt: str | None = None,
-    reduce: str | None = None,
-    reduce_budget: int = DEFAULT_REDUCE_BUDGET,
-    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
-    partition_retries: int = DEFAULT_PARTITION_RETRIES,
-    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    force: bool = False,
-    follow_symlinks: bool = False,
-    options: RunOptions | None = None,
-) -> Any:
+def map_flow(spec: MapSpec, options: RunOptions | None = None) -> Any:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
 
     Args:
-        input: A JSONL file (one object with an ``id`` per line) or a directory.
-        agent: The agent run on every item.
-        partition: ``count:N``, ``size[:K]``, ``time:month|day|year[:FIELD]``,
-            ``topic:FIELD``, ``topic:agent=NAME`` or ``key:FIELD``.
-        output_dir: Where the outputs go (not inside the input directory).
-        agents_file: A JSON/YAML file of agent profiles by name.
-        prompt: A template rendering record fields into each item's prompt.
-        reduce: An agent that combines the completed outputs in a tree.
-        reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
-        active_partitions: Partitions mapped at once.
-        partition_retries: Retries of a partition whose output cannot be written.
-        partition_retry_delay: Seconds before the first partition retry (then doubling).
-        encoding: How a directory corpus's files are decoded.
-        errors: ``strict`` (a file that does not decode fails the run before any call),
-            ``replace`` or ``ignore``.
-        force: Write into an output directory holding files fanout did not write (files
-            named like its outputs are replaced; nothing else is touched).
-        follow_symlinks: Read links in a directory corpus that point outside it.
+        spec: The map's own settings: its corpus (``input``), ``agent``, ``partition``
+            spec, ``output_dir``, ``agents_file``, ``prompt``, ``reduce`` and the rest of
+            :class:`~prefect_fanout.mapping.spec.MapSpec`.
         options: The run's options: model, endpoint, max_workers (default 8), cache
             (``refresh`` asks again), max_tokens, temperature, timeout_seconds, the
             limits, task_runner and its addresses (see
@@ -391,26 +350,9 @@ def map_flow(
         Completed, Completed named ``Partial`` when items failed, or ``Cancelled`` named
         ``BudgetReached`` when the run's budget stopped it; calling the flow returns the summary.
     """
-    job = _take_prepared(_job_key(input, agent, partition, output_dir))
-    if job is None:
-        job = prepare_map(
-            input,
-            agent=agent,
-            partition=partition,
-            output_dir=output_dir,
-            agents=load_agents_file(agents_file) if agents_file else None,
-            prompt=prompt,
-            reduce=reduce,
-            reduce_budget=reduce_budget,
-            active_partitions=active_partitions,
-            partition_retries=partition_retries,
-            partition_retry_delay=partition_retry_delay,
-            encoding=encoding,
-            errors=errors,
-            force=force,
-            follow_symlinks=follow_symlinks,
-            options=options,
-        )
+    job = _prepared_job.get()
+    if job is None or job.settings != spec:
+        job = prepare_map(spec, options)
     if job.options.dry_run:
         return _keep(dry_run_map(job))
     with on_task_runner(job.options, job.max_workers, chunked=sends_chunks(job.options)):
@@ -420,28 +362,14 @@ def map_flow(
     return map_final_state(_keep(summary))  # "Partial" when items failed
 
 
-def run_map_flow(
-    job: MapJob,
-    *,
-    agents_file: str | None = None,
-    prompt: str | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    follow_symlinks: bool = False,
-) -> MapSummary:
+def run_map_flow(job: MapJob) -> MapSummary:
     """Run a prepared job as a ``fanout-map`` flow run (or in the current flow run, if any).
 
-    The flow run's parameters are the job's settings; its ``options`` parameter is
-    the job's merged options, and its task runner the one they choose.
+    The flow run's parameters are the job's spec and its merged options; its task runner
+    is the one they choose.
 
     Args:
         job: From :func:`~prefect_fanout.mapping.job.prepare_map`.
-        agents_file: The agents file the job's profiles came from (a rerun from the UI
-            reads it again).
-        prompt: The prompt template the job was prepared with.
-        encoding: The corpus encoding the job was prepared with.
-        errors: The decoding policy the job was prepared with.
-        follow_symlinks: Whether the job's corpus was read following links out of it.
 
     Returns:
         The run's summary.
@@ -453,39 +381,18 @@ def run_map_flow(
     if FlowRunContext.get() is not None:
         return run_map(job)
     runner = chosen_runner(job.options, job.max_workers, chunked=sends_chunks(job.options))
-    parameters = {
-        "input": job.source,
-        "agent": job.agent.name,
-        "partition": job.spec_text,
-        "output_dir": str(job.output_dir),
-        "agents_file": agents_file,
-        "prompt": prompt,
-        "reduce": job.reducer.name if job.reducer is not None else None,
-        "reduce_budget": job.reduce_budget,
-        "active_partitions": job.active_partitions,
-        "partition_retries": job.partition_retries,
-        "partition_retry_delay": job.partition_retry_delay,
-        "encoding": encoding,
-        "errors": errors,
-        "force": job.force,
-        "follow_symlinks": follow_symlinks,
-        "options": job.options,
-    }
-    key = _job_key(
-        parameters["input"], parameters["agent"], parameters["partition"], parameters["output_dir"]
-    )
-    with _prepared_lock:
-        _prepared[key] = job
+    token = _prepared_job.set(job)
     try:
         flow_ = map_flow.with_options(task_runner=runner)
         return _reported_best_effort(
             lambda: carried_result(
-                flow_(**parameters, return_state=True), MapSummary, "the map flow"
+                flow_(spec=job.settings, options=job.options, return_state=True),
+                MapSummary,
+                "the map flow",
             )
         )
     finally:
-        with _prepared_lock:
-            _prepared.pop(key, None)
+        _prepared_job.reset(token)
 
 
 def map_corpus(
@@ -533,20 +440,30 @@ def map_corpus(
         check_task_runner(
             merged.runner(), dask_address=merged.dask_address, ray_address=merged.ray_address
         )
-    job = prepare_map(
-        items_or_path,
-        agent=agent,
-        partition=partition,
-        output_dir=output_dir,
-        options=merged,
-        **settings,
-    )
+    profiles = dict(settings.pop("agents", None) or {})
+    for field_name, value in (("agent", agent), ("reduce", settings.get("reduce"))):
+        if isinstance(value, AgentProfile):  # a profile given in Python: found by its name
+            profiles[value.name] = value
+            if field_name == "agent":
+                agent = value.name
+            else:
+                settings["reduce"] = value.name
+    key = partition if callable(partition) and not isinstance(partition, str) else None
+    is_path = isinstance(items_or_path, str | Path)
+    given = None if is_path else list(items_or_path)
+    try:
+        spec = MapSpec(
+            input=str(items_or_path) if is_path else f"<{len(given or ())} items>",
+            agent=str(agent),
+            partition=getattr(key, "__name__", "key") if key is not None else str(partition),
+            output_dir=str(output_dir),
+            **settings,
+        )
+    except ValidationError as exc:  # an unknown setting, or one of the wrong type
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ConfigurationError(f"map setting {where!r}: {error['msg']}") from None
+    job = prepare_map(spec, merged, items=given, agents=profiles, key=key)
     if job.options.dry_run:
         return dry_run_map(job)
-    return run_map_flow(
-        job,
-        prompt=settings.get("prompt"),
-        encoding=settings.get("encoding", "utf-8"),
-        errors=settings.get("errors", "strict"),
-        follow_symlinks=settings.get("follow_symlinks", False),
-    )
+    return run_map_flow(job)

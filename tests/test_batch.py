@@ -20,6 +20,7 @@ from prefect_fanout.flows import map_corpus
 from prefect_fanout.llm.endpoints import LLMEndpoint
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.mapping.job import prepare_map
+from prefect_fanout.mapping.spec import MapSpec
 from tests.fakebatch import Outcome, token_estimate
 from tests.fakeopenai import Error, FakeOpenAI, Reply
 from tests.map_helpers import read_jsonl, tag, write_corpus
@@ -170,13 +171,10 @@ def test_batch_answers_are_validated_and_priced_at_half(
 
 def _tokens_of_ten(fake: FakeOpenAI, run: str, tmp_path: Path) -> int:
     """What the test server counts for a batch of the first ten items."""
-    job = prepare_map(
-        _items(run, 10),
-        agent="default",
-        partition="count:1",
-        output_dir=tmp_path / "probe",
-        options=_options(fake),
+    spec = MapSpec(
+        input="ten items", agent="default", partition="count:1", output_dir=str(tmp_path / "p")
     )
+    job = prepare_map(spec, _options(fake), items=_items(run, 10))
     return sum(token_estimate(request_line(r)["body"]) for r in job.requests.values())
 
 

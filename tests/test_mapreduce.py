@@ -29,6 +29,7 @@ from prefect_fanout.mapping.corpus import Item
 from prefect_fanout.mapping.job import prepare_map
 from prefect_fanout.mapping.prompts import TemplateFieldError, item_prompt
 from prefect_fanout.mapping.reduce import REDUCE_INSTRUCTION, Piece, estimate_tokens, plan_groups
+from prefect_fanout.mapping.spec import MapSpec
 from prefect_fanout.mapping.stage import partition_file_names
 from prefect_fanout.options import RunOptions
 from tests.fakeopenai import FakeOpenAI, Reply
@@ -303,31 +304,26 @@ def test_map_corpus_inside_a_flow_uses_that_flow_run(
 
 def test_bad_inputs_are_found_before_any_call(tmp_path: Path) -> None:
     source = write_corpus(tmp_path / "c.jsonl", [{"id": "a", "title": "x"}])
+
+    def spec(input: Path, **settings: Any) -> MapSpec:
+        return MapSpec(
+            input=str(input),
+            agent="default",
+            partition="count:1",
+            output_dir=str(tmp_path / "o"),
+            **settings,
+        )
+
     with pytest.raises(TemplateFieldError, match=r"item 'a'.*'body'"):
-        prepare_map(
-            source,
-            agent="default",
-            partition="count:1",
-            output_dir=tmp_path / "o",
-            options=RunOptions(model="test"),
-            prompt="{title}: {body}",
-        )
+        prepare_map(spec(source, prompt="{title}: {body}"), RunOptions(model="test"))
     with pytest.raises(ConfigurationError, match="inside the input directory"):
-        prepare_map(
-            tmp_path,
-            agent="default",
-            partition="count:1",
-            output_dir=tmp_path / "o",
-            options=RunOptions(model="test"),
-        )
+        prepare_map(spec(tmp_path), RunOptions(model="test"))
     with pytest.raises(ConfigurationError, match="max_workers"):
-        prepare_map(
-            source,
-            agent="default",
-            partition="count:1",
-            output_dir=tmp_path / "o",
-            options={"model": "test", "max_workers": 0},
-        )
+        prepare_map(spec(source), {"model": "test", "max_workers": 0})
+    with pytest.raises(ConfigurationError, match="--active-partitions must be at least 1"):
+        prepare_map(spec(source, active_partitions=0), RunOptions(model="test"))
+    with pytest.raises(ConfigurationError, match="map setting 'partiton'"):
+        map_corpus(source, agent="default", partition="count:1", output_dir=tmp_path, partiton=2)
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -132,18 +132,17 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
-    from prefect_fanout.agents.agentsfile import load_agents_file
     from prefect_fanout.errors import FanoutError, describe, exit_code_for
     from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
+    from prefect_fanout.mapping.spec import MapSpec
 
     try:
         options = run_options(args)
-        agents = load_agents_file(args.agents) if args.agents else {}
-        job = prepare_map(
-            args.input,
+        spec = MapSpec(
+            input=args.input,
             agent=args.agent,
-            agents=agents,
+            agents_file=args.agents,
             partition=args.partition,
             output_dir=args.output,
             prompt=args.prompt,
@@ -154,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
             partition_retry_delay=args.retry_delay,
             encoding=args.encoding,
             errors=args.errors,
-            options=options,
             force=args.force,
             follow_symlinks=args.follow_symlinks,
         )
+        job = prepare_map(spec, options)
         if options.dry_run:
             from prefect_fanout.mapping.dryrun import dry_run_map
 
@@ -166,14 +165,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     try:
-        summary = run_map_flow(
-            job,
-            agents_file=args.agents,
-            prompt=args.prompt,
-            encoding=args.encoding,
-            errors=args.errors,
-            follow_symlinks=args.follow_symlinks,
-        )
+        summary = run_map_flow(job)
     except FanoutError as exc:
         if exit_code_for(exc) == EXIT_USAGE:
             print(f"{PROG}: error: {exc}", file=sys.stderr)

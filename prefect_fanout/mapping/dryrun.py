@@ -46,7 +46,7 @@ def dry_run_map(job: MapJob) -> DryRun:
             "mapping calls are counted in one group"
         )
     else:
-        groups = partition(job.items, job.spec)
+        groups = partition(job.items, job.partitioner)
     for key, items in groups.items():
         for item in items:
             request = job.requests[item.id]

@@ -9,13 +9,13 @@ errors into exit code 2.
 
 from __future__ import annotations
 
-import codecs
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect_fanout.agents.agentsfile import load_agents_file
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.batch.check import (
@@ -29,15 +29,12 @@ from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.mapping.corpus import CorpusError, Item, load_items
 from prefect_fanout.mapping.defaults import (
-    DEFAULT_ACTIVE_PARTITIONS,
     DEFAULT_MAX_WORKERS,
-    DEFAULT_PARTITION_RETRIES,
-    DEFAULT_PARTITION_RETRY_DELAY,
-    DEFAULT_REDUCE_BUDGET,
 )
 from prefect_fanout.mapping.deployed import check_partition_deployment
 from prefect_fanout.mapping.partition import PartitionSpec, parse_partition_spec
 from prefect_fanout.mapping.prompts import check_template, item_prompt
+from prefect_fanout.mapping.spec import MapSpec
 from prefect_fanout.options import CacheOptions, RunOptions
 from prefect_fanout.outputs import check_output_ownership
 
@@ -49,46 +46,69 @@ class MapJob:
     """Everything a map run needs, resolved.
 
     Attributes:
+        settings: The map's own settings, as given (the flow run's ``spec`` parameter).
         items: The corpus, in input order.
-        source: The corpus path, or a description of the items given.
         agent: The mapping agent.
         path: The run's call path: its resolver (agents, models, endpoint, each once),
             its merged options and its cache settings.
-        spec: The partition spec, or a key function.
-        spec_text: The spec as text, for reports.
-        output_dir: Where outputs go.
+        partitioner: The parsed partition spec, or a key function.
+        spec_text: The partition spec as text, for reports.
         requests: The mapping call of each item, by item id (built on lookup: ItemRequests).
         model_name: The model of the mapping calls.
         classifier: The classifier of ``topic:agent=NAME``, if any.
         classifier_requests: Its call for each item, by item id.
         reducer: The tree-reduce agent, if any.
-        reduce_budget: Estimated tokens per reduce call.
-        active_partitions: Partitions mapped at once (their items interleaved).
-        partition_retries: Retries of a failing partition write.
-        partition_retry_delay: Seconds before the first retry (then doubling).
         source_path: The corpus file or directory, when it came from a path.
-        force: Write among files fanout did not write (``--force``).
 
     """
 
+    settings: MapSpec
     items: list[Item]
-    source: str
     agent: AgentProfile
     path: CallPath
-    spec: PartitionSpec | Callable[[Item], str]
+    partitioner: PartitionSpec | Callable[[Item], str]
     spec_text: str
-    output_dir: Path
     requests: Mapping[str, CallRequest]
     model_name: str
     classifier: AgentProfile | None = None
     classifier_requests: Mapping[str, CallRequest] = field(default_factory=dict)
     reducer: AgentProfile | None = None
-    reduce_budget: int = DEFAULT_REDUCE_BUDGET
-    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS
-    partition_retries: int = DEFAULT_PARTITION_RETRIES
-    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY
     source_path: Path | None = None
-    force: bool = False
+
+    @property
+    def source(self) -> str:
+        """The corpus path, or a description of the items given."""
+        return self.settings.input
+
+    @property
+    def output_dir(self) -> Path:
+        """Where the outputs go."""
+        return Path(self.settings.output_dir)
+
+    @property
+    def reduce_budget(self) -> int:
+        """Estimated tokens per reduce call."""
+        return self.settings.reduce_budget
+
+    @property
+    def active_partitions(self) -> int:
+        """Partitions mapped at once."""
+        return self.settings.active_partitions
+
+    @property
+    def partition_retries(self) -> int:
+        """Retries of a failing partition write."""
+        return self.settings.partition_retries
+
+    @property
+    def partition_retry_delay(self) -> float:
+        """Seconds before the first partition retry (then doubling)."""
+        return self.settings.partition_retry_delay
+
+    @property
+    def force(self) -> bool:
+        """Write among files fanout did not write (``--force``)."""
+        return self.settings.force
 
     @property
     def options(self) -> RunOptions:
@@ -111,16 +131,10 @@ class MapJob:
         return self.options.workers(DEFAULT_MAX_WORKERS)
 
 
-def _items(
-    items_or_path: Any, encoding: str, errors: str, follow_symlinks: bool = False
-) -> tuple[list[Item], str, Path | None]:
-    if isinstance(items_or_path, str | Path):
-        path = Path(items_or_path)
-        items = load_items(path, encoding=encoding, errors=errors, follow_symlinks=follow_symlinks)
-        return items, str(path), path
+def _given_items(items_given: Iterable[Any]) -> list[Item]:
     items: list[Item] = []
     seen: set[str] = set()
-    for index, entry in enumerate(items_or_path):
+    for index, entry in enumerate(items_given):
         if isinstance(entry, Item):
             item = entry.model_copy(update={"index": index})
         elif isinstance(entry, Mapping) and isinstance(entry.get("id"), str | int):
@@ -139,7 +153,7 @@ def _items(
         items.append(item)
     if not items:
         raise CorpusError("no items given; nothing to map (no output was touched)")
-    return items, f"<{len(items)} items>", None
+    return items
 
 
 def _check_output_dir(output_dir: Path, source: Path | None) -> None:
@@ -179,27 +193,6 @@ def probe_writable(output_dir: Path) -> None:
         reason = exc.strerror or type(exc).__name__
         where = exc.filename or output_dir
         raise ConfigurationError(f"--output {output_dir}: cannot write {where}: {reason}") from None
-
-
-def _check_decoding(encoding: str, errors: str) -> None:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ConfigurationError(f"--encoding {encoding!r}: unknown encoding") from None
-    if errors not in ("strict", "replace", "ignore"):
-        raise ConfigurationError(f"--errors {errors!r}: expected strict, replace or ignore")
-
-
-def _check_options(active: int, retries: int, delay: float, budget: int) -> None:
-    checks = [
-        (active >= 1, f"--active-partitions must be at least 1, got {active}"),
-        (retries >= 0, f"partition retries must be at least 0, got {retries}"),
-        (delay >= 0, f"partition retry delay must be at least 0, got {delay}"),
-        (budget >= 1, f"--reduce-budget must be at least 1 token, got {budget}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigurationError(message)
 
 
 def _variables(item: Item) -> dict[str, Any]:
@@ -278,53 +271,28 @@ class ItemRequests(Mapping[str, CallRequest]):
 
 
 def prepare_map(
-    items_or_path: Any,
-    *,
-    agent: str | AgentProfile,
-    partition: str | PartitionSpec | Callable[[Item], str],
-    output_dir: str | Path,
-    agents: Mapping[str, AgentProfile] | None = None,
-    prompt: str | None = None,
-    reduce: str | AgentProfile | None = None,
-    reduce_budget: int = DEFAULT_REDUCE_BUDGET,
-    active_partitions: int = DEFAULT_ACTIVE_PARTITIONS,
-    partition_retries: int = DEFAULT_PARTITION_RETRIES,
-    partition_retry_delay: float = DEFAULT_PARTITION_RETRY_DELAY,
-    encoding: str = "utf-8",
-    errors: str = "strict",
+    spec: MapSpec,
     options: RunOptions | Mapping[str, Any] | None = None,
-    force: bool = False,
-    follow_symlinks: bool = False,
+    *,
+    items: Iterable[Item | Mapping[str, Any]] | None = None,
+    agents: Mapping[str, AgentProfile] | None = None,
+    key: Callable[[Item], str] | None = None,
 ) -> MapJob:
     """Read, resolve and check a map run without running anything.
 
     Args:
-        items_or_path: A JSONL file or directory, or a list of Items or of dicts with an ``id``.
-        agent: The mapping agent (a name or a profile).
-        partition: A spec string (``count:8``, ``time:month``, ``topic:agent=NAME``, ...),
-            a parsed spec, or a function item -> key.
-        output_dir: Where to write the outputs (not inside an input directory).
-        agents: Extra profiles by name (e.g. from ``--agents FILE``).
-        prompt: A template rendering record fields into each item's prompt.
-        reduce: An agent that combines the completed outputs in a tree, if any.
-        reduce_budget: Estimated tokens (chars / 4) one reduce call may combine.
-        active_partitions: Partitions mapped at once; the next opens when one
-            has handed out all its items.
-        partition_retries: Retries of a partition whose output cannot be written.
-        partition_retry_delay: Seconds before the first retry, doubling after each.
-        encoding: How a directory corpus's files are decoded.
-        errors: ``strict`` (a file that does not decode is an error), ``replace`` or
-            ``ignore``.
+        spec: The map's own settings (its corpus, agent, partition spec, outputs, reduce...).
         options: The run's options: model, endpoint (None: ``OPENAI_API_KEY`` /
             ``OPENAI_BASE_URL``), max_workers (default 8), cache (``refresh`` asks again),
             max_tokens, temperature, timeout_seconds, the endpoint limits, task_runner
             (see :class:`~prefect_fanout.options.RunOptions`).
-        force: Write into an output directory holding files fanout did not write
-            (files named like its outputs are replaced; nothing else is touched).
-        follow_symlinks: Read links in a directory corpus that point outside it.
+        items: Items given in Python (Items, or dicts with an ``id``) instead of reading
+            ``spec.input``, which then describes them.
+        agents: Profiles by name, beside (and over) those of ``spec.agents_file``.
+        key: A function item -> partition key, instead of ``spec.partition``.
 
     Returns:
-        The job, for :func:`~prefect_fanout.mapping.run.execute_map`.
+        The job, for :func:`~prefect_fanout.mapping.run.run_map`.
 
     Raises:
         CorpusError: The corpus cannot be read (the message names file and line).
@@ -332,31 +300,44 @@ def prepare_map(
         ConfigurationError: Unknown agent, no endpoint, bad option or template.
 
     """
-    _check_decoding(encoding, errors)
-    items, source, source_path = _items(items_or_path, encoding, errors, follow_symlinks)
-    spec = parse_partition_spec(partition) if isinstance(partition, str) else partition
-    spec_text = str(spec) if isinstance(spec, PartitionSpec) else getattr(spec, "__name__", "key")
-    out = Path(output_dir)
+    spec.check()
+    source_path = None if items is not None else Path(spec.input)
+    if source_path is None:
+        corpus = _given_items(items or ())
+    else:
+        corpus = load_items(
+            source_path,
+            encoding=spec.encoding,
+            errors=spec.errors,
+            follow_symlinks=spec.follow_symlinks,
+        )
+    partitioner = key if key is not None else parse_partition_spec(spec.partition)
+    spec_text = str(partitioner) if isinstance(partitioner, PartitionSpec) else spec.partition
+    out = Path(spec.output_dir)
     _check_output_dir(out, source_path)
-    check_output_ownership(out, source_path, force)  # outputs are owned
-    _check_options(active_partitions, partition_retries, partition_retry_delay, reduce_budget)
-    check_template(items, prompt)  # input errors first, before agents and endpoints
-    path = CallPath.of(RunOptions.of(options), agents)
+    check_output_ownership(out, source_path, spec.force)  # outputs are owned
+    check_template(corpus, spec.prompt)  # input errors first, before agents and endpoints
+    from_file = load_agents_file(spec.agents_file) if spec.agents_file else {}
+    profiles = {**from_file, **(agents or {})}
+    path = CallPath.of(RunOptions.of(options), profiles)
     check_partition_deployment(path.options)
     resolver = path.resolver
-    profile = resolver.agent(agent)
-    classifier_name = spec.classifier_agent if isinstance(spec, PartitionSpec) else None
+    profile = resolver.agent(spec.agent)
+    classifier_name = (
+        partitioner.classifier_agent if isinstance(partitioner, PartitionSpec) else None
+    )
     classifier = resolver.agent(classifier_name) if classifier_name else None
-    reducer = resolver.agent(reduce) if reduce is not None else None
+    reducer = resolver.agent(spec.reduce) if spec.reduce is not None else None
     resolver.check(p for p in (profile, classifier, reducer) if p is not None)
+    prompt = spec.prompt
     requests = ItemRequests(
-        items, profile, lambda item: item_prompt(item, prompt), resolver=resolver, stage="map"
+        corpus, profile, lambda item: item_prompt(item, prompt), resolver=resolver, stage="map"
     )
     requests.check()
     classifier_requests: Mapping[str, CallRequest] = {}
     if classifier is not None:
         classifier_requests = ItemRequests(
-            items,
+            corpus,
             classifier,
             lambda item: item.prompt_text(),
             resolver=resolver,
@@ -371,22 +352,16 @@ def prepare_map(
         check_first_call(path.budget, first, path.cache)
     probe_writable(out)  # last: a run refused for any other reason creates nothing
     return MapJob(
-        items=items,
-        source=source,
+        settings=spec,
+        items=corpus,
         agent=profile,
         path=path,
-        spec=spec,
+        partitioner=partitioner,
         spec_text=spec_text,
-        output_dir=out,
         requests=requests,
         model_name=resolver.model(profile),
         classifier=classifier,
         classifier_requests=classifier_requests,
         reducer=reducer,
-        reduce_budget=reduce_budget,
-        active_partitions=active_partitions,
-        partition_retries=partition_retries,
-        partition_retry_delay=partition_retry_delay,
         source_path=source_path,
-        force=force,
     )

@@ -239,7 +239,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
             logger=logger,
         )
         records.extend(classified)
-    groups = partition(job.items, job.spec, labels=labels)
+    groups = partition(job.items, job.partitioner, labels=labels)
     names = partition_file_names(groups)
     kept = earlier_partition_files(parts_dir, names)
     if kept:
