@@ -86,31 +86,6 @@ class MapJob:
         return Path(self.settings.output_dir)
 
     @property
-    def reduce_budget(self) -> int:
-        """Estimated tokens per reduce call."""
-        return self.settings.reduce_budget
-
-    @property
-    def active_partitions(self) -> int:
-        """Partitions mapped at once."""
-        return self.settings.active_partitions
-
-    @property
-    def partition_retries(self) -> int:
-        """Retries of a failing partition write."""
-        return self.settings.partition_retries
-
-    @property
-    def partition_retry_delay(self) -> float:
-        """Seconds before the first partition retry (then doubling)."""
-        return self.settings.partition_retry_delay
-
-    @property
-    def force(self) -> bool:
-        """Write among files fanout did not write (``--force``)."""
-        return self.settings.force
-
-    @property
     def options(self) -> RunOptions:
         """The run's merged options."""
         return self.path.options

@@ -188,7 +188,9 @@ def _reduce(
         window=window,
         logger=logger,
     )
-    tree = tree_reduce(pieces, agent=job.reducer, engine=engine, token_budget=job.reduce_budget)
+    tree = tree_reduce(
+        pieces, agent=job.reducer, engine=engine, token_budget=job.settings.reduce_budget
+    )
     path = job.output_dir / FILES["reduce"]
     writes.attempt(FILES["reduce"], lambda: write_json_atomic(path, tree.to_json()))
     if tree.status == "failed":
@@ -210,7 +212,7 @@ def run_map(job: MapJob) -> MapSummary:
             (see :mod:`prefect_fanout.outputs.ownership`).
 
     """
-    owner = claim_output(job.output_dir, job.source_path, job.force, _flow_run_id())
+    owner = claim_output(job.output_dir, job.source_path, job.settings.force, _flow_run_id())
     try:
         return _run_map(job, owner)
     finally:
@@ -288,7 +290,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
             agent=job.reducer.name,
             status="skipped",
             inputs=0,
-            token_budget=job.reduce_budget,
+            token_budget=job.settings.reduce_budget,
             error=f"budget: {meter.reason()}",
         )
     elif job.reducer is not None:

@@ -193,8 +193,8 @@ class _Mapper:
                 )
 
     def submit_write(self, key: str, name: str, items: list[Item]) -> PrefectFuture[Any]:
-        retries = self.job.partition_retries
-        delays = [self.job.partition_retry_delay * 2**n for n in range(retries)]
+        retries = self.job.settings.partition_retries
+        delays = [self.job.settings.partition_retry_delay * 2**n for n in range(retries)]
         writer = write_partition.with_options(
             # No tags: every distinct tag set costs a concurrency-limit request per run.
             task_run_name=f"partition:{key}",
@@ -223,7 +223,7 @@ class _Mapper:
             future.wait()
             report.attempts = int(future.state.result(raise_on_failure=True))
         except Exception as exc:
-            attempts = self.job.partition_retries + 1
+            attempts = self.job.settings.partition_retries + 1
             reason = f"partition output could not be written after {attempts} attempt(s): "
             reason += describe(exc)
             logger.error("partition %s dead-lettered (%d items): %s", key, len(items), reason)
@@ -405,7 +405,9 @@ class _PartitionRuns:
         jobs = [partial(self.partition, key, names[key], items) for key, items in groups.items()]
         errors = [
             error
-            for error in run_side_by_side(jobs, self.job.active_partitions, what="partition")
+            for error in run_side_by_side(
+                jobs, self.job.settings.active_partitions, what="partition"
+            )
             if error is not None
         ]
         if errors:
