@@ -127,9 +127,9 @@ class RunOptions(BaseModel):
             one chunk. Default: the total over four chunks per worker slot, 50 to 500.
         calls_per_run: The most calls in one child flow run: a map runs each partition as a
             flow run of the map's, cut into several when larger (``fan_out`` the same over
-            more calls). Keep it under the 2,000 task runs whose graph the Prefect UI draws
-            at once, and the server's limit (``PREFECT_SERVER_API_MAX_FLOW_RUN_GRAPH_NODES``,
-            10,000). Default: 1,900.
+            more calls). Keep it under the server's graph limit
+            (``PREFECT_SERVER_API_MAX_FLOW_RUN_GRAPH_NODES``, 10,000); at 1,900 or less the
+            UI draws every graph without a click on "Display graph". Default: 5,000.
         partition_deployment: ``FLOW/DEPLOYMENT`` of a deployed ``fanout-partition`` flow:
             a map runs each chunk as a flow run of it, on that deployment's work pool.
             Default: the chunks go to the task runner.

@@ -47,8 +47,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser, *, chunks: bool = True
         type=positive_int,
         metavar="N",
         help="the most calls in one partition's flow run; a larger partition runs as several "
-        "(default 1900: the UI draws a graph of up to 2000 task runs at once, the server "
-        "none over 10000 nodes)",
+        "(default 5000, under the server's graph limit of 10000 nodes; 1900 or less: the UI "
+        "draws each graph without a click)",
     )
     parser.add_argument(
         "--partition-deployment",

@@ -1,19 +1,18 @@
 """The map stage: each partition a child flow run, each item an agent-call task run in it.
 
 Each partition runs as a child flow run ``partition KEY`` of the map's flow run (a partition
-over ``calls_per_run`` calls, 1,900 by default, as ``partition KEY (i/n)`` runs one after
-another), so every flow run's graph stays under the 2,000 task runs the Prefect UI draws at
-once (and the server's limit of 10,000 nodes): the map's graph shows its partitions and the
-reduce, a partition's graph its calls. ``active_partitions`` partitions run at once (the
-next starts as one ends), sharing ``max_workers`` calls in flight; bounding them makes
-partitions finish, and their files appear, one after another. A failed call is recorded as a
-failed row; it never fails its partition's file. As its last task a partition's run writes
-``partitions/partition-{safe key}.jsonl`` (task run ``partition:KEY``) through a temp file
-and ``os.replace``, retried with exponential backoff. A partition whose write still fails
-after the retries is dead-lettered: its items are listed for manual review and the run goes
-on. A partition's run ends Completed, ``Partial`` (some calls failed) or Failed
-(dead-lettered, or every call failed): the map's list of subflow runs is the partitions'
-status.
+over ``calls_per_run`` calls, 5,000 by default, as ``partition KEY (i/n)`` runs one after
+another), so every flow run's graph stays well under the Prefect server's limit of 10,000
+nodes: the map's graph shows its partitions and the reduce, a partition's graph its calls.
+``active_partitions`` partitions run at once (the next starts as one ends), sharing
+``max_workers`` calls in flight; bounding them makes partitions finish, and their files
+appear, one after another. A failed call is recorded as a failed row; it never fails its
+partition's file. As its last task a partition's run writes ``partitions/partition-{safe
+key}.jsonl`` (task run ``partition:KEY``) through a temp file and ``os.replace``, retried
+with exponential backoff. A partition whose write still fails after the retries is
+dead-lettered: its items are listed for manual review and the run goes on. A partition's run
+ends Completed, ``Partial`` (some calls failed) or Failed (dead-lettered, or every call
+failed): the map's list of subflow runs is the partitions' status.
 """
 
 from __future__ import annotations
