@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.window import CallWindow
+from prefect_fanout.engine.child_runs import run_as_child
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -61,6 +63,37 @@ def test_the_window_reports_its_finished_task_runs_to_the_flow_runs_guard():
     assert checks >= 4  # one read per 5 finished task runs at least
     assert same_guard
     assert recorded >= 15  # the last check (at 20 finished) left at most 2 + 4 in flight behind
+
+
+def test_child_runs_report_to_their_parents_guard_which_counts_their_task_runs():
+    # A map's partitions run as child flow runs: each is too small to fall behind on its own,
+    # so they share the parent's guard, and its count covers the children's task runs.
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def run() -> tuple[RecordingGuard | None, list[RecordingGuard | None], int]:
+        parent_guard = recording_guard()
+        seen: list[RecordingGuard | None] = []
+
+        def body() -> None:
+            for i in range(5):
+                instant.submit(i).wait()
+            seen.append(recording_guard())
+
+        for number in (1, 2):
+            child = run_as_child(f"child {number}", 5, body, threads=2)
+            assert child.error is None and not child.in_parent, child.why()
+        return parent_guard, seen, FlowRunContext.get().flow_run.id
+
+    parent_guard, seen, parent_id = run()
+    assert parent_guard is not None and parent_guard.flow_run_id == parent_id
+    assert seen == [parent_guard, parent_guard]
+    recorded = 0
+    for _ in range(60):  # the server records from events, a second or so behind
+        recorded = parent_guard.recorded()
+        if recorded >= 10:
+            break
+        time.sleep(0.5)
+    # both children's 10 calls; not the task run Prefect makes in the parent for each child
+    assert recorded == 10
 
 
 def test_outside_a_flow_run_there_is_no_guard():

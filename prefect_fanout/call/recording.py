@@ -19,6 +19,12 @@ back to :data:`RESUME_LAG`. The brake never stalls a run: when the server's coun
 does not move for :data:`STALL_SECONDS`, or the count cannot be read within
 :data:`READ_TIMEOUT_SECONDS` (the server is away: Prefect's client would retry for
 a minute), the guard stops braking for the rest of the run and says so once.
+
+A flow run's child runs (a map's partitions, :mod:`prefect_fanout.engine.child_runs`) share
+their parent's guard, which counts the task runs of the parent and of its children: a child
+of 1,000 calls could never be 1,000 behind on its own, while the server's queue holds what
+every child before it sent (a B12 run with 1,000-call child runs on PostgreSQL lost 2,896 of
+20,000 task runs when each child had its own guard).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextvars import ContextVar, Token
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -35,7 +42,15 @@ from prefect.context import FlowRunContext
 
 from prefect_fanout.bounded import call_within
 
-__all__ = ["MAX_LAG", "RecordingGuard", "guard_mark", "recording_guard", "server_behind_line"]
+__all__ = [
+    "MAX_LAG",
+    "RecordingGuard",
+    "family_root",
+    "guard_mark",
+    "join_family",
+    "recording_guard",
+    "server_behind_line",
+]
 
 logger = logging.getLogger("prefect_fanout.recording")
 
@@ -117,11 +132,17 @@ class RecordingGuard:
         return self._finished
 
     def recorded(self) -> int:
-        """Task runs of the flow run the server has recorded in a final state."""
+        """Task runs of the flow run and its child runs the server has recorded in a final state."""
         self.checks += 1
+        family = {"any_": [str(self.flow_run_id)]}
         body = {
-            "flow_runs": {"id": {"any_": [str(self.flow_run_id)]}},
-            "task_runs": {"state": {"type": {"any_": FINAL_STATE_TYPES}}},
+            "flow_runs": {"operator": "or_", "id": family, "parent_flow_run_id": family},
+            # a child run's own task run in its parent is no call (and is not recorded from
+            # events): left out, so the count compares with the calls reported finished
+            "task_runs": {
+                "state": {"type": {"any_": FINAL_STATE_TYPES}},
+                "subflow_runs": {"exists_": False},
+            },
         }
         with get_client(sync_client=True) as client:  # one read per 100 calls: no client kept
             response = client.request("POST", "/task_runs/count", json=body)
@@ -176,12 +197,34 @@ _guards: OrderedDict[UUID, RecordingGuard] = OrderedDict()
 _guards_lock = threading.Lock()
 
 
-def recording_guard() -> RecordingGuard | None:
-    """The guard of the flow run in context (one per flow run), or None outside a flow run."""
+_family: ContextVar[UUID | None] = ContextVar("fanout_recording_family", default=None)
+
+
+def family_root() -> UUID | None:
+    """The flow run whose guard this context's calls report to, or None outside a flow run.
+
+    The flow run in context, or, in a child run started by
+    :func:`~prefect_fanout.engine.child_runs.run_as_child`, the parent it joined.
+    """
+    root = _family.get()
+    if root is not None:
+        return root
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         return None
-    flow_run_id = context.flow_run.id
+    return context.flow_run.id
+
+
+def join_family(root: UUID) -> Token[UUID | None]:
+    """Make this context's calls report to ``root``'s guard (a child run's thread)."""
+    return _family.set(root)
+
+
+def recording_guard() -> RecordingGuard | None:
+    """The guard of the flow run in context (its family's: one per root flow run), or None."""
+    flow_run_id = family_root()
+    if flow_run_id is None:
+        return None
     with _guards_lock:
         guard = _guards.get(flow_run_id)
         if guard is None:

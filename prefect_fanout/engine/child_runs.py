@@ -33,6 +33,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_fanout.bounded import call_within
+from prefect_fanout.call.recording import family_root, join_family
 from prefect_fanout.call.window import CallOutcome, Submitted
 from prefect_fanout.engine.chunks import cut_chunks
 from prefect_fanout.errors import describe
@@ -228,6 +229,7 @@ def run_as_child(
 
     def work() -> None:
         token = _body.set(started)
+        join_family(family)  # the child's calls report to the parent's recording guard
         try:
             child = partition_run.with_options(
                 flow_run_name=name, task_runner=ThreadPoolTaskRunner(max_workers=threads)
@@ -241,6 +243,7 @@ def run_as_child(
             done.set()
             moved.set()
 
+    family = family_root() or parent_id
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(work,), name="fanout-child", daemon=True).start()
     waited, away = 0.0, False
