@@ -440,14 +440,12 @@ def map_corpus(
         check_task_runner(
             merged.runner(), dask_address=merged.dask_address, ray_address=merged.ray_address
         )
+    # profiles given in Python join the agents, and the spec names them
     profiles = dict(settings.pop("agents", None) or {})
-    for field_name, value in (("agent", agent), ("reduce", settings.get("reduce"))):
-        if isinstance(value, AgentProfile):  # a profile given in Python: found by its name
-            profiles[value.name] = value
-            if field_name == "agent":
-                agent = value.name
-            else:
-                settings["reduce"] = value.name
+    if isinstance(agent, AgentProfile):
+        profiles[agent.name], agent = agent, agent.name
+    if isinstance(reduce := settings.get("reduce"), AgentProfile):
+        profiles[reduce.name], settings["reduce"] = reduce, reduce.name
     key = partition if callable(partition) and not isinstance(partition, str) else None
     is_path = isinstance(items_or_path, str | Path)
     given = None if is_path else list(items_or_path)

@@ -27,7 +27,6 @@ from pathlib import Path
 from prefect.filesystems import LocalFileSystem
 
 from prefect_fanout.call.cache import CacheMode, CacheOptions, _result_store
-from prefect_fanout.llm.request import CallRequest
 
 __all__ = ["first_commit_error", "quiet_commit_errors", "storage_path", "unstored"]
 
@@ -78,13 +77,14 @@ def storage_path(options: CacheOptions) -> Path | None:
     return Path(storage.basepath).expanduser()
 
 
-def unstored(calls: Iterable[tuple[str, CallRequest]], options: CacheOptions) -> list[str]:
+def unstored(calls: Iterable[tuple[str, str]], options: CacheOptions) -> list[str]:
     """Ids of answered calls whose record is missing or empty in local result storage.
 
     Empty records (a write cut short) are removed, so a rerun asks again cleanly.
 
     Args:
-        calls: ``(id, request)`` of calls answered by the model in this run (not cache hits).
+        calls: ``(id, cache key)`` of calls answered by the model in this run (not cache
+            hits); an answer carries its request's key (``AgentResult.cache_key``).
         options: The calls' cache options (``off`` stores nothing and checks nothing).
     """
     if options.mode is CacheMode.OFF:
@@ -93,8 +93,8 @@ def unstored(calls: Iterable[tuple[str, CallRequest]], options: CacheOptions) ->
     if base is None:
         return []
     missing: list[str] = []
-    for call_id, request in calls:
-        path = base / request.cache_key()
+    for call_id, key in calls:
+        path = base / key
         try:
             size = path.stat().st_size
         except OSError:

@@ -386,7 +386,7 @@ def _publish_failures(
 def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
     """Ids of answers of this run that did not reach result storage; logged once."""
     answered = [
-        item.id
+        (item.id, result.cache_key or job.requests[item.id].cache_key())
         for item in job.items
         if (result := stage.outcomes[item.id].result) is not None
         and not result.cached
@@ -394,8 +394,7 @@ def _unstored(job: MapJob, stage: MapStage, logger: Any) -> list[str]:
         and not result.truncated
         and not result.chunks
     ]
-    # the requests are built one at a time (see ItemRequests), never all at once
-    missing = unstored(((i, job.requests[i]) for i in answered), job.cache)
+    missing = unstored(answered, job.cache)
     if missing:
         logger.error(
             "map: %d of %d answer(s) could not be stored in result storage %s (%s); they are "
