@@ -50,7 +50,7 @@ _PUBLIC: dict[str, str] = {
     "pipeline": "prefect_fanout.patterns.pipeline",
     "result_from_future": "prefect_fanout.call.task",
     "run_plan": "prefect_fanout.dispatch.run",
-    "submit_agent_call": "prefect_fanout.call.task",
+    "submit_agent_call": "prefect_fanout.call.door",
     "tree": "prefect_fanout.patterns.tree",
 }
 

@@ -19,8 +19,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, SecretStr
 
 from prefect_fanout import AgentProfile, LLMEndpoint, call_agent
-from prefect_fanout.call.task import build_request, result_from_future, submit_agent_call
+from prefect_fanout.call.door import submit_agent_call
+from prefect_fanout.call.task import build_request, result_from_future
 from prefect_fanout.errors import NonRetryableAPIError
+from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.options import CacheMode, RunOptions
 from tests.fakeopenai import Error, Reply
 
@@ -229,3 +231,60 @@ def test_an_expired_answer_is_asked_again(fake_openai):
     _, kept = twice(timedelta(hours=1))
     assert kept.cached is True
     assert fake_openai.count(prompt) == 3
+
+
+def test_the_door_reads_a_budgeted_calls_stored_answer_once_and_settles_what_it_spent(
+    fake_openai, monkeypatch
+):
+    """One door: a budgeted miss reads storage once, reserves, submits, settles on its end."""
+    import prefect_fanout.call.door as door
+    from prefect_fanout.call.path import CallPath
+
+    reads: list[str] = []
+    real_read = door.stored_answer
+
+    def counted(request, options):  # the real read, counted
+        reads.append(request.cache_key())
+        return real_read(request, options)
+
+    monkeypatch.setattr(door, "stored_answer", counted)
+    prompts = [f"{uuid.uuid4().hex} budgeted {n}" for n in range(3)]
+    for prompt in prompts:
+        fake_openai.script(prompt, Reply("ok", prompt_tokens=10, completion_tokens=5))
+    options = RunOptions(endpoint=endpoint(fake_openai), model="gpt-4o-mini", budget_tokens=100_000)
+
+    path = CallPath.of(options)  # its meter outlives the flow runs: read after they end
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=3))
+    def three_calls():
+        submitted = [path.submit(path.request(p, agent=profile())) for p in prompts]
+        return [s if isinstance(s, AgentResult) else result_from_future(s) for s in submitted]
+
+    results = three_calls()
+    meter = path.budget
+    assert [r.cached for r in results] == [False] * 3
+    assert len(reads) == 3 and len(set(reads)) == 3  # one read a call, no second look
+    assert meter.in_flight == 0  # every reservation settled when its task run ended
+    assert meter.spent_tokens == 3 * 15
+
+    reads.clear()
+    again = three_calls()  # stored: one read each, no task run, free
+    assert [r.cached for r in again] == [True] * 3 and len(reads) == 3
+    assert meter.spent_tokens == 3 * 15
+    assert sum(fake_openai.count(p) for p in prompts) == 3
+
+
+def test_submit_agent_call_keeps_to_the_options_budget(fake_openai):
+    from prefect_fanout.errors import BudgetExhausted
+
+    prompt = f"{uuid.uuid4().hex} too dear"
+    options = RunOptions(endpoint=endpoint(fake_openai), model="gpt-4o-mini", budget_tokens=5)
+
+    @flow
+    def one():
+        request = build_request(prompt, agent=profile(), options=options)
+        return submit_agent_call(request, options=options)
+
+    with pytest.raises(BudgetExhausted):
+        one()
+    assert fake_openai.count(prompt) == 0

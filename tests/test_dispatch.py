@@ -73,6 +73,19 @@ def test_task_prompt_is_description_then_input_data_as_sorted_json() -> None:
     )
 
 
+def test_a_dispatch_builds_each_tasks_request_once() -> None:
+    """The plan's checks build each task's request; the dispatcher sends that same one."""
+    from prefect_fanout.dispatch.prompts import task_request
+    from prefect_fanout.dispatch.run import check_plan
+
+    plan = plan_of(task("a", "first"), task("b", "second", "a"))
+    resolver = check_plan(plan, RunOptions(model="test", long_inputs="fail"))
+    built = [task_request(resolver, t, t.agent) for t in plan.tasks]
+    again = [task_request(resolver, t, t.agent) for t in plan.tasks]
+    assert all(one is two for one, two in zip(built, again, strict=True))
+    other = check_plan(plan, RunOptions(model="test"))  # a new run builds its own
+    assert task_request(other, plan.tasks[0], plan.tasks[0].agent) is not built[0]
+
 @pytest.mark.parametrize(
     ("found", "policy", "expected"),
     [

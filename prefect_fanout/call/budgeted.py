@@ -1,27 +1,22 @@
-"""A call submitted within a budget: reserve its estimate on a miss, settle it when it ends.
+"""What a call spent against a budget, and the check of a run's first call.
 
-The budgeted twin of :func:`~prefect_fanout.call.task.submit_or_reuse`, used by
-:class:`~prefect_fanout.call.path.CallPath` when the run has a budget
-(:mod:`prefect_fanout.budget.meter`). A cache hit is returned as always and costs nothing;
-a miss reserves the call's estimate first (waiting for calls in flight while it does not
-fit, raising :class:`~prefect_fanout.errors.BudgetExhausted` once the budget is reached),
-and the task run's end settles the reservation with what its asks spent (failed asks too).
+The door (:func:`~prefect_fanout.call.door.open_call`) reserves a call's estimate on a cache
+miss and settles the reservation with what its asks spent (failed asks too) when it ends;
+this module says what they spent (:mod:`prefect_fanout.budget.meter` keeps the books).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from functools import partial
+from collections.abc import Iterable
 from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from prefect_fanout.budget.meter import BudgetMeter, Reservation
+from prefect_fanout.budget.meter import BudgetMeter
 from prefect_fanout.call.cache import stored_answer
-from prefect_fanout.call.task import answered_request, result_from_future, submit_or_reuse
+from prefect_fanout.call.task import result_from_future
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
-from prefect_fanout.llm.transport import Transport
 from prefect_fanout.options import CacheOptions
 
 __all__ = [
@@ -29,7 +24,6 @@ __all__ = [
     "spent_by",
     "spent_by_error",
     "spent_by_result",
-    "submit_within",
 ]
 
 
@@ -54,50 +48,6 @@ def spent_by_result(result: AgentResult) -> tuple[int, float | None]:
     if result.cached:
         return 0, 0.0
     return result.prompt_tokens + result.completion_tokens, result.cost_usd
-
-
-def _settle(meter: BudgetMeter, reservation: Reservation, future: PrefectFuture[Any]) -> None:
-    tokens, usd = spent_by(future)
-    meter.settle(reservation, tokens, usd)
-
-
-def submit_within(
-    meter: BudgetMeter,
-    request: CallRequest,
-    *,
-    context: Mapping[str, Any] | None = None,
-    transport: Transport | None = None,
-    cache: CacheOptions,
-    answered: CallRequest | None = None,
-    run_name: str | None = None,
-) -> PrefectFuture[AgentResult] | AgentResult:
-    """The call's stored answer, or the call submitted once its estimate fits the budget.
-
-    Raises:
-        BudgetExhausted: The budget is reached; the call is not made.
-    """
-    answered = answered or answered_request(request, context)
-    stored = stored_answer(answered, cache)  # None unless the cache is on and has it
-    if stored is not None:
-        return stored
-    reservation = meter.reserve(answered)
-    try:  # looks up once more: an identical call may have stored its answer meanwhile
-        submitted = submit_or_reuse(
-            request,
-            context=context,
-            transport=transport,
-            cache=cache,
-            answered=answered,
-            run_name=run_name,
-        )
-    except BaseException:
-        meter.cancel(reservation)
-        raise
-    if isinstance(submitted, AgentResult):  # stored meanwhile: free
-        meter.settle(reservation, 0, 0.0)
-        return submitted
-    submitted.add_done_callback(partial(_settle, meter, reservation))
-    return submitted
 
 
 def check_first_call(

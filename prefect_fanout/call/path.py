@@ -18,9 +18,9 @@ from prefect.logging import get_run_logger
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
 from prefect_fanout.budget.meter import BudgetMeter
-from prefect_fanout.call.budgeted import submit_within
+from prefect_fanout.call.door import open_call
 from prefect_fanout.call.longinputs import LongInput, answer_in_chunks
-from prefect_fanout.call.task import answered_request, submit_or_reuse
+from prefect_fanout.call.task import answered_request
 from prefect_fanout.call.window import Submitted
 from prefect_fanout.errors import ConfigurationError
 from prefect_fanout.llm.request import CallRequest
@@ -92,14 +92,20 @@ class CallPath:
         context: Mapping[str, Any] | None = None,
         answered: CallRequest | None = None,
         run_name: str | None = None,
+        in_place: bool = False,
     ) -> Submitted:
-        """The call's stored answer, or the call submitted as an agent-call task run.
+        """The call's stored answer, or the call made as an agent-call task run.
+
+        Every step of the call is :func:`~prefect_fanout.call.door.open_call`'s; this adds
+        the long-input handling (``long_inputs``) and the run's transport and budget.
 
         Args:
             request: The call's request, before upstream context.
             context: Upstream results or futures by id.
             answered: The request with its context applied, when the caller has it.
             run_name: The task run's name, instead of ``agent:item``.
+            in_place: Run the call in this thread and return its result, not a future
+                (:func:`~prefect_fanout.call.single.call_agent`).
 
         Raises:
             BudgetExhausted: The run's budget is reached: the call is not made (a cache
@@ -116,8 +122,8 @@ class CallPath:
             answered = answered or answered_request(request, context)
             long_input = LongInput(answered, self.resolver.counter(request.model), _run_logger())
             if not long_input.fits:
-                return self._long(long_input, run_name)
-        return self._submit(request, context, answered, run_name)
+                return self._long(long_input, run_name, in_place)
+        return self._submit(request, context, answered, run_name, in_place)
 
     def fits(self, request: CallRequest) -> bool:
         """True when ``request`` (without upstream context) needs no long-input handling.
@@ -129,20 +135,20 @@ class CallPath:
             return True
         return LongInput(request, self.resolver.counter(request.model), _run_logger()).fits
 
-    def _long(self, long_input: LongInput, run_name: str | None) -> Submitted:
+    def _long(self, long_input: LongInput, run_name: str | None, in_place: bool) -> Submitted:
         """A call whose input is over its context, as its ``long_inputs`` says."""
         mode = long_input.request.long_inputs
         if mode == "truncate":
             cut = long_input.truncated()
             if isinstance(cut, BaseException):
                 return cut
-            return self._submit(cut, None, cut, run_name)
+            return self._submit(cut, None, cut, run_name, in_place)
         if mode == "chunk":
             chunks = long_input.chunks()
             if isinstance(chunks, BaseException):
                 return chunks
             return answer_in_chunks(
-                long_input, chunks, lambda chunk: self._submit(chunk, None, chunk, None)
+                long_input, chunks, lambda chunk: self._submit(chunk, None, chunk, None, in_place)
             )
         return long_input.error()
 
@@ -152,17 +158,18 @@ class CallPath:
         context: Mapping[str, Any] | None,
         answered: CallRequest | None,
         run_name: str | None,
+        in_place: bool = False,
     ) -> Submitted:
-        how: dict[str, Any] = {
-            "context": context,
-            "transport": self.resolver.transport(request.model),
-            "cache": self.cache,
-            "answered": answered,
-            "run_name": run_name,
-        }
-        if self.budget is not None:
-            return submit_within(self.budget, request, **how)
-        return submit_or_reuse(request, **how)
+        return open_call(
+            request,
+            transport=self.resolver.transport(request.model),
+            cache=self.cache,
+            budget=self.budget,
+            context=context,
+            answered=answered,
+            run_name=run_name,
+            in_place=in_place,
+        )
 
 
 def _run_logger() -> Any:

@@ -15,12 +15,8 @@ from typing import Any
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt
-from prefect_fanout.call.budgeted import spent_by_error, spent_by_result
-from prefect_fanout.call.cache import stored_answer
 from prefect_fanout.call.path import CallPath
-from prefect_fanout.call.task import call_parameters, configured_call_task, result_from_state
 from prefect_fanout.errors import ConfigurationError
-from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.options import RunOptions
 
@@ -77,23 +73,8 @@ def call_agent(
     request = path.request(
         prompt, agent=agent, system=system, variables=variables, item_id=item_id, tags=tags
     )
-    if path.budget is None:
-        return _run(path, request)
-    stored = stored_answer(request, path.cache)
-    if stored is not None:
-        return stored
-    path.budget.check_first(request)
-    reservation = path.budget.reserve(request)
-    try:
-        result = _run(path, request)
-    except Exception as exc:
-        path.budget.settle(reservation, *spent_by_error(exc))
-        raise
-    path.budget.settle(reservation, *spent_by_result(result))
+    result = path.submit(request, in_place=True)  # a long input's error comes back as a value
+    if isinstance(result, BaseException):
+        raise result
+    assert isinstance(result, AgentResult)
     return result
-
-
-def _run(path: CallPath, request: CallRequest) -> AgentResult:
-    task_ = configured_call_task(request, path.cache)
-    transport = path.resolver.transport(request.model)
-    return result_from_state(task_(**call_parameters(request, transport), return_state=True))

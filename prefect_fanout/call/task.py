@@ -2,8 +2,9 @@
 
 The path of a call, top to bottom::
 
-    call_agent (call/single.py) / submit_agent_call (this module): the entry points
+    CallPath.submit / call_agent / submit_agent_call: the ways in (call/path.py, single.py, door.py)
       -> Resolver.request                   (agents/resolver.py: profile, model, endpoint, once)
+      -> open_call                          (call/door.py: stored answer, reserve, start, settle)
       -> agent_call task                    (this module: run name, tags, cache options)
       -> execute_request                    (llm/execute.py: ask, validate, re-ask, account)
       -> Transport.complete                 (llm/transport.py: HTTP with retries, or `test`)
@@ -29,19 +30,15 @@ from prefect.utilities.annotations import quote
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Prompt, Resolver
-from prefect_fanout.call.cache import (
-    lock_directory,
-    stored_answer,
-    task_cache_options,
-)
+from prefect_fanout.call.cache import lock_directory, task_cache_options
 from prefect_fanout.call.tags import run_tags
 from prefect_fanout.errors import AgentCallError
 from prefect_fanout.llm.execute import execute_request
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
 from prefect_fanout.llm.transport import Transport
-from prefect_fanout.options import CacheMode, CacheOptions, RunOptions
-from prefect_fanout.ui.quiet_logs import call_logging, install_quiet_calls
+from prefect_fanout.options import CacheOptions, RunOptions
+from prefect_fanout.ui.quiet_logs import install_quiet_calls
 
 
 @task(name="agent-call", retries=0, persist_result=True)
@@ -135,89 +132,6 @@ def result_from_future(future: PrefectFuture[Any]) -> AgentResult:
     """Wait for a submitted call and return its result (see :func:`result_from_state`)."""
     future.wait()
     return result_from_state(future.state)
-
-
-def submit_agent_call(
-    request: CallRequest,
-    *,
-    context: Mapping[str, Any] | None = None,
-    transport: Transport | None = None,
-    options: RunOptions | None = None,
-    wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    run_name: str | None = None,
-) -> PrefectFuture[AgentResult]:
-    """Submit a call to the flow's task runner and return its future.
-
-    Args:
-        request: The resolved request (see :func:`build_request`).
-        context: Upstream results (or futures) by id, appended to the prompt.
-        transport: What sends the request; by default the one the request's
-            model needs, at the options' endpoint (None: ``OPENAI_*``).
-        options: The run's options (its ``endpoint`` and cache settings are used here).
-        wait_for: Futures to wait for without passing their results.
-        run_name: The task run's name, instead of ``agent:item``.
-
-    Returns:
-        The future of the call's :class:`AgentResult`.
-    """
-    options = options or RunOptions()
-    if transport is None:
-        transport = Resolver(options).transport(request.model)
-    return _submit(request, context, transport, options.cache_options(), wait_for, run_name)
-
-
-def _submit(
-    request: CallRequest,
-    context: Mapping[str, Any] | None,
-    transport: Transport | None,
-    cache: CacheOptions,
-    wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    run_name: str | None = None,
-) -> PrefectFuture[AgentResult]:
-    task_ = configured_call_task(request, cache)
-    if run_name is not None:
-        task_ = task_.with_options(task_run_name=run_name)
-    with call_logging(request.log_call):  # Prefect's "Finished" line: see ui/quiet_logs.py
-        return task_.submit(
-            **call_parameters(request, transport), context=context, wait_for=wait_for
-        )
-
-
-def submit_or_reuse(
-    request: CallRequest,
-    *,
-    context: Mapping[str, Any] | None = None,
-    transport: Transport | None = None,
-    cache: CacheOptions | None = None,
-    answered: CallRequest | None = None,
-    run_name: str | None = None,
-) -> PrefectFuture[AgentResult] | AgentResult:
-    """The call's stored answer when the cache has one, else the call submitted as a task.
-
-    The cache's fast path for shapes of many calls: a hit costs one read of the
-    stored record and no task run (see :func:`~prefect_fanout.call.cache.stored_answer`).
-    Upstream futures in ``context`` must be finished (a dependant starts after them).
-    Shapes reach it through :class:`~prefect_fanout.call.path.CallPath`.
-
-    Args:
-        request: The call's request, before its context.
-        context: Upstream results or futures by id (futures draw the run graph's edges).
-        transport: What sends the request.
-        cache: The call's cache options.
-        answered: The request with its context already applied, when the caller has
-            it (then the upstream futures are not read again for the lookup).
-        run_name: The task run's name, instead of ``agent:item``.
-
-    Returns:
-        The stored result (``cached`` is true), or the future of the submitted call.
-    """
-    options = cache or CacheOptions()
-    if options.mode is CacheMode.ON:
-        answered = answered or answered_request(request, context)
-        stored = stored_answer(answered, options)
-        if stored is not None:
-            return stored
-    return _submit(request, context, transport, options, run_name=run_name)
 
 
 def answered_request(request: CallRequest, context: Mapping[str, Any] | None) -> CallRequest:

@@ -9,7 +9,6 @@ files and, at the end, publishes the run's artifacts.
 from __future__ import annotations
 
 import heapq
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,8 @@ from prefect.context import FlowRunContext
 
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow
-from prefect_fanout.dispatch.acceptance import AcceptanceLoop, criteria_block
+from prefect_fanout.dispatch.acceptance import AcceptanceLoop
+from prefect_fanout.dispatch.prompts import task_prompt, task_request
 from prefect_fanout.dispatch.result import (
     BUDGET_SKIP,
     DISPATCH_TAG,
@@ -253,13 +253,7 @@ class Dispatcher:
         self._fail(run)
 
     def _request(self, task: TaskSpec, agent: str) -> CallRequest:
-        return self.path.request(
-            task_prompt(task),
-            agent=agent,
-            variables=task.input_data,
-            item_id=task.task_id,
-            tags=(DISPATCH_TAG,),
-        )
+        return task_request(self.resolver, task, agent)  # the checks built its first one
 
     def _may_fall_back(self, run: TaskRun) -> bool:
         """Move to the next agent of the chain, if there is one and the run goes on."""
@@ -499,41 +493,3 @@ class Dispatcher:
             "timeout_seconds": self.options.timeout_seconds or self.plan.config.timeout_seconds,
             **self.options.limits(),
         }
-
-
-def task_prompt(task: TaskSpec) -> str:
-    """The prompt of a plan task, before upstream results are added.
-
-    The format is the task's ``description``, then, when ``input_data`` is not
-    empty, a blank line, ``## Input data`` and the data as JSON (2-space indent,
-    sorted keys)::
-
-        Generate the user writer
-
-        ## Input data
-        {
-          "node_type": "Effect"
-        }
-
-    A task with ``acceptance`` criteria gets them next, as a blank line,
-    ``## Acceptance criteria`` and one ``- criterion`` line each.
-
-    The call then appends the dependencies' outputs, in the order of the
-    task's ``dependencies``, as ``## Upstream results`` / ``### <task_id>`` /
-    output (see :meth:`prefect_fanout.llm.request.CallRequest.with_context`).
-
-    Args:
-        task: The plan task.
-
-    Returns:
-        The prompt text.
-
-    """
-    prompt = task.description.rstrip()
-    if task.input_data:
-        data = json.dumps(task.input_data, indent=2, sort_keys=True, ensure_ascii=False)
-        prompt = f"{prompt}\n\n## Input data\n{data}" if prompt else f"## Input data\n{data}"
-    if task.acceptance:
-        block = criteria_block(task.acceptance)
-        prompt = f"{prompt}\n\n{block}" if prompt else block
-    return prompt

@@ -32,8 +32,8 @@ from prefect_fanout.call.longinputs import LongInput
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.dispatch.budget import check_plan_budget
-from prefect_fanout.dispatch.loop import Dispatcher, task_prompt
-from prefect_fanout.dispatch.prompts import task_request
+from prefect_fanout.dispatch.loop import Dispatcher
+from prefect_fanout.dispatch.prompts import task_prompt, task_request
 from prefect_fanout.dispatch.result import DispatchResult
 from prefect_fanout.engine.run import carried_result
 from prefect_fanout.engine.run import final_state as engine_final_state

@@ -36,8 +36,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from prefect_fanout.call.door import open_call
 from prefect_fanout.call.path import CallPath
-from prefect_fanout.call.task import submit_or_reuse
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
@@ -138,12 +138,7 @@ def _run_calls(work: ChunkWork) -> ChunkDone:
     jobs = (
         (
             item_id,
-            partial(
-                submit_or_reuse,
-                request,
-                transport=work.transports[request.model],
-                cache=work.cache,
-            ),
+            partial(open_call, request, transport=work.transports[request.model], cache=work.cache),
         )
         for item_id, request in work.calls
     )
