@@ -21,6 +21,7 @@ from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
+    CallGate,
     group_state,
     run_in_parts,
 )
@@ -56,14 +57,17 @@ class Call:
         context: Upstream results (or futures) by id, rendered as ``## Upstream results``.
         tags: Extra tags of the task run.
         run_name: The task run's name, instead of ``agent:key``.
+        request: The call's request when the shape built it beforehand (a map's items,
+            checked before any call); sent as it is, ``prompt`` and ``tags`` unused.
     """
 
     key: str
     agent: Agent
-    prompt: str
+    prompt: str = ""
     context: Mapping[str, Any] | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     run_name: str | None = None
+    request: CallRequest | None = None
 
 
 def agent_name(agent: Agent) -> str:
@@ -120,6 +124,14 @@ class Engine:
         window: A window to share with the rest of a run (a map's reduce uses the map's);
             a new one of ``max_workers`` by default.
         logger: Where the run logs; the flow run's logger by default.
+        gate: Calls in flight shared with other engines running side by side (a map's
+            partitions share ``max_workers``); each call takes a slot first.
+        on_outcome: Called with each finished call's outcome, in this thread, after it is
+            recorded (a shape that keeps its own books: the classifier, a partition).
+        keep_records: Record each call and apply the failure policy (False: the shape
+            keeps the books through ``on_outcome``, and no failure stops the calls).
+        chunk_group: The group in the names of chunk task runs (``chunk:GROUP:i``);
+            the engine's name by default.
     """
 
     def __init__(
@@ -131,8 +143,16 @@ class Engine:
         tag: str | None = None,
         window: CallWindow[str] | None = None,
         logger: Logger | None = None,
+        gate: CallGate | None = None,
+        on_outcome: Callable[[CallOutcome[str]], None] | None = None,
+        keep_records: bool = True,
+        chunk_group: str | None = None,
     ) -> None:
         self.name = name
+        self.chunk_group = chunk_group or name
+        self.gate = gate
+        self.on_outcome = on_outcome
+        self.keep_records = keep_records
         self.path = path
         self.workers = path.options.workers(default_workers)
         self.failure_policy = path.options.policy()
@@ -183,9 +203,12 @@ class Engine:
 
     def submitter(self, call: Call) -> Callable[[], Submitted]:
         """What submits ``call`` when the window has room (its request is built then)."""
-        return partial(self._submit, call)
+        submit = partial(self._submit, call)
+        return self.gate.gated(submit) if self.gate is not None else submit
 
     def _request(self, call: Call) -> CallRequest:
+        if call.request is not None:
+            return call.request
         tags = (self.tag, *call.tags) if self.tag else call.tags
         return self.path.request(call.prompt, agent=call.agent, item_id=call.key, tags=tags)
 
@@ -267,7 +290,7 @@ class Engine:
         outcomes: dict[str, CallOutcome[str]] = {}
         for outcome in self.window.run(self._entries(calls)):
             outcomes[outcome.key] = outcome
-            self.record(outcome)
+            self.finished(outcome)
         return outcomes
 
     def run_in_child_runs(self, calls: list[Call], bound: int) -> dict[str, CallOutcome[str]]:
@@ -298,7 +321,7 @@ class Engine:
                         outcomes[call.key] = CallOutcome(
                             call.key, None, AgentCallError(child.why())
                         )
-                        self.record(outcomes[call.key])
+                        self.finished(outcomes[call.key])
         finally:
             self.window = window
         return outcomes
@@ -346,7 +369,7 @@ class Engine:
         requests = {call.key: self.requests[call.key] for call in calls}
         measured = ChunkRun()
         finished = run_chunks(
-            {self.name: [call.key for call in calls]},
+            {self.chunk_group: [call.key for call in calls]},
             requests,
             transports={
                 m: self.resolver.transport(m) for m in {r.model for r in requests.values()}
@@ -361,7 +384,7 @@ class Engine:
         outcomes: dict[str, CallOutcome[str]] = {}
         for outcome in finished:
             outcomes[outcome.key] = outcome
-            self.record(outcome)
+            self.finished(outcome)
             if self.stopped:
                 finished.close()
                 break
@@ -389,6 +412,13 @@ class Engine:
             yield call.key, self.submitter(call)
 
     # ---------------------------------------------------------------- records
+
+    def finished(self, outcome: CallOutcome[str]) -> None:
+        """A call finished: record it (unless the shape keeps its own books), then tell it."""
+        if self.keep_records:
+            self.record(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     def record(self, outcome: CallOutcome[str]) -> None:
         """Record a finished call; a failure is logged and may stop the run."""

@@ -9,20 +9,13 @@ run's budget refused is recorded as skipped, not failed: its item is labelled
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+from collections.abc import Mapping
 from typing import Any
 
-from prefect.context import FlowRunContext
-
 from prefect_fanout.call.path import CallPath
-from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
-from prefect_fanout.engine.child_runs import (
-    DEFAULT_RUN_CALLS,
-    group_state,
-    run_in_parts,
-)
-from prefect_fanout.errors import AgentCallError, describe
+from prefect_fanout.call.window import CallOutcome, CallWindow
+from prefect_fanout.engine.run import Call, Engine
+from prefect_fanout.errors import describe
 from prefect_fanout.files import jsonable
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.llm.result import AgentResult
@@ -61,13 +54,6 @@ def label_from_output(output: Any) -> str:
     return text.strip() or UNKNOWN
 
 
-def _jobs(
-    requests: Mapping[str, CallRequest], path: CallPath
-) -> Iterator[tuple[str, Callable[[], Submitted]]]:
-    for item_id, request in requests.items():
-        yield item_id, partial(path.submit, request)
-
-
 def classify_items(
     requests: Mapping[str, CallRequest],
     *,
@@ -80,7 +66,7 @@ def classify_items(
     Args:
         requests: The classifier request of each item, by item id.
         path: The run's call path (transports and cache settings).
-        window: Bounds the calls in flight.
+        window: Bounds the calls in flight (the map's: its peak is the map's).
         logger: Where to log failures.
 
     Returns:
@@ -126,27 +112,18 @@ def classify_items(
             )
         )
 
-    bound = path.options.calls_per_run or DEFAULT_RUN_CALLS
-    if len(requests) <= bound or FlowRunContext.get() is None:
-        for done in window.run(_jobs(requests, path)):
-            keep(done)
-    else:  # over one flow run's graph: child runs "classify (i/n)", one after another
-
-        def run_part(ids: list[str]) -> Any:
-            here: CallWindow[str] = CallWindow(window.window)
-            outcomes = []
-            for done in here.run(_jobs({item_id: requests[item_id] for item_id in ids}, path)):
-                keep(done)
-                outcomes.append(done)
-            window.note_peak(here.peak)
-            return group_state(outcomes, len(ids))
-
-        parts = run_in_parts(
-            "classify", list(requests), bound, run_part, threads=window.window, logger=logger
-        )
-        for ids, child in parts:
-            for item_id in ids:  # a child that could not run classified none of its items
-                if item_id not in labels:
-                    keep(CallOutcome(item_id, None, AgentCallError(child.why())))
+    engine = Engine(
+        "classify",
+        path,
+        default_workers=window.window,
+        window=window,
+        logger=logger,
+        on_outcome=keep,
+        keep_records=False,  # its records are named classify:ID, and a failure labels unknown
+    )
+    # Over calls_per_run, the calls run in child flow runs "classify (i/n)" (see the engine).
+    engine.run_calls(
+        Call(item_id, request.agent, request=request) for item_id, request in requests.items()
+    )
     progress.finish()
     return labels, usage, records

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 
-from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
+from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
     CallGate,
@@ -40,7 +40,8 @@ from prefect_fanout.engine.child_runs import (
     run_as_child,
     run_side_by_side,
 )
-from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, cut_chunks, run_chunks
+from prefect_fanout.engine.chunks import ChunkRun, chunk_slots_for, cut_chunks
+from prefect_fanout.engine.run import Call, Engine
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.files import jsonable, write_jsonl_atomic
 from prefect_fanout.llm.request import CallRequest
@@ -161,13 +162,14 @@ class _Mapper:
         self.total = 0
         self.count = 0
 
-    def submitter(self, key: str, item: Item) -> Callable[[], Submitted]:
-        if item.id in self.answered:  # answered in batch mode (or failed there for good)
-            answer = self.answered[item.id]
-            return lambda: answer
+    def answers(self, items: Iterable[Item]) -> dict[str, AgentResult | BaseException]:
+        """Batch mode's answers (or the errors that failed them for good) of ``items``."""
+        return {item.id: self.answered[item.id] for item in items if item.id in self.answered}
+
+    def request(self, key: str, item: Item) -> CallRequest:
+        """An item's request, tagged with its partition."""
         request = self.job.requests[item.id]
-        request = request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
-        return partial(self.job.path.submit, request)
+        return request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
 
     def record(self, key: str, item: Item, done: CallOutcome[Any], logger: Any) -> None:
         """Keep one call's outcome (from any partition's thread) and report progress."""
@@ -278,42 +280,6 @@ def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str,
     return requests
 
 
-def _chunked(
-    job: MapJob,
-    groups: Mapping[str, list[Item]],
-    slots: int,
-    measured: ChunkRun,
-    logger: Any,
-) -> Iterator[CallOutcome[tuple[str, Item]]]:
-    """The map's outcomes, its partitions sent to the workers in chunks."""
-    requests = _tagged_requests(job, groups)
-    models = {request.model for request in requests.values()}
-    by_id = {item.id: (key, item) for key, items in groups.items() for item in items}
-    finished = run_chunks(
-        {key: [item.id for item in items] for key, items in groups.items()},
-        requests,
-        transports={model: job.resolver.transport(model) for model in models},
-        cache=job.cache,
-        max_workers=job.max_workers,
-        slots=slots,
-        given_size=job.options.chunk_size,
-        measured=measured,
-        logger=logger,
-    )
-    first = True
-    for outcome in finished:
-        if first:
-            logger.info(
-                "map: partitions sent to %d worker slot(s) in %s-call chunks, %d call(s) at "
-                "once in each",
-                measured.slots,
-                measured.size,
-                measured.threads,
-            )
-            first = False
-        yield CallOutcome(by_id[outcome.key], outcome.result, outcome.error)
-
-
 def _part_state(outcomes: list[CallOutcome[Any]], report: PartitionReport | None) -> State[Any]:
     """A partition run's final state: Failed when dead-lettered, else by its calls."""
     if report is not None and report.status == "dead_letter":
@@ -331,7 +297,7 @@ class _PartitionRuns:
         self.gate = CallGate(self.job.max_workers, mapper.logger)
         context = FlowRunContext.get()
         self.runner = context.task_runner if slots is not None and context else None
-        self.measured = ChunkRun()
+        self.peak = 0  # calls in flight at once in any one part (on workers: their threads)
         self.bound = self.job.options.calls_per_run or DEFAULT_RUN_CALLS
 
     def part(self, key: str, name: str, items: list[Item], part: list[Item], last: bool) -> Any:
@@ -339,23 +305,29 @@ class _PartitionRuns:
         from prefect.logging import get_run_logger
 
         mapper, logger = self.mapper, get_run_logger()
-        if self.runner is None or self.slots is None:
-            window: CallWindow[tuple[str, Item]] = CallWindow(self.job.max_workers)
-            calls = (((key, item), self.gate.gated(mapper.submitter(key, item))) for item in part)
-            for done in window.run(calls):
-                mapper.record(key, done.key[1], done, logger)
+        by_id = {item.id: item for item in part}
+        engine = Engine(
+            f"partition {key}",
+            self.job.path,
+            default_workers=self.job.max_workers,
+            window=CallWindow(self.job.max_workers),  # the recording guard of this child run
+            logger=logger,
+            gate=self.gate,  # max_workers over every partition running at once
+            on_outcome=lambda done: mapper.record(key, by_id[done.key], done, logger),
+            keep_records=False,  # the partition's rows and the map's records are the books
+            chunk_group=key,  # its chunks' task runs: chunk:KEY:i
+        )
+        engine.answered.update(mapper.answers(part))  # batch mode's, used as they are
+        calls = [Call(item.id, self.job.agent, request=mapper.request(key, item)) for item in part]
+        if self.runner is None:
+            engine.run_calls(calls)
         else:  # Dask or Ray: this part's calls go to the map's workers in chunks
-            measured = ChunkRun()
             context = FlowRunContext.get()
             assert context is not None
             with context.model_copy(update={"task_runner": self.runner}):
-                for done in _chunked(self.job, {key: part}, self.slots, measured, logger):
-                    mapper.record(key, done.key[1], done, logger)
-            with mapper.lock:
-                self.measured.chunks += measured.chunks
-                self.measured.peak = max(self.measured.peak, measured.peak)
-                self.measured.slots, self.measured.size = measured.slots, measured.size
-                self.measured.threads = measured.threads
+                engine.run_calls(calls)
+        with mapper.lock:
+            self.peak = max(self.peak, engine.window.peak)
         report = None
         if last:
             future = mapper.submit_write(key, name, items)
@@ -486,10 +458,6 @@ def map_partitions(
             runs.run(groups, names)
         finally:
             mapper.progress.finish()
-        if runs.slots is not None:
-            measured = runs.measured
-            window.note_peak(min(job.max_workers, measured.peak * min(runs.slots, measured.chunks)))
-        else:
-            window.note_peak(runs.gate.peak)
+        window.note_peak(runs.gate.peak if runs.slots is None else runs.peak)
     stage.duration_s = time.perf_counter() - started
     return stage
