@@ -9,14 +9,14 @@ the resolver does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.agents.resolver import Prompt, Resolver
+from prefect_fanout.agents.resolver import Resolver
 from prefect_fanout.budget.meter import BudgetMeter
 from prefect_fanout.call.door import open_call
 from prefect_fanout.call.longinputs import LongInput, answer_in_chunks
@@ -63,27 +63,10 @@ class CallPath:
         """The run's options."""
         return self.resolver.options
 
-    def request(
-        self,
-        prompt: Prompt,
-        *,
-        agent: str | AgentProfile,
-        item_id: str | None = None,
-        tags: Iterable[str] = (),
-        variables: Mapping[str, Any] | None = None,
-        system: str | None = None,
-        timeout_seconds: float | None = None,
-    ) -> CallRequest:
-        """The fully resolved request of one call (see :meth:`Resolver.request`)."""
-        return self.resolver.request(
-            prompt,
-            agent=agent,
-            item_id=item_id,
-            tags=tags,
-            variables=variables,
-            system=system,
-            timeout_seconds=timeout_seconds,
-        )
+    @property
+    def request(self) -> Callable[..., CallRequest]:
+        """The fully resolved request of one call: the resolver's :meth:`Resolver.request`."""
+        return self.resolver.request
 
     def submit(
         self,

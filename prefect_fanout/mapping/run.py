@@ -198,6 +198,19 @@ def _reduce(
     return tree
 
 
+def _about(job: MapJob) -> dict[str, Any]:
+    """The summary's fields that say which map this was (its run, input, agent, outputs)."""
+    return {
+        "flow_run_id": _flow_run_id(),
+        "source": job.source,
+        "agent": job.agent.name,
+        "model": job.model_name,
+        "partition_spec": job.spec_text,
+        "output_dir": str(job.output_dir),
+        "total": len(job.items),
+    }
+
+
 def run_map(job: MapJob) -> MapSummary:
     """Run a prepared map job inside the current flow run and write its outputs.
 
@@ -314,13 +327,7 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
     dead = set(dead_ids)
     outcomes = stage.outcomes
     summary = MapSummary(
-        flow_run_id=_flow_run_id(),
-        source=job.source,
-        agent=job.agent.name,
-        model=job.model_name,
-        partition_spec=job.spec_text,
-        output_dir=str(out),
-        total=len(job.items),
+        **_about(job),
         completed=sum(1 for i in job.items if outcomes[i.id].ok and i.id not in dead),
         failed=len(failed_ids),
         dead_letter=len(dead_ids),
@@ -432,13 +439,7 @@ def _pending_summary(job: MapJob, batch: BatchPhase, started: float, logger: Any
         sum(1 for row in batch.report.batches if row.status not in ("completed", "failed")),
     )
     summary = MapSummary(
-        flow_run_id=_flow_run_id(),
-        source=job.source,
-        agent=job.agent.name,
-        model=job.model_name,
-        partition_spec=job.spec_text,
-        output_dir=str(job.output_dir),
-        total=len(job.items),
+        **_about(job),
         completed=0,
         failed=0,
         dead_letter=0,
