@@ -194,6 +194,23 @@ def test_a_pattern_chunks_a_long_item_and_fails_none(
 
 
 @pytest.mark.server
+def test_call_agent_truncates_a_long_input_as_its_option_says_and_fails_one_by_default(
+    prefect_server: Any, fake_openai: FakeOpenAI
+) -> None:
+    """One call takes the same door as every shape: long_inputs applies to it too."""
+    from prefect_fanout import call_agent
+
+    run = tag()
+    fake_openai.emulate(context_tokens=4096, props=True, tokenize=True)
+    options = RunOptions(endpoint=endpoint_for(fake_openai), max_tokens=200)
+    cut = call_agent(long_text(run), options=options.model_copy(update={"long_inputs": "truncate"}))
+    assert cut.truncated and len(fake_openai.requests(run)) == 1
+    with pytest.raises(Exception, match="context"):
+        call_agent(f"{run} again " + long_text(run), options=options)
+    assert len(fake_openai.requests(f"{run} again")) == 0  # refused before any request
+
+
+@pytest.mark.server
 def test_a_dispatch_task_whose_prompt_is_over_the_context_is_exit_2_before_running(
     prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
