@@ -25,6 +25,7 @@ from typing import Any
 from prefect import task
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
+from prefect.results import ResultRecord
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
@@ -116,11 +117,19 @@ def configured_call_task(request: CallRequest, cache: CacheOptions | None = None
 def result_from_state(state: State[Any]) -> AgentResult:
     """The call's result from its final state, marked ``cached`` for a cache hit.
 
+    A completed call's state holds its result record in memory; it is read from there.
+    (``State.result()`` runs a coroutine on Prefect's event-loop thread for every call: a
+    hand-over that cost the map's one collecting thread 3.6 ms a call, 5 s of B1's 14.)
+
     Raises:
         Exception: The call's own error when the state is not completed.
 
     """
-    result = state.result(raise_on_failure=True)
+    data = state.data
+    if state.is_completed() and isinstance(data, ResultRecord):  # in memory: no event-loop hop
+        result = data.result
+    else:  # a failure (raised here), or a result to read from storage
+        result = state.result(raise_on_failure=True)
     if not isinstance(result, AgentResult):
         raise AgentCallError(f"agent call returned {type(result).__name__}, not AgentResult")
     if state.name == "Cached":
