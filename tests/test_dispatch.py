@@ -86,6 +86,7 @@ def test_a_dispatch_builds_each_tasks_request_once() -> None:
     other = check_plan(plan, RunOptions(model="test"))  # a new run builds its own
     assert task_request(other, plan.tasks[0], plan.tasks[0].agent) is not built[0]
 
+
 @pytest.mark.parametrize(
     ("found", "policy", "expected"),
     [

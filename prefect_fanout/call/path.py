@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from prefect.exceptions import MissingContextError
@@ -143,16 +144,9 @@ class CallPath:
         run_name: str | None,
         in_place: bool = False,
     ) -> Submitted:
-        return open_call(
-            request,
-            transport=self.resolver.transport(request.model),
-            cache=self.cache,
-            budget=self.budget,
-            context=context,
-            answered=answered,
-            run_name=run_name,
-            in_place=in_place,
-        )
+        door = partial(open_call, cache=self.cache, budget=self.budget)  # the run's settings
+        how = {"context": context, "answered": answered, "run_name": run_name, "in_place": in_place}
+        return door(request, transport=self.resolver.transport(request.model), **how)
 
 
 def _run_logger() -> Any:
