@@ -189,9 +189,15 @@ def check_against_threads(
 @pytest.mark.server
 @pytest.mark.timeout(600)
 def test_a_map_on_a_local_cluster_sends_chunks_and_matches_threads(
-    prefect_server: Any, fake_openai: FakeOpenAI, endpoint: LLMEndpoint, tmp_path: Path
+    prefect_server: Any,
+    fake_openai: FakeOpenAI,
+    endpoint: LLMEndpoint,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     check_against_threads(prefect_server, fake_openai, endpoint, tmp_path, task_runner="dask")
+    printed = "".join(capfd.readouterr())  # the workers' lines too: they share these fds
+    assert "No lock held" not in printed  # a chunk's commit released its calls' locks again
 
 
 @pytest.mark.server

@@ -36,3 +36,19 @@ def test_holders_of_one_key_never_overlap_and_no_file_is_left(tmp_path):
     assert list((tmp_path / "locks").iterdir()) == []  # released locks leave no file
     assert not manager.is_locked("key")
     assert list((tmp_path / "locks").iterdir()) == []  # asking creates none either
+
+
+def test_a_second_release_is_a_no_op_but_another_holders_release_is_refused(tmp_path):
+    """Prefect commits a nested call's transaction twice; the second release changes nothing."""
+    import pytest
+
+    manager = FlockLockManager(tmp_path / "locks")
+    assert manager.acquire_lock("key", "first", acquire_timeout=5)
+    with pytest.raises(ValueError, match="No lock held by second"):
+        manager.release_lock("key", "second")
+    assert manager.is_locked("key")
+    manager.release_lock("key", "first")
+    manager.release_lock("key", "first")  # again: nothing held, nothing raised
+    assert not manager.is_locked("key")
+    assert manager.acquire_lock("key", "second", acquire_timeout=5)
+    manager.release_lock("key", "second")

@@ -97,14 +97,21 @@ class FlockLockManager(LockManager):
         )
 
     def release_lock(self, key: str, holder: str) -> None:
-        """Release the lock; only its holder may.
+        """Release the lock; only its holder may. Releasing a lock no one here holds is a no-op.
+
+        Prefect commits a task's transaction again when a parent transaction commits (a
+        call run inside a ``map-chunk`` task on a Dask or Ray worker is such a child), and
+        each commit releases the lock: the second release finds it already given back, and
+        raising then only printed a traceback for a call that had succeeded.
 
         Raises:
-            ValueError: ``holder`` does not hold the lock on ``key``.
+            ValueError: Another holder holds the lock on ``key``.
         """
         with self._guard:
             held = self._held.get(key)
-            if held is None or held[0] != holder:
+            if held is None:
+                return  # released already (see above)
+            if held[0] != holder:
                 raise ValueError(f"No lock held by {holder} for transaction with key {key}")
             del self._held[key]
         try:
