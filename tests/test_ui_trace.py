@@ -78,11 +78,16 @@ def test_dependencies_are_edges_of_the_run_graph(traced_run) -> None:
 
 
 def test_artifacts_of_a_dispatch_run(api, traced_run) -> None:
+    def complete(found: list[dict]) -> bool:  # the progress bar's last update may come later
+        progress = [a for a in found if a["type"] == "progress"]
+        summary = any(a.get("key") == "fanout-dispatch-summary" for a in found)
+        return summary and len(progress) == 1 and float(progress[0]["data"]) == 100.0
+
     artifacts = poll(
         lambda: api.artifacts(traced_run["id"]),
-        lambda found: any(a.get("key") == "fanout-dispatch-summary" for a in found),
+        complete,
         30,
-        "the dispatch summary artifact",
+        "the dispatch summary artifact and the progress bar at 100",
     )
     by_key = {a["key"]: a for a in artifacts if a.get("key")}
     summary = by_key["fanout-dispatch-summary"]
