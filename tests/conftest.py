@@ -281,15 +281,66 @@ SERVER_FIXTURES = {"prefect_server", "_fake_openai_session", "fake_openai"}
 HEAVY_MARKS = ("server", "browser", "faults", "realmodel", "postgres")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``unit`` every test that needs no server (``pytest -m unit`` runs that tier).
+#: Files whose tests start Ray heads: they run on one xdist worker, one head at a time (two
+#: heads starting side by side on 2 cores made a head's client server miss its start).
+RAY_FILES = frozenset({"test_chunks.py", "test_runners.py"})
+#: Files with the longest tests (a 60 s lease, Ray heads, the real model, minute-long rate
+#: tests), longest first: under ``pytest -n 2 --dist loadgroup`` they start first, so the short
+#: files fill the other worker instead of one long file ending the run alone. Only an order:
+#: a file missing here runs after them, in collection order.
+LONG_FILES = (
+    "test_faults.py",
+    "test_realmodel.py",
+    "test_chunks.py",
+    "test_runners.py",
+    "test_never_hang.py",
+    "test_limits.py",
+    "test_learned_limits.py",
+    "test_partition_pool.py",
+    "test_map_cli.py",
+    "test_ui_partitions.py",
+    "test_batch.py",
+    "test_mapreduce.py",
+    "test_deployments.py",
+)
 
-    A test is in the tier unless it uses a server fixture or carries a heavy tier's mark;
-    a test that starts a server by itself carries ``server`` (or another heavy mark).
+
+def xdist_group_of(item: pytest.Item) -> str:
+    """Name the xdist group a test runs in: its file, its documentation example, or ``ray``.
+
+    Tests of one file share module fixtures (a server, a browser), so a file is one group;
+    each documentation example runs alone in its own directory, so each is its own group; the
+    files that start Ray heads share one group.
+    """
+    name = item.path.name
+    if name in RAY_FILES:
+        return "ray"
+    callspec = getattr(item, "callspec", None)
+    if name == "test_doc_examples.py" and callspec is not None:
+        return f"docs:{callspec.id}"
+    return name
+
+
+def _long_first(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``unit`` every test that needs no server, group the tests for xdist, long files first.
+
+    A test is in the unit tier (``pytest -m unit``) unless it uses a server fixture or carries a
+    heavy tier's mark; a test that starts a server by itself carries ``server`` (or another
+    heavy mark). Every test gets an ``xdist_group`` (see `xdist_group_of`), which
+    ``--dist loadgroup`` (scripts/test.sh) keeps on one worker. This hook runs before xdist's,
+    which reads the groups.
     """
     for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
         if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS):
             continue
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             continue
         item.add_marker(pytest.mark.unit)
+    items.sort(key=_long_first)
