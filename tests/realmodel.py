@@ -61,14 +61,27 @@ def missing(kind: str | None = None) -> str | None:
     )
 
 
+def model_threads() -> str:
+    """Threads the model runs on: 2, or 1 while other tests run beside it (pytest-xdist).
+
+    llama.cpp's threads wait for each other at every step by spinning; with another
+    worker's tests on the same 2 cores a spinning thread holds a core its partner needs,
+    and the model ran 3-8 times slower (a 20-item map passed its 280 s bound). One
+    thread has no partner to wait for.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return "1" if workers > 1 else "2"
+
+
 def command(kind: str, port: int) -> list[str]:
     """The command line that serves the model with server ``kind`` on 127.0.0.1:port."""
     model = str(gguf_path())
+    threads = model_threads()
     if kind == "llama-server":
         return [
             str(cache_dir() / "bin" / "llama-server"),
             "-m", model, "--host", "127.0.0.1", "--port", str(port),
-            "-c", "4096", "-np", "2", "-t", "2", "--no-jinja", "--chat-template", "gemma",
+            "-c", "4096", "-np", "2", "-t", threads, "--no-jinja", "--chat-template", "gemma",
             "-a", MODEL_ALIAS,
         ]  # fmt: skip
     if kind == "llama-cpp-python":
@@ -76,7 +89,7 @@ def command(kind: str, port: int) -> list[str]:
             str(cache_dir() / "llama-cpp-python" / "bin" / "python"),
             "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
             "--port", str(port), "--chat_format", "gemma", "--n_ctx", "4096",
-            "--n_threads", "2",
+            "--n_threads", threads, "--n_threads_batch", threads,
         ]  # fmt: skip
     raise ValueError(f"unknown server {kind!r}; one of {', '.join(SERVERS)}")
 

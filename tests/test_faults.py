@@ -208,11 +208,12 @@ def test_a_plan_and_a_prompt_over_the_parameter_limit_run_end_to_end(
 ) -> None:
     env = env_for(prefect_server.api_url, prefect_server.storage_path, None, FANOUT_MODEL="test")
     tag = uuid.uuid4().hex[:8]
-    width, levels = 100, 100  # 10,000 tasks; each depends on the one above it
+    width, levels = 40, 50  # 2,000 tasks; each depends on the one above it
+    padding = " and say why" * 24  # the plan over 512 KB with a fifth of the tasks to run
     tasks = [
         {
             "task_id": f"t{lv}-{i}",
-            "description": f"{tag} step {lv} of chain {i}",
+            "description": f"{tag} step {lv} of chain {i}{padding}",
             "dependencies": [f"t{lv - 1}-{i}"] if lv else [],
         }  # fmt: skip
         for lv in range(levels)
@@ -230,8 +231,8 @@ def test_a_plan_and_a_prompt_over_the_parameter_limit_run_end_to_end(
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stderr) < 20_000  # never the plan on stderr
     result = json.loads(done.stdout)
-    assert result["summary"]["completed"] == 10_000
-    print(f"\n[10,000-task plan] dispatched in {time.monotonic() - started:.0f} s")
+    assert result["summary"]["completed"] == width * levels
+    print(f"\n[{width * levels}-task plan] dispatched in {time.monotonic() - started:.0f} s")
 
     prompt = f"{tag} " + "x" * (1024 * 1024)
     call = subprocess.run([*FANOUT, "call", "-", "--json"], input=prompt, env=env,
