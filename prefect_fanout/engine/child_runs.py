@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +45,7 @@ __all__ = [
     "ChildRun",
     "child_run_name",
     "group_state",
+    "join_ended_children",
     "run_as_child",
     "run_in_parts",
     "run_side_by_side",
@@ -82,6 +84,8 @@ _body: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar
 )
 _starting = threading.Lock()
 _api_away: set[Any] = set()  # parent flow runs whose children could not be created in time
+_ending: list[threading.Thread] = []  # threads of child runs whose final state is reported
+_ending_lock = threading.Lock()
 
 
 def child_run_name(label: str, part: int, parts: int) -> str:
@@ -213,8 +217,13 @@ def run_as_child(
         return ChildRun(name, body(), in_parent=parent_id is not None)
     claim = threading.Lock()
     moved, finished, done = threading.Event(), threading.Event(), threading.Event()
+    ended = threading.Event()  # the child's final state is set, or its thread is done
     box: dict[str, Any] = {}
     start = _Start()
+
+    def reported(_flow: Any, _run: Any, state: State[Any]) -> None:
+        box["reported"] = state
+        ended.set()
 
     def started() -> State[Any] | None:
         start.release()
@@ -232,7 +241,15 @@ def run_as_child(
         join_family(family)  # the child's calls report to the parent's recording guard
         try:
             child = partition_run.with_options(
-                flow_run_name=name, task_runner=ThreadPoolTaskRunner(max_workers=threads)
+                flow_run_name=name,
+                task_runner=ThreadPoolTaskRunner(max_workers=threads),
+                # Prefect calls a flow's state hooks as soon as its final state is set;
+                # the run's end (joining its heartbeat thread, which sleeps in whole
+                # seconds) goes on after, while the parent does its own work.
+                on_completion=[reported],
+                on_failure=[reported],
+                on_cancellation=[reported],
+                on_crashed=[reported],
             )
             box["state"] = child(name=name, calls=calls, return_state=True)
         except BaseException as exc:  # the run could not be created, or its engine failed
@@ -241,11 +258,13 @@ def run_as_child(
             _body.reset(token)
             start.release()
             done.set()
+            ended.set()
             moved.set()
 
     family = family_root() or parent_id
     context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(work,), name="fanout-child", daemon=True).start()
+    thread = threading.Thread(target=context.run, args=(work,), name="fanout-child", daemon=True)
+    thread.start()
     waited, away = 0.0, False
     while not moved.wait(START_WAIT_SECONDS):  # a slow server is waited for; a gone one is not
         waited += START_WAIT_SECONDS
@@ -269,7 +288,7 @@ def run_as_child(
             )
         return ChildRun(name, body(), error=None, in_parent=True)
     finished.wait()  # the body's calls are bounded by their own deadlines
-    if not done.wait(REPORT_WAIT_SECONDS):
+    if not ended.wait(REPORT_WAIT_SECONDS):
         if logger is not None:
             logger.warning(
                 "flow run %r did its work; its end was not reported to the Prefect API within %g s",
@@ -277,7 +296,27 @@ def run_as_child(
                 REPORT_WAIT_SECONDS,
             )
         return ChildRun(name, box.get("body"))
-    return ChildRun(name, box.get("state", box.get("body")), box.get("error"))
+    if not done.is_set():  # reported: its thread ends by itself; joined before the parent's end
+        with _ending_lock:
+            _ending.append(thread)
+    state = box.get("state", box.get("reported", box.get("body")))
+    return ChildRun(name, state, box.get("error"))
+
+
+def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
+    """Wait (at most ``timeout`` seconds in all) for the threads of child runs that have ended.
+
+    A child run's final state is reported before its thread is done (see
+    :func:`run_as_child`); a shape calls this before its own flow run ends, so every child
+    run's last lines reach its logs before the process can exit.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with _ending_lock:
+            if not _ending:
+                return
+            thread = _ending.pop()
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def run_in_parts(

@@ -43,6 +43,9 @@ class ProgressReporter:
         self.note = note
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
+        # Asked once: a terminal's bar is redrawn per call, and the question is a system call
+        # on the thread that collects the calls.
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.reported = artifact  # False once the API failed: no more requests
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -100,7 +103,7 @@ class ProgressReporter:
         self._draw()
 
     def _draw(self) -> None:
-        if not getattr(self.stream, "isatty", lambda: False)():
+        if not self._tty:
             return
         width = 30
         filled = 0 if self.total == 0 else int(width * self.done / self.total)
