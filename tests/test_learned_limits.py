@@ -228,3 +228,29 @@ def test_limits_far_above_use_ask_the_server_a_few_times_not_once_a_call(
     print(f"far-above limits: {stats.api_calls} Prefect API calls for {stats.permits} requests")
     assert stats.permits == len(done) == 300
     assert stats.api_calls / stats.permits <= 0.3
+
+
+@pytest.mark.server
+def test_an_endpoint_without_headers_is_probed_once_per_server(
+    prefect_server: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.default_latency = 0.3  # no enforce(): answers carry no x-ratelimit headers
+    run, api_key = tag(), f"sk-{uuid.uuid4().hex}"
+    for process in ("first", "second"):
+        code, out, err = finish(
+            _run_map(prefect_server, fake_openai, tmp_path, f"{run}{process}", api_key, 8, process)
+        )
+        assert code == 0, err[-3000:]
+        assert _completed(out) == 8
+    first, second = (
+        sorted(fake_openai.requests(f"{run}{process}"), key=lambda r: r.arrived)
+        for process in ("first", "second")
+    )
+    # the first process's first request went alone: the next arrived once it was answered
+    assert first[0].finished is not None and first[1].arrived >= first[0].finished
+    # the second process knew there is nothing to learn: its requests went together
+    assert second[0].finished is not None and second[1].arrived < second[0].finished
+    name = learned_name(endpoint_key(fake_openai.base_url, api_key))
+    with get_client(sync_client=True) as client:
+        kept = client.read_variable_by_name(name)
+    assert kept is not None and kept.value == {"headers": False}

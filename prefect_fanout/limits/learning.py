@@ -9,7 +9,9 @@ The rules (the limiter applies them under its lock):
   (:mod:`~prefect_fanout.limits.learned`) give the provider's rates. With a Prefect
   server, what one process learned is kept there (a variable named after the
   endpoint), so the next process starts from it without a probe, and both take the
-  learned rate from one shared limit, never each the whole of it.
+  learned rate from one shared limit, never each the whole of it. An endpoint whose
+  first answer carried no such headers (a local server, vLLM) is kept as such, so the
+  next process sends its first requests at once too.
 - **Explicit values win.** A rate set by a flag, an endpoint field or a plan's config
   is never replaced by a learned one; the other rate may still be learned.
 - **How tokens are counted.** OpenAI counts a request's prompt plus ``max_tokens``

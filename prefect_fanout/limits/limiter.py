@@ -296,6 +296,10 @@ class EndpointLimiter:
                 self._learning.answered(time.monotonic())
         said = read_headers(headers)
         if said is None:
+            if permit is not None and permit._probe and reported is not None:
+                # nothing to learn from this endpoint: kept, so the next process sends its
+                # first requests at once instead of one alone
+                self._keep({"headers": False})
             return
         with self._cond:
             learned = False
@@ -315,11 +319,17 @@ class EndpointLimiter:
                 "tokens_per_minute": self._learned("tpm"),
                 "hand_back": self._learning.hand_back,
             }
-        if learned and self.backend is not None:
-            try:
-                self.backend.publish_learned(self.key, kept)
-            except Exception:  # the next process learns it again with one request
-                wait_logger().debug("could not keep the learned limits", exc_info=True)
+        if learned:
+            self._keep(kept)
+
+    def _keep(self, values: dict[str, Any]) -> None:
+        """Keep what was learned on the Prefect server for the next processes (best effort)."""
+        if self.backend is None:
+            return
+        try:
+            self.backend.publish_learned(self.key, values)
+        except Exception:  # the next process learns it again with one request
+            wait_logger().debug("could not keep the learned limits", exc_info=True)
 
     def say_token_bound(self, max_tokens: int, estimate: int, reported: int | None) -> None:
         """Say once in the run's log when ``max_tokens`` is what bounds the token rate.
@@ -447,7 +457,8 @@ class EndpointLimiter:
                         value = known.get(field)
                         if value and self._learning.explicit[kind] is None:
                             self._set_rate(kind, int(value), shared=True)
-                    self._learning.heard = True
+                    # an endpoint kept as sending no headers: no probe, and 429s guess
+                    self._learning.heard = known.get("headers", True) is not False
                     self._learning.hand_back = bool(known.get("hand_back", True))
                     probe.state = "done"
                 else:
