@@ -18,6 +18,7 @@ context, which one thread at a time must update) and then run side by side.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import queue
 import threading
@@ -86,6 +87,7 @@ _starting = threading.Lock()
 _api_away: set[Any] = set()  # parent flow runs whose children could not be created in time
 _ending: list[threading.Thread] = []  # threads of child runs whose final state is reported
 _ending_lock = threading.Lock()
+_ending_joined_at_exit: list[bool] = []  # the exit handler is registered once
 
 
 def child_run_name(label: str, part: int, parts: int) -> str:
@@ -296,8 +298,11 @@ def run_as_child(
                 REPORT_WAIT_SECONDS,
             )
         return ChildRun(name, box.get("body"))
-    if not done.is_set():  # reported: its thread ends by itself; joined before the parent's end
+    if not done.is_set():  # reported: its thread ends by itself, at the latest at exit
         with _ending_lock:
+            if not _ending_joined_at_exit:
+                atexit.register(join_ended_children)
+                _ending_joined_at_exit.append(True)
             _ending.append(thread)
     state = box.get("state", box.get("reported", box.get("body")))
     return ChildRun(name, state, box.get("error"))
@@ -307,8 +312,11 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
     """Wait (at most ``timeout`` seconds in all) for the threads of child runs that have ended.
 
     A child run's final state is reported before its thread is done (see
-    :func:`run_as_child`); a shape calls this before its own flow run ends, so every child
-    run's last lines reach its logs before the process can exit.
+    :func:`run_as_child`): the thread goes on to join Prefect's heartbeat thread (which
+    sleeps in whole seconds) and log the run's last line, while the parent does its own
+    work and ends. ``fanout`` commands call this before they exit, and a process runs it
+    at exit (best effort: Prefect's services may have sent their last logs by then), so
+    a child run's last line reaches its logs.
     """
     deadline = time.monotonic() + timeout
     while True:
