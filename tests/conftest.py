@@ -305,20 +305,41 @@ LONG_FILES = (
 )
 
 
-def xdist_group_of(item: pytest.Item) -> str:
+def xdist_group_of(nodeid: str) -> str:
     """Name the xdist group a test runs in: its file, its documentation example, or ``ray``.
 
     Tests of one file share module fixtures (a server, a browser), so a file is one group;
     each documentation example runs alone in its own directory, so each is its own group; the
     files that start Ray heads share one group.
     """
-    name = item.path.name
+    path, _, rest = nodeid.partition("::")
+    name = path.rsplit("/", 1)[-1]
     if name in RAY_FILES:
         return "ray"
-    callspec = getattr(item, "callspec", None)
-    if name == "test_doc_examples.py" and callspec is not None:
-        return f"docs:{callspec.id}"
+    if name == "test_doc_examples.py" and "[" in rest:
+        return f"docs:{rest}"
     return name
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup`` (scripts/test.sh), keep each `xdist_group_of` on one worker.
+
+    The groups are computed here from each test's id: xdist 3.8 reads ``xdist_group`` marks
+    by renaming tests, which pytest 9 no longer lets a plugin do (its node ids are read-only),
+    so marks would leave every test a group of its own. The scheduler is xdist's own
+    ``LoadScopeScheduling`` with this grouping (its documented hook); groups are handed out
+    in collection order (``--no-loadscope-reorder``: the long files first).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def _long_first(item: pytest.Item) -> int:
@@ -326,18 +347,14 @@ def _long_first(item: pytest.Item) -> int:
     return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``unit`` every test that needs no server, group the tests for xdist, long files first.
+    """Mark ``unit`` every test that needs no server; put the long files first.
 
     A test is in the unit tier (``pytest -m unit``) unless it uses a server fixture or carries a
     heavy tier's mark; a test that starts a server by itself carries ``server`` (or another
-    heavy mark). Every test gets an ``xdist_group`` (see `xdist_group_of`), which
-    ``--dist loadgroup`` (scripts/test.sh) keeps on one worker. This hook runs before xdist's,
-    which reads the groups.
+    heavy mark).
     """
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
         if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS):
             continue
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):

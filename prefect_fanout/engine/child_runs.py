@@ -83,6 +83,9 @@ GATE_NOTE_SECONDS = 60.0
 _body: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar(
     "fanout_child_run_body", default=None
 )
+_on_final_state: contextvars.ContextVar[Callable[[State[Any]], None] | None] = (
+    contextvars.ContextVar("fanout_child_run_final_state", default=None)
+)
 _starting = threading.Lock()
 _api_away: set[Any] = set()  # parent flow runs whose children could not be created in time
 _ending: list[threading.Thread] = []  # threads of child runs whose final state is reported
@@ -111,6 +114,17 @@ def group_state(outcomes: Iterable[CallOutcome[Any]], calls: int) -> State[Any]:
         parts += [f"{skipped} not made"] if skipped else []
         return Completed(name="Partial", message=", ".join(parts))
     return Completed(message=f"{calls} calls completed")
+
+
+def _final_state_set(_flow: Any, _flow_run: Any, state: State[Any]) -> None:
+    """A child run's state hook: tell the parent that the run's final state is set.
+
+    A module-level function, so the child's flow object (sent to Dask and Ray workers
+    in every task's context) holds no closure over this process's locks and events.
+    """
+    heard = _on_final_state.get()
+    if heard is not None:
+        heard(state)
 
 
 def _the_body() -> Callable[[], Any]:
@@ -223,7 +237,7 @@ def run_as_child(
     box: dict[str, Any] = {}
     start = _Start()
 
-    def reported(_flow: Any, _run: Any, state: State[Any]) -> None:
+    def reported(state: State[Any]) -> None:
         box["reported"] = state
         ended.set()
 
@@ -239,7 +253,7 @@ def run_as_child(
             finished.set()
 
     def work() -> None:
-        token = _body.set(started)
+        token, heard = _body.set(started), _on_final_state.set(reported)
         join_family(family)  # the child's calls report to the parent's recording guard
         try:
             child = partition_run.with_options(
@@ -248,16 +262,17 @@ def run_as_child(
                 # Prefect calls a flow's state hooks as soon as its final state is set;
                 # the run's end (joining its heartbeat thread, which sleeps in whole
                 # seconds) goes on after, while the parent does its own work.
-                on_completion=[reported],
-                on_failure=[reported],
-                on_cancellation=[reported],
-                on_crashed=[reported],
+                on_completion=[_final_state_set],
+                on_failure=[_final_state_set],
+                on_cancellation=[_final_state_set],
+                on_crashed=[_final_state_set],
             )
             box["state"] = child(name=name, calls=calls, return_state=True)
         except BaseException as exc:  # the run could not be created, or its engine failed
             box["error"] = exc
         finally:
             _body.reset(token)
+            _on_final_state.reset(heard)
             start.release()
             done.set()
             ended.set()
