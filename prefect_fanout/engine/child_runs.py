@@ -90,7 +90,6 @@ _starting = threading.Lock()
 _api_away: set[Any] = set()  # parent flow runs whose children could not be created in time
 _ending: list[threading.Thread] = []  # threads of child runs whose final state is reported
 _ending_lock = threading.Lock()
-_ending_joined_at_exit: list[bool] = []  # the exit handler is registered once
 
 
 def child_run_name(label: str, part: int, parts: int) -> str:
@@ -315,9 +314,6 @@ def run_as_child(
         return ChildRun(name, box.get("body"))
     if not done.is_set():  # reported: its thread ends by itself, at the latest at exit
         with _ending_lock:
-            if not _ending_joined_at_exit:
-                atexit.register(join_ended_children)
-                _ending_joined_at_exit.append(True)
             _ending.append(thread)
     state = box.get("state", box.get("reported", box.get("body")))
     return ChildRun(name, state, box.get("error"))
@@ -340,6 +336,9 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
                 return
             thread = _ending.pop()
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(join_ended_children)  # returns at once when no child run's thread is left
 
 
 def run_in_parts(

@@ -168,8 +168,7 @@ class _Mapper:
 
     def request(self, key: str, item: Item) -> CallRequest:
         """An item's request, tagged with its partition."""
-        request = self.job.requests[item.id]
-        return request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
+        return _in_partition(self.job.requests[item.id], key)
 
     def record(self, key: str, item: Item, done: CallOutcome[Any], logger: Any) -> None:
         """Keep one call's outcome (from any partition's thread) and report progress."""
@@ -281,13 +280,16 @@ def calls_ahead(workers: int) -> int:
 
 def _tagged_requests(job: MapJob, groups: Mapping[str, list[Item]]) -> dict[str, CallRequest]:
     """Each item's request tagged with its partition, by id."""
-    requests = {}
-    for key, items in groups.items():
-        for item in items:
-            request = job.requests[item.id]
-            tagged = (*request.tags, f"partition:{key}")
-            requests[item.id] = request.model_copy(update={"tags": tagged})
-    return requests
+    return {
+        item.id: _in_partition(job.requests[item.id], key)
+        for key, items in groups.items()
+        for item in items
+    }
+
+
+def _in_partition(request: CallRequest, key: str) -> CallRequest:
+    """``request`` tagged ``partition:KEY`` (a concurrency limit on the tag applies to it)."""
+    return request.model_copy(update={"tags": (*request.tags, f"partition:{key}")})
 
 
 def _part_state(outcomes: list[CallOutcome[Any]], report: PartitionReport | None) -> State[Any]:
@@ -300,16 +302,23 @@ def _part_state(outcomes: list[CallOutcome[Any]], report: PartitionReport | None
 class _PartitionRuns:
     """Each partition of a map as child flow runs of the map's flow run (see engine.child_runs)."""
 
-    def __init__(self, mapper: _Mapper, slots: int | None) -> None:
+    def __init__(self, mapper: _Mapper, slots: int | None, partitions: int) -> None:
         self.mapper = mapper
         self.job = mapper.job
         self.slots = slots
         self.gate = CallGate(self.job.max_workers, mapper.logger)
-        self.alone = False  # one partition's run at a time: its own pool bounds its calls
+        # one partition's run at a time: its own pool bounds its calls, no gate is shared
+        self.alone = min(partitions, self.job.settings.active_partitions) == 1
         context = FlowRunContext.get()
         self.runner = context.task_runner if slots is not None and context else None
         self.peak = 0  # calls in flight at once in any one part (on workers: their threads)
         self.bound = self.job.options.calls_per_run or DEFAULT_RUN_CALLS
+
+    @property
+    def reached(self) -> int:
+        """The most calls in flight at once: the shared gate's count, or the parts' own."""
+        gated = self.slots is None and not self.alone
+        return self.gate.peak if gated else self.peak
 
     def part(self, key: str, name: str, items: list[Item], part: list[Item], last: bool) -> Any:
         """The body of one child run: its calls, then (the last part) the partition's file."""
@@ -390,7 +399,6 @@ class _PartitionRuns:
 
     def run(self, groups: Mapping[str, list[Item]], names: Mapping[str, str]) -> None:
         """Every partition, ``active_partitions`` at once; raises the first job's own error."""
-        self.alone = min(len(groups), self.job.settings.active_partitions) == 1
         jobs = [partial(self.partition, key, names[key], items) for key, items in groups.items()]
         errors = [
             error
@@ -471,11 +479,11 @@ def map_partitions(
         for key in groups:
             mapper.collect_write(key, names[key], groups[key], writes[key], logger)
     else:
-        runs = _PartitionRuns(mapper, chunk_slots(job, answered))
+        runs = _PartitionRuns(mapper, chunk_slots(job, answered), len(groups))
         try:
             runs.run(groups, names)
         finally:
             mapper.progress.finish()
-        window.note_peak(runs.gate.peak if runs.slots is None and not runs.alone else runs.peak)
+        window.note_peak(runs.reached)
     stage.duration_s = time.perf_counter() - started
     return stage
