@@ -325,9 +325,10 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
     A child run's final state is reported before its thread is done (see
     :func:`run_as_child`): the thread goes on to join Prefect's heartbeat thread (which
     sleeps in whole seconds) and log the run's last line, while the parent does its own
-    work and ends. ``fanout`` commands call this before they exit, and a process runs it
-    at exit (best effort: Prefect's services may have sent their last logs by then), so
-    a child run's last line reaches its logs.
+    work. A shape calls this before its own flow run ends (the map after writing its
+    outputs, the patterns in ``Engine.end``): a thread still logging after the process
+    began to exit made Prefect's log handler print a traceback (seen in scripts/demo.sh).
+    ``fanout`` commands call it again before they exit, and a process at exit.
     """
     deadline = time.monotonic() + timeout
     while True:

@@ -23,6 +23,7 @@ from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
     CallGate,
     group_state,
+    join_ended_children,
     run_in_parts,
 )
 from prefect_fanout.engine.chunks import (
@@ -476,5 +477,6 @@ class Engine:
 
     def end(self, status: RunStatus, message: str, data: Any) -> State[Any]:
         """Log the run's end and return the flow run's final state carrying ``data``."""
+        join_ended_children()  # child runs' threads end before this run does
         self.logger.info("%s %s: %s", self.name, status, message)
         return final_state(status, message, data)
