@@ -206,6 +206,89 @@ def test_a_server_that_cannot_be_read_is_reported_too():
     assert server_behind_line(guard.sequence) is None  # only runs after the mark count
 
 
+def _watched(guard: RecordingGuard) -> None:
+    from prefect_fanout.call import recording
+
+    with recording._guards_lock:
+        recording._guards[guard.flow_run_id] = guard
+
+
+@pytest.mark.server
+def test_a_count_unread_during_the_run_is_said_without_waiting_again():
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    mark = guard_mark()
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        with temporary_settings({PREFECT_API_URL: url}):
+            guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
+            _watched(guard)
+            guard.finished()  # the read during the run gets no answer
+            line = server_behind_line(mark)
+    assert guard.checks == 1  # the end did not read (nor wait) again
+    assert line is not None and "could not be read during the run (no answer)" in line
+
+
+class _SlowCount:
+    """An API that answers ``POST /api/task_runs/count`` with ``count`` after ``delay`` s."""
+
+    def __init__(self, count: int, delay: float) -> None:
+        import http.server
+        import threading
+
+        answer = str(count).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+                self.send_error(404)  # no CSRF tokens here: Prefect's client goes on without
+
+            def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                time.sleep(delay)  # the behaviour under test: a busy server's slow answer
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.server
+def test_a_count_answered_slower_than_a_brake_read_still_counts_at_the_end():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_fanout.call.recording import END_READ_SECONDS, READ_TIMEOUT_SECONDS
+
+    delay = READ_TIMEOUT_SECONDS + 1
+    assert delay < END_READ_SECONDS
+    slow = _SlowCount(300, delay)
+    try:
+        mark = guard_mark()
+        with temporary_settings({PREFECT_API_URL: slow.url}):
+            guard = RecordingGuard(uuid.uuid4(), check_every=10**6)
+            _watched(guard)
+            guard.finished(300)
+            line = server_behind_line(mark)
+    finally:
+        slow.close()
+    assert guard.checks == 1
+    assert line is None  # all 300 recorded: the server kept up, it was only slow to say so
+
+
 @pytest.mark.server
 def test_the_ui_asks_the_port_the_server_was_started_on():
     from prefect_fanout.cli.server import ui_api_url

@@ -73,6 +73,13 @@ STALL_SECONDS = 15.0
 READ_TIMEOUT_SECONDS = 5.0
 """How long one read of the count may take before the guard gives up on it."""
 
+END_READ_SECONDS = 20.0
+"""How long the end of a command waits for the counts of its runs' recorded task runs.
+
+Nothing waits on this read but the command's last line, and a server answers slowest just
+then, while it takes in the events of the run's last calls (on a busy 2-core machine a
+healthy server took more than 5 s): so it gets longer than a read that holds calls."""
+
 FINAL_STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
 
 
@@ -90,6 +97,7 @@ class RecordingGuard:
         waited_s: Seconds spent waiting for the server so far.
         checks: Reads of the server's count so far.
         active: False once the guard stopped braking (count stalled or unreadable).
+        unreadable: Why the count could not be read, once a read failed (else None).
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class RecordingGuard:
         self.waited_s = 0.0
         self.checks = 0
         self.active = True
+        self.unreadable: str | None = None
         self.sequence = next(_sequence)
         self._finished = 0
         self._since_check = 0
@@ -173,7 +182,8 @@ class RecordingGuard:
                     logger.debug("waiting for the Prefect server to record %d task runs", lag)
                 time.sleep(POLL_SECONDS)
         except Exception as exc:  # the server is away or answers oddly: never stall the run
-            why = "no answer" if isinstance(exc, TimeoutError) else exc
+            why = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+            self.unreadable = why
             self._stop(f"the count of recorded task runs could not be read ({why})")
         finally:
             if waiting:
@@ -254,8 +264,8 @@ def server_behind_line(since: int = 0) -> str | None:
     Behind means: a run had to wait for the server to record its task runs, its guard
     stopped braking (the count stood still or could not be read), or at the end more than
     :data:`BEHIND_MIN_LAG` and :data:`BEHIND_SHARE` of its finished task runs are not yet
-    recorded. One read of the count per flow run, each bounded by
-    :data:`READ_TIMEOUT_SECONDS`.
+    recorded. One read of the count per flow run, all of them bounded by
+    :data:`END_READ_SECONDS`; none when a read already failed during the run.
 
     Args:
         since: A :func:`guard_mark` taken before the runs started.
@@ -270,18 +280,15 @@ def server_behind_line(since: int = 0) -> str | None:
     finished = sum(guard.finished_count for guard in guards)
     waited = sum(guard.waited_s for guard in guards)
     stalled = not all(guard.active for guard in guards)
+    unreadable = next((guard.unreadable for guard in guards if guard.unreadable), None)
+    if unreadable is not None:  # the server did not answer during the run: no second wait
+        return _unreadable_line("during the run", unreadable)
     try:
-        recorded = sum(
-            call_within(READ_TIMEOUT_SECONDS, "a count request", guard.recorded) for guard in guards
-        )
+        recorded = call_within(END_READ_SECONDS, "the count requests", _recorded, guards)
     except Exception as exc:
         timed_out = isinstance(exc, TimeoutError)
-        why = f"no answer within {READ_TIMEOUT_SECONDS:g} s" if timed_out else exc
-        return (
-            f"the Prefect server at {_api_url()} fell behind: its count of recorded task runs "
-            f"could not be read at the end of the run ({why}); start it with "
-            "`fanout server start` (README: Server)"
-        )
+        why = f"no answer within {END_READ_SECONDS:g} s" if timed_out else exc
+        return _unreadable_line("at the end of the run", why)
     lag = finished - recorded
     if not (waited > 0 or stalled or lag > max(BEHIND_MIN_LAG, BEHIND_SHARE * finished)):
         return None
@@ -290,6 +297,18 @@ def server_behind_line(since: int = 0) -> str | None:
         f"the Prefect server at {_api_url()} fell behind: it has recorded {recorded:,} of the "
         f"{finished:,} task runs this run finished{held}; its next runs' API calls wait behind "
         "that backlog. Start it with `fanout server start` (README: Server)"
+    )
+
+
+def _recorded(guards: list[RecordingGuard]) -> int:
+    return sum(guard.recorded() for guard in guards)
+
+
+def _unreadable_line(when: str, why: object) -> str:
+    return (
+        f"the Prefect server at {_api_url()} fell behind: its count of recorded task runs "
+        f"could not be read {when} ({why}); start it with "
+        "`fanout server start` (README: Server)"
     )
 
 
