@@ -229,7 +229,6 @@ SOURCE_FILES = [  # the project's own source: small files and one over a 2,048-t
     "prefect_fanout/llm/styles.py",
     "prefect_fanout/llm/result.py",
     "prefect_fanout/llm/answer.py",
-    "prefect_fanout/llm/serverinfo.py",
     "prefect_fanout/llm/retry.py",
 ]
 

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -46,7 +47,9 @@ __all__ = [
     "ChildRun",
     "child_run_name",
     "group_state",
+    "child_threads_joined_at_end",
     "join_ended_children",
+    "join_ended_children_of_this_run",
     "run_as_child",
     "run_in_parts",
     "run_side_by_side",
@@ -325,10 +328,12 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
     A child run's final state is reported before its thread is done (see
     :func:`run_as_child`): the thread goes on to join Prefect's heartbeat thread (which
     sleeps in whole seconds) and log the run's last line, while the parent does its own
-    work. A shape calls this before its own flow run ends (the map after writing its
-    outputs, the patterns in ``Engine.end``): a thread still logging after the process
-    began to exit made Prefect's log handler print a traceback (seen in scripts/demo.sh).
-    ``fanout`` commands call it again before they exit, and a process at exit.
+    work. They are joined before the interpreter begins to exit: a thread still logging
+    then made Prefect's log handler print a traceback (seen in scripts/demo.sh). A shape
+    joins them before its own flow run ends (:func:`join_ended_children_of_this_run`: the
+    map after writing its outputs, the patterns in ``Engine.end``), unless it runs inside
+    :func:`child_threads_joined_at_end` (the ``fanout`` command), which joins them at the
+    block's end; the command's exit and the process's exit call this again.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -340,6 +345,33 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
 
 
 atexit.register(join_ended_children)  # returns at once when no child run's thread is left
+
+_left_to_end: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fanout_child_threads_joined_at_end", default=False
+)
+
+
+@contextmanager
+def child_threads_joined_at_end() -> Iterator[None]:
+    """Within: shapes leave the ended child runs' threads to the block's end, which joins them.
+
+    The ``fanout`` command runs its flow in this block, so a child's last second (Prefect's
+    heartbeat join) overlaps the end of its parent's flow run instead of adding to it; the
+    threads are still joined before the interpreter begins to exit. Code that calls a flow
+    from Python has no such block: there each shape joins its children before its run ends.
+    """
+    token = _left_to_end.set(True)
+    try:
+        yield
+    finally:
+        _left_to_end.reset(token)
+        join_ended_children()
+
+
+def join_ended_children_of_this_run() -> None:
+    """Join the ended child runs' threads before this shape's run ends (see above)."""
+    if not _left_to_end.get():
+        join_ended_children()
 
 
 def run_in_parts(

@@ -23,7 +23,7 @@ from prefect_fanout.engine.child_runs import (
     DEFAULT_RUN_CALLS,
     CallGate,
     group_state,
-    join_ended_children,
+    join_ended_children_of_this_run,
     run_in_parts,
 )
 from prefect_fanout.engine.chunks import (
@@ -477,6 +477,6 @@ class Engine:
 
     def end(self, status: RunStatus, message: str, data: Any) -> State[Any]:
         """Log the run's end and return the flow run's final state carrying ``data``."""
-        join_ended_children()  # child runs' threads end before this run does
+        join_ended_children_of_this_run()  # their threads end before this run (a script's)
         self.logger.info("%s %s: %s", self.name, status, message)
         return final_state(status, message, data)

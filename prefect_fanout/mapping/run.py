@@ -37,7 +37,7 @@ from prefect_fanout.call.stored import (
 )
 from prefect_fanout.call.tags import LIMITED_TAGS
 from prefect_fanout.call.window import CallOutcome, CallWindow
-from prefect_fanout.engine.child_runs import join_ended_children
+from prefect_fanout.engine.child_runs import join_ended_children_of_this_run
 from prefect_fanout.engine.run import Engine
 from prefect_fanout.errors import describe
 from prefect_fanout.files import remove_stale_temp_files, write_json_atomic, write_jsonl_atomic
@@ -232,8 +232,9 @@ def run_map(job: MapJob) -> MapSummary:
     finally:
         owner.release()
         # the partitions' runs ended (their states are set) while the map wrote its outputs;
-        # their threads finish before the map's flow does, so no log line comes after exit
-        join_ended_children()
+        # their threads finish before the map's flow does (unless the fanout command joins
+        # them before it exits), so no log line comes after the interpreter began to exit
+        join_ended_children_of_this_run()
 
 
 def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
