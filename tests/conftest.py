@@ -155,6 +155,19 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) ->
             continue
 
 
+def stop_process_groups(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """:func:`stop_process_group` for several processes at once: all are signalled first."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        stop_process_group(process, grace=0)
+
+
 @contextlib.contextmanager
 def _as_global_settings() -> Iterator[None]:
     """Also expose the current Prefect settings to threads without a settings context.
