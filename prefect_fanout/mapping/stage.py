@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.engine.child_runs import (
@@ -203,7 +204,9 @@ class _Mapper:
         )
         with self.lock:
             rows = [item_row(item, key, self.stage.outcomes[item.id]) for item in items]
-        return writer.submit(str(self.parts_dir / name), rows)
+        # quoted: Prefect would walk every row twice looking for futures (to record the task
+        # run's inputs, then to resolve them), 0.1 s for 1,000 rows at the end of B1's map
+        return writer.submit(str(self.parts_dir / name), quote(rows))
 
     def collect_write(
         self, key: str, name: str, items: list[Item], future: PrefectFuture[Any], logger: Any
