@@ -31,6 +31,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def silent_api_url() -> Iterator[str]:
+    """A Prefect API URL whose socket accepts connections (its backlog) and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+
+
 @pytest.fixture(scope="session")
 def _fake_openai_session() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as fake:

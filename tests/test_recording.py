@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
 
@@ -16,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_fanout.call.recording import RecordingGuard, recording_guard
 from prefect_fanout.call.window import CallWindow
 from prefect_fanout.engine.child_runs import run_as_child
+from tests.conftest import silent_api_url
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -120,15 +120,11 @@ def test_an_unreachable_server_stops_the_brake_instead_of_stalling(caplog):
 
 
 def test_a_server_that_never_answers_stops_the_brake_after_the_read_timeout(caplog):
-    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
-        with temporary_settings({PREFECT_API_URL: url}):
-            guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
-            with caplog.at_level(logging.WARNING, logger="prefect_fanout.recording"):
-                guard.finished()
-                guard.finished()  # the brake is off: no second read
+    with silent_api_url() as url, temporary_settings({PREFECT_API_URL: url}):
+        guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
+        with caplog.at_level(logging.WARNING, logger="prefect_fanout.recording"):
+            guard.finished()
+            guard.finished()  # the brake is off: no second read
     assert not guard.active
     assert guard.checks == 1
     assert "could not be read (no answer)" in caplog.text

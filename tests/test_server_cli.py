@@ -21,7 +21,7 @@ from prefect_fanout.cli.tuning import (
     server_environment,
     tune_embedded_server,
 )
-from tests.conftest import PREFECT_START_TIMEOUT, free_port, stop_process_group
+from tests.conftest import PREFECT_START_TIMEOUT, free_port, silent_api_url, stop_process_group
 from tests.fakeopenai import FakeOpenAI
 
 FANOUT = [sys.executable, "-m", "prefect_fanout.cli"]
@@ -215,20 +215,14 @@ def _watched(guard: RecordingGuard) -> None:
 
 @pytest.mark.server
 def test_a_count_unread_during_the_run_is_said_without_waiting_again():
-    import socket
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     mark = guard_mark()
-    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
-        with temporary_settings({PREFECT_API_URL: url}):
-            guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
-            _watched(guard)
-            guard.finished()  # the read during the run gets no answer
-            line = server_behind_line(mark)
+    with silent_api_url() as url, temporary_settings({PREFECT_API_URL: url}):
+        guard = RecordingGuard(uuid.uuid4(), max_lag=0, resume_lag=0, check_every=1)
+        _watched(guard)
+        guard.finished()  # the read during the run gets no answer
+        line = server_behind_line(mark)
     assert guard.checks == 1  # the end did not read (nor wait) again
     assert line is not None and "could not be read during the run (no answer)" in line
 
