@@ -21,7 +21,7 @@ fi
 export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
-# Two pytest-xdist workers (FANOUT_TEST_WORKERS=0 runs one process): most of the suite's time is
+# Three pytest-xdist workers (FANOUT_TEST_WORKERS=0 runs one process): most of the suite's time is
 # waiting on servers, leases and rate windows, which overlaps well; tests/conftest.py keeps each
 # file (and all Ray tests) on one worker. Arguments given to this script come after and win.
-exec .venv/bin/python -m pytest -n "${FANOUT_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -n "${FANOUT_TEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder "$@"

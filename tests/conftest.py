@@ -307,8 +307,8 @@ HEAVY_MARKS = ("server", "browser", "faults", "realmodel", "postgres")
 #: heads starting side by side on 2 cores made a head's client server miss its start).
 RAY_FILES = frozenset({"test_chunks.py", "test_runners.py"})
 #: Files with the longest tests (a 60 s lease, Ray heads, the real model, minute-long rate
-#: tests), longest first: under ``pytest -n 2 --dist loadgroup`` they start first, so the short
-#: files fill the other worker instead of one long file ending the run alone. Only an order:
+#: tests), longest first: under ``pytest -n 3 --dist loadgroup`` they start first, so the short
+#: files fill the other workers instead of one long file ending the run alone. Only an order:
 #: a file missing here runs after them, in collection order.
 LONG_FILES = (
     "test_faults.py",
