@@ -189,6 +189,13 @@ def test_the_cli_says_nothing_when_the_server_keeps_up(prefect_server, fake_open
     assert "fell behind" not in done.stderr
 
 
+def _watched(guard: RecordingGuard) -> None:
+    from prefect_fanout.call import recording
+
+    with recording._guards_lock:
+        recording._guards[guard.flow_run_id] = guard
+
+
 @pytest.mark.server
 def test_a_server_that_cannot_be_read_is_reported_too():
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -196,21 +203,11 @@ def test_a_server_that_cannot_be_read_is_reported_too():
     mark = guard_mark()
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         guard = RecordingGuard(uuid.uuid4(), check_every=10**6)
-        from prefect_fanout.call import recording
-
-        with recording._guards_lock:
-            recording._guards[guard.flow_run_id] = guard
+        _watched(guard)
         guard.finished(5)
         line = server_behind_line(mark)
     assert line is not None and "could not be read" in line
     assert server_behind_line(guard.sequence) is None  # only runs after the mark count
-
-
-def _watched(guard: RecordingGuard) -> None:
-    from prefect_fanout.call import recording
-
-    with recording._guards_lock:
-        recording._guards[guard.flow_run_id] = guard
 
 
 @pytest.mark.server

@@ -14,7 +14,6 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 from prefect_fanout.cli.lifecycle import Interrupted, bounded_exit, install_signal_handlers
 from prefect_fanout.cli.tuning import tune_embedded_server
@@ -121,9 +120,10 @@ def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> in
     try:
         if args.command in RUNS_FLOWS:
             from prefect_fanout.cli.console import command_console
+            from prefect_fanout.engine.child_runs import child_threads_joined_at_end
 
             with command_console(verbose=args.verbose, restore=not keep_console):
-                with _child_joins(owns_exit=keep_console):
+                with child_threads_joined_at_end():
                     code = int(args.run(args))
         else:
             code = int(args.run(args))
@@ -139,15 +139,6 @@ def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> in
 
 
 _RECORDING = "prefect_fanout.call.recording"
-
-
-def _child_joins(*, owns_exit: bool) -> AbstractContextManager[None]:
-    """The console script joins child runs' threads after its command's flow runs ended."""
-    if not owns_exit:
-        return nullcontext()
-    from prefect_fanout.engine.child_runs import child_threads_joined_at_end
-
-    return child_threads_joined_at_end()
 
 
 def _say_if_server_fell_behind(command: str, mark: int) -> None:

@@ -81,7 +81,4 @@ def bounded_exit(code: int) -> int:
     if _signalled:  # interrupted: what is done is cached; nothing else is worth waiting for
         os._exit(code)
     _hard_exit_after(EXIT_GRACE_SECONDS, code)
-    children = sys.modules.get("prefect_fanout.engine.child_runs")  # loaded when runs ran
-    if children is not None:  # child runs' last log lines before Prefect's exit sends logs
-        children.join_ended_children(EXIT_GRACE_SECONDS / 2)
     return code

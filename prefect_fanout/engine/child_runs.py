@@ -333,7 +333,7 @@ def join_ended_children(timeout: float = REPORT_WAIT_SECONDS) -> None:
     joins them before its own flow run ends (:func:`join_ended_children_of_this_run`: the
     map after writing its outputs, the patterns in ``Engine.end``), unless it runs inside
     :func:`child_threads_joined_at_end` (the ``fanout`` command), which joins them at the
-    block's end; the command's exit and the process's exit call this again.
+    block's end; the process's exit calls this again.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -359,13 +359,14 @@ def child_threads_joined_at_end() -> Iterator[None]:
     heartbeat join) overlaps the end of its parent's flow run instead of adding to it; the
     threads are still joined before the interpreter begins to exit. Code that calls a flow
     from Python has no such block: there each shape joins its children before its run ends.
+    A block left by an error (an interrupted command) does not wait: the exit's join does.
     """
     token = _left_to_end.set(True)
     try:
         yield
     finally:
         _left_to_end.reset(token)
-        join_ended_children()
+    join_ended_children()
 
 
 def join_ended_children_of_this_run() -> None:
