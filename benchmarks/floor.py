@@ -39,6 +39,7 @@ from benchmarks.run import (  # noqa: E402
     PYTHON,
     Standalone,
     client_env,
+    compile_package,
     corpus,
     map_command,
     timed,
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chains", action="store_true", help="B5's shape instead of B1's")
     args = parser.parse_args()
+    compile_package()
     if args.chains:
         report(chains(args), f"300 calls in 20 chains of 15, latency 0.2 s; {args.runs} run(s)")
         return

@@ -35,7 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.floor import FLOW  # noqa: E402
-from benchmarks.run import PYTHON, Standalone, client_env, corpus, map_command, timed  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    PYTHON,
+    Standalone,
+    client_env,
+    compile_package,
+    corpus,
+    map_command,
+    timed,
+)
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 
@@ -108,6 +116,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    compile_package()
     rows: dict[str, list[dict[str, float]]] = {"prefect, cache guarantees": [], "fanout map": []}
     with FakeOpenAI(default_latency=0.5) as fake, Standalone() as server:
         for _ in range(args.runs):

@@ -25,7 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import Standalone, client_env, corpus, map_command  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    Standalone,
+    client_env,
+    compile_package,
+    corpus,
+    map_command,
+)
 from tests.fakeopenai import FakeOpenAI  # noqa: E402
 
 
@@ -65,6 +71,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--out", default="/tmp/b1-profile")
     args = parser.parse_args()
+    compile_package()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with FakeOpenAI(default_latency=0.5) as fake, Standalone() as server:

@@ -51,6 +51,19 @@ PYTHON = sys.executable
 FANOUT = [PYTHON, "-m", "prefect_fanout.cli"]
 
 
+def compile_package() -> None:
+    """Write this checkout's bytecode, as installing a package does.
+
+    Prefect and ``openai`` are imported from bytecode that ``pip`` wrote when it installed
+    them; an editable checkout gets its bytecode on first import, unless
+    ``PYTHONDONTWRITEBYTECODE`` is set (as on the machines these figures were taken on):
+    then every measured ``fanout`` process compiled all of ``prefect_fanout`` (0.11 s).
+    """
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "prefect_fanout"), quiet=1)
+
+
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
@@ -328,6 +341,7 @@ def main() -> None:
         help="instead: B4 on a SQLite and on a PostgreSQL Prefect server, side by side",
     )
     args = parser.parse_args()
+    compile_package()
     if args.databases:
         with FakeOpenAI() as fake:
             rows = databases(fake, args)

@@ -33,6 +33,7 @@ from prefect_fanout.engine.chunks import (
     run_chunks,
 )
 from prefect_fanout.engine.dryrun import PatternDryRun
+from prefect_fanout.engine.heap import freeze_when_calls_start
 from prefect_fanout.errors import AgentCallError, describe
 from prefect_fanout.llm.request import CallRequest
 from prefect_fanout.options import RunOptions
@@ -279,6 +280,7 @@ class Engine:
         go to the workers in chunks (see :meth:`run_in_chunks`).
         """
         calls = list(calls)
+        freeze_when_calls_start()  # a command's setup is never walked again (engine.heap)
         bound = self.options.calls_per_run or DEFAULT_RUN_CALLS
         if len(calls) > bound and self.dry is None and FlowRunContext.get() is not None:
             return self.run_in_child_runs(calls, bound)
