@@ -15,7 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from prefect_fanout.cli.lifecycle import Interrupted, bounded_exit, install_signal_handlers
+from prefect_fanout.cli.lifecycle import (
+    Interrupted,
+    bounded_exit,
+    end_once_exit_handlers_ran,
+    install_signal_handlers,
+)
 from prefect_fanout.cli.tuning import tune_embedded_server
 from prefect_fanout.errors import EXIT_USAGE
 from prefect_fanout.redact import register_environment
@@ -154,6 +159,7 @@ def _say_if_server_fell_behind(command: str, mark: int) -> None:
 
 def run_command() -> None:
     """The ``fanout`` console script: run, then exit with a bounded teardown."""
+    end_once_exit_handlers_ran()  # before Prefect is imported: its exit handlers run first
     install_signal_handlers()
     code = main(keep_console=True)
     from prefect_fanout.cli.settle import let_temporary_server_finish

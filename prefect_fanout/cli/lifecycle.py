@@ -13,10 +13,21 @@
   background workers (events, logs) and the embedded server get
   :data:`EXIT_GRACE_SECONDS` to finish; a process whose Prefect API went away would
   otherwise spend minutes retrying queued events at exit.
+- Once those exit handlers have run (Prefect's events and logs sent, its temporary
+  server stopped, Dask and Ray shut down) the console script ends the process
+  (``os._exit`` with the command's code, after flushing the logging handlers and the
+  console) instead of letting the interpreter tear itself down: at 1,000 calls that
+  teardown (a last full garbage collection of about a million objects, then every
+  module) took 0.5 s and wrote nothing. :func:`end_once_exit_handlers_ran` registers
+  this first, so every other exit handler runs before it; a process that still has
+  ``multiprocessing`` children, or that ends by an uncaught error rather than through
+  :func:`bounded_exit`, is left to the interpreter's own teardown.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import signal
 import sys
@@ -30,6 +41,30 @@ EXIT_GRACE_SECONDS = 5.0
 
 
 _signalled: list[int] = []
+_exit_code: list[int] = []  # the code bounded_exit was given: the process ends with it
+
+
+def end_once_exit_handlers_ran() -> None:
+    """Register the console script's end: after every later-registered exit handler.
+
+    Call it before Prefect is imported (exit handlers run last-registered first), so
+    Prefect's, Dask's and Ray's handlers all run before it (see the module).
+    """
+    atexit.register(_end_without_teardown)
+
+
+def _end_without_teardown() -> None:
+    if not _exit_code:  # not ended through bounded_exit: the interpreter's usual teardown
+        return
+    processes = sys.modules.get("multiprocessing")
+    if processes is not None and processes.active_children():
+        return  # children: the interpreter's teardown joins them
+    try:
+        logging.shutdown()  # registered before this handler, so it would run after it
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(_exit_code[-1])
 
 
 def _hard_exit_after(seconds: float, code: int) -> None:
@@ -80,5 +115,6 @@ def bounded_exit(code: int) -> int:
     sys.stderr.flush()
     if _signalled:  # interrupted: what is done is cached; nothing else is worth waiting for
         os._exit(code)
+    _exit_code.append(code)
     _hard_exit_after(EXIT_GRACE_SECONDS, code)
     return code
