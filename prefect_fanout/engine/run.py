@@ -280,13 +280,13 @@ class Engine:
         go to the workers in chunks (see :meth:`run_in_chunks`).
         """
         calls = list(calls)
-        freeze_when_calls_start()  # a command's setup is never walked again (engine.heap)
         bound = self.options.calls_per_run or DEFAULT_RUN_CALLS
         if len(calls) > bound and self.dry is None and FlowRunContext.get() is not None:
             return self.run_in_child_runs(calls, bound)
         return self._run_here(calls)
 
     def _run_here(self, calls: list[Call]) -> dict[str, CallOutcome[str]]:
+        freeze_when_calls_start()  # what is alive now is never walked again (engine.heap)
         slots = self.chunk_slots(calls)
         if slots is not None:
             return self.run_in_chunks(calls, slots)
