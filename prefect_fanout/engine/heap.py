@@ -1,4 +1,4 @@
-"""A command's heap, frozen when its first calls start, so full garbage collections skip it.
+"""A command's heap, frozen as each run of its calls starts, so full collections skip it.
 
 Before its first call a ``fanout`` command has imported Prefect, pydantic and ``openai``,
 started its flow run and prepared its job: several hundred thousand objects that live as
@@ -44,7 +44,7 @@ def frozen_objects() -> int:
 
 @contextmanager
 def heap_frozen_while_calls_run() -> Iterator[None]:
-    """The block inside which the first calls freeze the heap; it is unfrozen at its end."""
+    """The block inside which runs of calls freeze the heap; it is unfrozen at its end."""
     global _block_open, _frozen, _frozen_objects
     with _lock:
         _block_open, _frozen, _frozen_objects = True, False, 0
