@@ -17,8 +17,8 @@
   server stopped, Dask and Ray shut down) the console script ends the process
   (``os._exit`` with the command's code, after flushing the logging handlers and the
   console) instead of letting the interpreter tear itself down: at 1,000 calls that
-  teardown (a last full garbage collection of about a million objects, then every
-  module) took 0.5 s and wrote nothing. :func:`end_once_exit_handlers_ran` registers
+  teardown (a last full garbage collection, then every module torn down) took
+  0.5 s and wrote nothing. :func:`end_once_exit_handlers_ran` registers
   this first, so every other exit handler runs before it; a process that still has
   ``multiprocessing`` children, or that ends by an uncaught error rather than through
   :func:`bounded_exit`, is left to the interpreter's own teardown.
