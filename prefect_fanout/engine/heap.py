@@ -5,9 +5,9 @@ started its flow run and prepared its job: objects that live as long as the comm
 than 10,000 in a small map; ``frozen_objects`` counts them). CPython's full (generation 2)
 collection walks every tracked object, and a map's calls trigger one every few seconds;
 each holds the GIL, so every call thread and the thread submitting calls stand still while
-it walks. In B1 (1,000 calls of 0.5 s,
-50 in flight) six full collections took 0.55 s, the longest 0.2 s, and the process spent
-1.1 s more CPU than with the heap frozen.
+it walks. In B1 (1,000 calls of 0.5 s, 50 in flight) six full collections took 0.55 s,
+the longest 0.2 s, and the process spent 0.5-1.1 s more CPU than with the heap frozen
+(A/B runs on a noisy two-core machine).
 
 :func:`freeze_when_calls_start` moves every object alive at that moment into the
 permanent generation (``gc.freeze``); later collections walk only what the calls make.
