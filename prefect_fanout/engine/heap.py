@@ -34,8 +34,7 @@ __all__ = ["freeze_when_calls_start", "frozen_objects", "heap_frozen_while_calls
 
 _lock = threading.Lock()
 _block_open = False
-_frozen = False
-_frozen_objects = 0
+_frozen_objects = 0  # what the block's last freeze left frozen; 0: it froze nothing
 
 
 def frozen_objects() -> int:
@@ -46,16 +45,16 @@ def frozen_objects() -> int:
 @contextmanager
 def heap_frozen_while_calls_run() -> Iterator[None]:
     """The block inside which runs of calls freeze the heap; it is unfrozen at its end."""
-    global _block_open, _frozen, _frozen_objects
+    global _block_open, _frozen_objects
     with _lock:
-        _block_open, _frozen, _frozen_objects = True, False, 0
+        _block_open, _frozen_objects = True, 0
     try:
         yield
     finally:
         with _lock:
-            was_frozen = _frozen
-            _block_open, _frozen = False, False
-        if was_frozen:
+            _block_open = False
+            froze = _frozen_objects > 0
+        if froze:
             gc.unfreeze()
 
 
@@ -65,11 +64,10 @@ def freeze_when_calls_start() -> bool:
     Returns:
         True when this call froze it; False outside the block.
     """
-    global _frozen, _frozen_objects
+    global _frozen_objects
     with _lock:
         if not _block_open:
             return False
-        _frozen = True
         gc.freeze()
         _frozen_objects = gc.get_freeze_count()
     return True
