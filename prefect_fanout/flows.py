@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from prefect_fanout.agents.profiles import AgentProfile
 from prefect_fanout.agents.resolver import Resolver
+from prefect_fanout.bounded import start_work_left
 from prefect_fanout.budget.dryrun import DryRun
 from prefect_fanout.call.single import call_agent
 from prefect_fanout.dispatch.dryrun import dry_run_plan
@@ -218,7 +219,16 @@ def _checked_resolver(plan: Plan) -> Resolver | None:
     return handed[1] if handed is not None and handed[0] is plan else None
 
 
-@flow(name="fanout-dispatch", log_prints=False, validate_parameters=True)
+@flow(
+    name="fanout-dispatch",
+    log_prints=False,
+    validate_parameters=True,
+    # the run's artifacts are created once its state is set (in the fanout command)
+    on_completion=[start_work_left],
+    on_failure=[start_work_left],
+    on_cancellation=[start_work_left],
+    on_crashed=[start_work_left],
+)
 def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.
 
@@ -332,6 +342,11 @@ def _map_run_name() -> str:
     flow_run_name=_map_run_name,
     log_prints=False,
     validate_parameters=True,
+    # the run's artifacts are created once its state is set (in the fanout command)
+    on_completion=[start_work_left],
+    on_failure=[start_work_left],
+    on_cancellation=[start_work_left],
+    on_crashed=[start_work_left],
 )
 def map_flow(spec: MapSpec, options: RunOptions | None = None) -> Any:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.

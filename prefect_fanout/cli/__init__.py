@@ -124,12 +124,17 @@ def main(argv: Sequence[str] | None = None, *, keep_console: bool = False) -> in
     mark = recording.guard_mark() if recording else 0
     try:
         if args.command in RUNS_FLOWS:
+            from prefect_fanout.bounded import best_effort_work_joined_at_end
             from prefect_fanout.cli.console import command_console
             from prefect_fanout.engine.child_runs import child_threads_joined_at_end
             from prefect_fanout.engine.heap import heap_frozen_while_calls_run
 
             with command_console(verbose=args.verbose, restore=not keep_console):
-                with child_threads_joined_at_end(), heap_frozen_while_calls_run():
+                with (
+                    best_effort_work_joined_at_end(),
+                    child_threads_joined_at_end(),
+                    heap_frozen_while_calls_run(),
+                ):
                     code = int(args.run(args))
         else:
             code = int(args.run(args))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect.context import FlowRunContext
 
+from prefect_fanout.bounded import now_or_by_the_end
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow
 from prefect_fanout.dispatch.acceptance import AcceptanceLoop
@@ -39,7 +40,7 @@ from prefect_fanout.plan.model import Plan, TaskSpec
 from prefect_fanout.ui.failures import publish_failures
 from prefect_fanout.ui.progress import ProgressReporter
 from prefect_fanout.ui.traces import trace_file_names, write_index
-from prefect_fanout.usage import Usage
+from prefect_fanout.usage import CallRecord, Usage
 
 SYNTHESIS_ID = "synthesize"
 DEFAULT_PLAN_WORKERS = 4
@@ -473,6 +474,9 @@ class Dispatcher:
             extra["Judged tasks"] = f"{len(judged)} ({accepted} accepted)"
         self.engine.publish("Fanout dispatch", records, extra, links)
         specs = {run.spec.task_id: run.spec for run in self.runs.values()}
+        now_or_by_the_end(self._publish_failures, records, specs)
+
+    def _publish_failures(self, records: list[CallRecord], specs: dict[str, TaskSpec]) -> None:
         try:  # failures readable in the UI, not only through file:// trace links
             publish_failures(
                 "dispatch",

@@ -17,6 +17,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
 from prefect_fanout.agents.profiles import AgentProfile
+from prefect_fanout.bounded import now_or_by_the_end
 from prefect_fanout.call.path import CallPath
 from prefect_fanout.call.window import CallOutcome, CallWindow, Submitted
 from prefect_fanout.engine.child_runs import (
@@ -471,9 +472,22 @@ class Engine:
         extra: Mapping[str, object],
         links: Mapping[str, Path] | None = None,
     ) -> None:
-        """Publish the run's artifacts (best effort: the result is what counts)."""
+        """Publish the run's artifacts (best effort: the result is what counts).
+
+        In the ``fanout`` command they are created while the run ends
+        (:func:`~prefect_fanout.bounded.now_or_by_the_end`).
+        """
+        now_or_by_the_end(self._publish, title, list(records), dict(extra), dict(links or {}))
+
+    def _publish(
+        self,
+        title: str,
+        records: list[CallRecord],
+        extra: dict[str, object],
+        links: dict[str, Path],
+    ) -> None:
         try:
-            publish_run_artifacts(self.name, title, records, dict(extra), links=dict(links or {}))
+            publish_run_artifacts(self.name, title, records, extra, links=links)
         except Exception as exc:  # artifacts are informative
             self.logger.warning("could not publish the run's artifacts: %s", exc)
 

@@ -120,13 +120,14 @@ def openai_client(endpoint: LLMEndpoint) -> openai.OpenAI:
         client = _clients.get(key)
         if client is None:
             # One deadline per request, whatever the server does (see llm.deadline).
-            inner = httpx.HTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS)
             client = openai.OpenAI(
                 base_url=endpoint.base_url,
                 api_key=endpoint.key_value(),
                 organization=endpoint.organization,
                 max_retries=0,
-                http_client=openai.DefaultHttpxClient(transport=DeadlineTransport(inner)),
+                http_client=openai.DefaultHttpxClient(
+                    transport=DeadlineTransport(openai.DEFAULT_CONNECTION_LIMITS)
+                ),
             )
             _clients[key] = client
         return client

@@ -28,6 +28,7 @@ from typing import Any
 
 from prefect_fanout.batch.ledger import BATCH_DIR
 from prefect_fanout.batch.phase import BatchPhase, run_batch_phase
+from prefect_fanout.bounded import now_or_by_the_end
 from prefect_fanout.call.recording import recording_guard
 from prefect_fanout.call.stored import (
     first_commit_error,
@@ -374,8 +375,8 @@ def _run_map(job: MapJob, owner: OutputClaim) -> MapSummary:
         FILES["summary"], lambda: write_json_atomic(out / FILES["summary"], document)
     ):
         summary.missing_outputs = dict(writes.missing)  # stdout still carries the summary
-    _publish(summary, records, out, logger)
-    _publish_failures(job, summary, records, logger)
+    now_or_by_the_end(_publish, summary, records, out, logger)
+    now_or_by_the_end(_publish_failures, job, summary, records, logger)
     return summary
 
 
