@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("task", ("call", "runners", "ui", "outputs", "batch")),
     ("engine", ("engine",)),
     ("shapes", ("dispatch", "mapping", "patterns")),
-    ("edges", ("flows", "cli", "blocks", "__init__")),
+    ("edges", ("shipped", "flows", "cli", "blocks", "__init__")),
 ]
 
 

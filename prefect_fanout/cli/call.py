@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``fanout call``."""
     from prefect_fanout.agents.resolver import Resolver
     from prefect_fanout.errors import ConfigurationError, FanoutError, describe, exit_code_for
-    from prefect_fanout.flows import INLINE_PARAMETER_BYTES, call_flow, stash
+    from prefect_fanout.flows import call_flow
+    from prefect_fanout.shipped.reporting import INLINE_PARAMETER_BYTES, stash
     from prefect_fanout.textcheck import prompt_problem
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt

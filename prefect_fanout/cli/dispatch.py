@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from prefect_fanout.cli.validate import load_or_report
     from prefect_fanout.dispatch.run import check_plan
     from prefect_fanout.errors import ConfigurationError, describe
-    from prefect_fanout.flows import run_dispatch_flow
+    from prefect_fanout.shipped.dispatch import run_dispatch_flow
 
     plan = load_or_report(args.plan, "dispatch")
     if plan is None:

@@ -133,9 +133,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``fanout map``."""
     from prefect_fanout.errors import FanoutError, describe, exit_code_for
-    from prefect_fanout.flows import run_map_flow
     from prefect_fanout.mapping.job import prepare_map
     from prefect_fanout.mapping.spec import MapSpec
+    from prefect_fanout.shipped.map import run_map_flow
 
     try:
         options = run_options(args)
