@@ -27,6 +27,7 @@ __all__ = [
     "best_effort_work_joined_at_end",
     "call_within",
     "now_or_by_the_end",
+    "on_final_state",
     "start_work_left",
 ]
 
@@ -151,6 +152,12 @@ def now_or_by_the_end(function: Callable[..., object], *args: Any) -> None:
         return
     with left.lock:
         left.waiting.append((contextvars.copy_context(), function, args))
+
+
+def on_final_state(hook: Callable[..., object]) -> dict[str, list[Callable[..., object]]]:
+    """Prefect ``@flow`` keyword arguments that call ``hook`` at any final state of the run."""
+    names = ("on_completion", "on_failure", "on_cancellation", "on_crashed")
+    return {name: [hook] for name in names}
 
 
 def start_work_left(*_: object) -> None:

@@ -36,7 +36,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_fanout.bounded import call_within
+from prefect_fanout.bounded import call_within, on_final_state
 from prefect_fanout.call.recording import family_root, join_family
 from prefect_fanout.call.window import CallOutcome, Submitted
 from prefect_fanout.engine.chunks import cut_chunks
@@ -143,10 +143,7 @@ def _child_flow(threads: int) -> Flow[..., Any]:
         # Prefect calls a flow's state hooks as soon as its final state is set; the run's
         # end (joining its heartbeat thread, which sleeps in whole seconds) goes on after,
         # while the parent does its own work.
-        on_completion=[_final_state_set],
-        on_failure=[_final_state_set],
-        on_cancellation=[_final_state_set],
-        on_crashed=[_final_state_set],
+        **on_final_state(_final_state_set),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from prefect_fanout.agents.resolver import Resolver
-from prefect_fanout.bounded import start_work_left
+from prefect_fanout.bounded import on_final_state, start_work_left
 from prefect_fanout.budget.dryrun import DryRun
 from prefect_fanout.dispatch.dryrun import dry_run_plan
 from prefect_fanout.dispatch.loop import DEFAULT_PLAN_WORKERS
@@ -49,10 +49,7 @@ def _checked_resolver(plan: Plan) -> Resolver | None:
     log_prints=False,
     validate_parameters=True,
     # the run's artifacts are created once its state is set (in the fanout command)
-    on_completion=[start_work_left],
-    on_failure=[start_work_left],
-    on_cancellation=[start_work_left],
-    on_crashed=[start_work_left],
+    **on_final_state(start_work_left),
 )
 def dispatch_flow(plan: Plan | str, options: RunOptions | None = None) -> Any:
     """Run a plan as this flow run: one agent-call task run per plan task.

@@ -11,7 +11,7 @@ from prefect.context import FlowRunContext
 from pydantic import ValidationError
 
 from prefect_fanout.agents.profiles import AgentProfile
-from prefect_fanout.bounded import start_work_left
+from prefect_fanout.bounded import on_final_state, start_work_left
 from prefect_fanout.budget.dryrun import DryRun
 from prefect_fanout.engine.run import carried_result
 from prefect_fanout.engine.run import final_state as final_state_of
@@ -51,10 +51,7 @@ def _map_run_name() -> str:
     log_prints=False,
     validate_parameters=True,
     # the run's artifacts are created once its state is set (in the fanout command)
-    on_completion=[start_work_left],
-    on_failure=[start_work_left],
-    on_cancellation=[start_work_left],
-    on_crashed=[start_work_left],
+    **on_final_state(start_work_left),
 )
 def map_flow(spec: MapSpec, options: RunOptions | None = None) -> Any:
     """Map a corpus over an agent in partitions, merge the outputs, optionally reduce them.
