@@ -93,3 +93,13 @@ def test_the_openai_client_hears_a_timeout(server: str) -> None:
     )
     with pytest.raises(openai.APITimeoutError):
         client.models.list()
+
+
+@pytest.mark.parametrize("server", ["whole"], indirect=True)
+def test_an_httpx_without_a_public_tls_context_maker_still_works(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openai 1.x may bring an httpx whose ``create_ssl_context`` is not public."""
+    monkeypatch.delattr(httpx, "create_ssl_context")
+    with _client() as client:
+        assert client.get(server, timeout=5.0).content == BODY

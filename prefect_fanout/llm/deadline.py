@@ -212,6 +212,16 @@ def _httpx_error(exc: Exception) -> Exception:
     return httpx.TransportError(str(exc))  # pragma: no cover - every httpcore error has a name
 
 
+def _tls_context(verify: bool | str) -> ssl.SSLContext | None:
+    """The TLS context httpx would make for ``verify`` (``SSL_CERT_FILE`` applies).
+
+    An older httpx without a public ``create_ssl_context`` (``openai`` 1.x may bring one)
+    gets httpcore's default context instead: certifi's roots, verified.
+    """
+    create = getattr(httpx, "create_ssl_context", None)
+    return create(verify=verify) if create is not None else None
+
+
 class DeadlineTransport(httpx.BaseTransport):
     """An httpx transport whose requests each end by one deadline (see the module).
 
@@ -223,7 +233,7 @@ class DeadlineTransport(httpx.BaseTransport):
 
     def __init__(self, limits: httpx.Limits, verify: bool | str = True) -> None:
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=_tls_context(verify),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
