@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 __all__ = [
+    "KeptClient",
     "best_effort_work_joined_at_end",
     "call_within",
     "now_or_by_the_end",
@@ -71,6 +72,30 @@ def call_within(seconds: float, what: str, function: Callable[..., T], *args: An
     if not returned:
         raise value
     return value
+
+
+class KeptClient:
+    """A sync Prefect client opened on first use and kept open for the process's life.
+
+    ``prefect.get_client()`` builds a new client each time, and its TLS context alone costs
+    about 18 ms of CPU, on the GIL a run's calls share; code that talks to the API again and
+    again (limits, budgets, the recording brake) keeps one. Its pool closes at exit.
+    """
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The client (a ``SyncPrefectClient``), opened the first time."""
+        with self._lock:
+            if self._client is None:
+                from prefect.client.orchestration import get_client
+
+                client = get_client(sync_client=True)
+                client.__enter__()
+                self._client = client
+            return self._client
 
 
 #: The longest the end of :func:`best_effort_work_joined_at_end` waits for the work left to it

@@ -16,17 +16,16 @@ the limit (the spent part stays); ``prefect gcl delete fanout-budget:NAME:tokens
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import httpx
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from prefect_fanout.bounded import KeptClient
 from prefect_fanout.budget.counter import Amount
 
 __all__ = ["SharedCounter", "limit_names"]
@@ -56,17 +55,11 @@ class SharedCounter:
         self.name = name
         self.limit = limit
         self.names = limit_names(name)
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = KeptClient()
         self._ready = False
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = get_client(sync_client=True)
-                self._client.__enter__()
-            client = self._client
-        return getattr(client, method)(*args, **kwargs)
+        return getattr(self._client.get(), method)(*args, **kwargs)
 
     def _units(self) -> list[int]:
         return [unit for unit in (0, 1) if self.limit[unit] is not None]

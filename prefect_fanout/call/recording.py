@@ -35,13 +35,13 @@ import threading
 import time
 from collections import OrderedDict
 from contextvars import ContextVar, Token
+from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL
 
-from prefect_fanout.bounded import call_within
+from prefect_fanout.bounded import KeptClient, call_within
 
 __all__ = [
     "MAX_LAG",
@@ -84,24 +84,16 @@ healthy server took more than 5 s): so it gets longer than a read that holds cal
 FINAL_STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
 
 
-_clients: dict[str, SyncPrefectClient] = {}
+_clients: dict[str, KeptClient] = {}
 _clients_lock = threading.Lock()
 
 
-def _count_client() -> SyncPrefectClient:
-    """The process's client for the count reads, one per Prefect API (opened once).
-
-    A new Prefect client costs about 18 ms of CPU (its TLS context), on the GIL the calls
-    share; a run reads the count every :data:`CHECK_EVERY` calls.
-    """
+def _count_client() -> Any:
+    """The process's client for the count reads, one per Prefect API URL (see KeptClient)."""
     url = str(PREFECT_API_URL.value() or "")
     with _clients_lock:
-        client = _clients.get(url)
-        if client is None:
-            client = get_client(sync_client=True)
-            client.__enter__()  # open for the process's life; its pool closes at exit
-            _clients[url] = client
-        return client
+        kept = _clients.setdefault(url, KeptClient())
+    return kept.get()
 
 
 class RecordingGuard:

@@ -51,7 +51,6 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
@@ -60,6 +59,7 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from prefect_fanout.bounded import KeptClient
 from prefect_fanout.limits.pacer import Span
 
 RPM_SPAN_SECONDS = 5.0
@@ -181,7 +181,7 @@ class PrefectBackend:
     """
 
     def __init__(self) -> None:
-        self._client: Any = None
+        self._client = KeptClient()
         self._lock = threading.Lock()
         self._ensured: set[tuple[str, int, float]] = set()
         self._held: dict[UUID, Lease] = {}
@@ -193,12 +193,8 @@ class PrefectBackend:
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            if self._client is None:
-                self._client = get_client(sync_client=True)
-                self._client.__enter__()
             self.api_calls += 1
-            client = self._client
-        return getattr(client, method)(*args, **kwargs)
+        return getattr(self._client.get(), method)(*args, **kwargs)
 
     def ensure(self, name: str, limit: int, decay: float) -> None:
         """Create the limit, or set its size and decay when another run left others."""

@@ -90,6 +90,13 @@ def _by_the_deadline(
         raise
 
 
+def _connected(
+    connect: Callable[[float | None], httpcore.NetworkStream], timeout: float | None
+) -> DeadlineStream:
+    """A stream ``connect(seconds)`` opened by the deadline, its operations bounded by it too."""
+    return DeadlineStream(_by_the_deadline(connect, timeout, httpcore.ConnectTimeout))
+
+
 class DeadlineStream(httpcore.NetworkStream):
     """A connection's socket stream whose operations end by the request's deadline.
 
@@ -123,12 +130,8 @@ class DeadlineStream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         """The TLS stream over this one (its handshake bounded by the deadline too)."""
-        return DeadlineStream(
-            _by_the_deadline(
-                lambda seconds: self._inner.start_tls(ssl_context, server_hostname, seconds),
-                timeout,
-                httpcore.ConnectTimeout,
-            )
+        return _connected(
+            lambda seconds: self._inner.start_tls(ssl_context, server_hostname, seconds), timeout
         )
 
     def get_extra_info(self, info: str) -> Any:
@@ -155,14 +158,11 @@ class DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         """Open a TCP connection, giving up at the deadline."""
-        return DeadlineStream(
-            _by_the_deadline(
-                lambda seconds: self._inner.connect_tcp(
-                    host, port, seconds, local_address, socket_options
-                ),
-                timeout,
-                httpcore.ConnectTimeout,
-            )
+        return _connected(
+            lambda seconds: self._inner.connect_tcp(
+                host, port, seconds, local_address, socket_options
+            ),
+            timeout,
         )
 
     def connect_unix_socket(
@@ -172,12 +172,8 @@ class DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         """Open a Unix socket connection, giving up at the deadline."""
-        return DeadlineStream(
-            _by_the_deadline(
-                lambda seconds: self._inner.connect_unix_socket(path, seconds, socket_options),
-                timeout,
-                httpcore.ConnectTimeout,
-            )
+        return _connected(
+            lambda seconds: self._inner.connect_unix_socket(path, seconds, socket_options), timeout
         )
 
     def sleep(self, seconds: float) -> None:

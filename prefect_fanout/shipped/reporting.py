@@ -56,14 +56,14 @@ REPORT_WAIT_SECONDS = 10.0
 
 # Where a dispatch or map flow body leaves its outcome, so the caller has it even when
 # the flow engine then fails to report the run's end to a Prefect API that went away.
-outcome_box: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "fanoutoutcome_box", default=None
+_outcome_box: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "fanout_outcome_box", default=None
 )
 
 
 def keep_outcome(outcome: Any) -> Any:
     """Leave a flow body's outcome where :func:`reported_best_effort` finds it; return it."""
-    box = outcome_box.get()
+    box = _outcome_box.get()
     if box is not None:
         box.append(outcome)
     return outcome
@@ -91,7 +91,7 @@ def reported_best_effort(run: Callable[[], Any]) -> Any:
     context = contextvars.copy_context()
 
     def work() -> None:
-        outcome_box.set(box)
+        _outcome_box.set(box)
         try:
             returned.append(run())
         except BaseException as exc:  # handed to the waiting caller
